@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Creates .venv with safehold and its pinned development tools (idempotent).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then "$python" -m venv .venv; fi
+stamp=.venv/.safehold-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  touch "$stamp"
+fi

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Restore, as operators know it:
+#   ./scripts/restore.sh --list
+#   ./scripts/restore.sh --database ./backups/db_backup_20241201_120000.sql
+# The database is restored into a staging database, checked, then swapped in; the replaced one is
+# kept as <name>_pre_restore_<time>. Extra arguments go to 'safehold restore' (see --help).
+set -euo pipefail
+exec "$(dirname "${BASH_SOURCE[0]}")/_safehold" restore "$@"

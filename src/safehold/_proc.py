@@ -1,0 +1,141 @@
+"""The only place safehold starts programs: argv lists, explicit environments, captured stderr.
+
+Secrets travel in the environment (``PGPASSWORD``), never in argv, and every message built from a
+program's output goes through ``redact`` first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from .errors import ToolError
+
+STDERR_TAIL_LINES = 40
+
+
+def find_tool(name: str, bin_dir: Path | None = None) -> str:
+    """Return the path of ``name``, preferring ``bin_dir``; a missing tool is a clear error."""
+    if bin_dir is not None:
+        candidate = bin_dir / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+        raise ToolError(
+            f"{name} not found in {bin_dir}",
+            hint="check pg_bin_dir in the config (SAFEHOLD_DATABASE_PG_BIN_DIR)",
+        )
+    found = shutil.which(name)
+    if found is None:
+        raise ToolError(
+            f"{name} is not installed or not on PATH",
+            hint="install the PostgreSQL client tools (Debian/Ubuntu: apt-get install "
+            "postgresql-client) or set pg_bin_dir in the config",
+        )
+    return found
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    # Tools must speak plainly so their messages can be matched and shown.
+    env["LC_MESSAGES"] = "C"
+    env.pop("PGPASSWORD", None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+@dataclass(frozen=True)
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    input_file: IO[bytes] | None = None,
+) -> Completed:
+    """Run to completion and capture output as text. Never raises on a non-zero exit."""
+    try:
+        proc = subprocess.run(
+            list(argv),
+            env=child_env(env),
+            stdin=input_file if input_file is not None else subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise ToolError(f"cannot run {argv[0]}: {exc.strerror}") from exc
+    return Completed(
+        proc.returncode,
+        proc.stdout.decode("utf-8", "replace"),
+        proc.stderr.decode("utf-8", "replace"),
+    )
+
+
+class StderrTail:
+    """Drains a pipe in a thread so the child never blocks on a full stderr, keeping the tail."""
+
+    def __init__(self, stream: IO[bytes], on_line: Callable[[str], None] | None = None) -> None:
+        self._lines: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._on_line = on_line
+        self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _drain(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self._lines.append(line)
+            if self._on_line is not None:
+                self._on_line(line)
+        stream.close()
+
+    def text(self) -> str:
+        self._thread.join(timeout=10)
+        return "\n".join(self._lines)
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    stdout: int | IO[bytes] | None = subprocess.PIPE,
+) -> subprocess.Popen[bytes]:
+    """Start a streaming child whose stderr the caller drains with ``StderrTail``."""
+    try:
+        return subprocess.Popen(
+            list(argv), env=child_env(env), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE
+        )
+    except FileNotFoundError as exc:
+        raise ToolError(f"cannot run {argv[0]}: {exc.strerror}") from exc
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """Terminate a child we started (and only it), escalating to SIGKILL after ``grace``."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,137 @@
+"""What a repository holds: artifacts joined with their manifests, and which one is "latest".
+
+An artifact counts as a backup only when its manifest exists and agrees on the size. Temp files
+from unfinished writes never match an artifact name, so they are never listed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import naming
+from .errors import IntegrityError, UsageError
+from .model import BackupRecord, Kind, Manifest
+from .storage import LocalStorage, Storage
+
+
+def write_manifest(storage: Storage, manifest: Manifest) -> None:
+    """The commit point of a backup: written atomically, after the artifact is durable."""
+    body = json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+    storage.put_bytes(naming.manifest_key(manifest.artifact), body)
+
+
+def read_manifest(storage: Storage, artifact: str) -> Manifest | None:
+    try:
+        raw = storage.read_bytes(naming.manifest_key(artifact))
+    except FileNotFoundError:
+        return None
+    try:
+        return Manifest.from_json(json.loads(raw))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(
+            f"the manifest of {artifact} is unreadable: {exc}",
+            hint="verify the repository; the artifact itself may still be restorable",
+        ) from None
+
+
+def scan(storage: Storage) -> list[BackupRecord]:
+    """Every artifact and every orphaned manifest, oldest first."""
+    artifacts = {n.name: n for key in storage.list() if (n := naming.parse(key)) is not None}
+    manifests = {
+        key.rsplit("/", 1)[1].removesuffix(".json")
+        for key in storage.list(naming.MANIFEST_DIR)
+        if key.endswith(".json")
+    }
+    records: list[BackupRecord] = []
+    for name in sorted(artifacts.keys() | (manifests & _parseable(manifests))):
+        parsed = artifacts.get(name) or naming.parse(name)
+        assert parsed is not None
+        manifest = read_manifest(storage, name) if name in manifests else None
+        size = storage.size(name) if name in artifacts else None
+        if size is None:
+            status = "missing"
+        elif manifest is None:
+            status = "unverified/foreign"
+        elif manifest.size != size:
+            status = "damaged"
+        else:
+            status = "ok"
+        created = manifest.started_at if manifest else parsed.created
+        records.append(BackupRecord(name, parsed.kind, created, size, status, manifest))  # type: ignore[arg-type]
+    records.sort(key=lambda r: (r.created, r.name))
+    return records
+
+
+def _parseable(names: Iterable[str]) -> set[str]:
+    return {name for name in names if naming.parse(name) is not None}
+
+
+def latest(
+    records: Iterable[BackupRecord], kind: Kind, target: str | None = None
+) -> BackupRecord | None:
+    good = [
+        r
+        for r in records
+        if r.kind == kind
+        and r.status == "ok"
+        and (target is None or (r.manifest is not None and r.manifest.target == target))
+    ]
+    return good[-1] if good else None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A restore source: a catalogued artifact, or a file the user handed us directly."""
+
+    path: Path
+    name: str
+    manifest: Manifest | None
+    in_repository: bool
+
+
+def resolve(storage: LocalStorage, ref: str, kind: Kind, target: str | None = None) -> Resolved:
+    """``latest``, an artifact name in the repository, or a path to any file."""
+    if ref == "latest":
+        record = latest(scan(storage), kind, target)
+        if record is None:
+            raise UsageError(
+                f"no good {kind} backup in {storage.description}",
+                hint="run 'safehold backup' first, or name a file",
+            )
+        return Resolved(storage.path(record.name), record.name, record.manifest, True)
+    candidate = Path(ref)
+    in_repo = storage.path(candidate.name)
+    if candidate.name == ref and in_repo.exists():
+        candidate = in_repo
+    if candidate.is_symlink() and candidate.resolve().parent == storage.root.resolve():
+        candidate = storage.path(candidate.resolve().name)  # a "latest" link names a real backup
+    if not candidate.exists():
+        raise UsageError(
+            f"no backup named {ref!r}",
+            hint=f"'safehold list' shows the backups in {storage.description}",
+        )
+    if not candidate.is_file():
+        raise UsageError(f"{ref} is not a file")
+    repo_root = storage.root.resolve()
+    if candidate.resolve().parent == repo_root and naming.parse(candidate.name):
+        return Resolved(candidate, candidate.name, read_manifest(storage, candidate.name), True)
+    return Resolved(candidate, candidate.name, None, False)
+
+
+def update_latest_links(storage: Storage, records: list[BackupRecord]) -> None:
+    """Point the seed's ``latest`` names at the newest good backup of each kind and format."""
+    if not isinstance(storage, LocalStorage):
+        return
+    newest: dict[str, str] = {}
+    for record in records:
+        if record.status != "ok":
+            continue
+        parsed = naming.parse(record.name)
+        if parsed is not None:
+            for link in naming.latest_links(parsed):
+                newest[link] = record.name
+    for link, artifact in newest.items():
+        storage.link(link, artifact)

@@ -1,0 +1,1 @@
+"""The ``safehold`` command: thin click commands over the operations layer."""

@@ -1,0 +1,76 @@
+"""Entry point and the ONE place that maps errors to messages and exit codes.
+
+Exit codes: 0 success; 1 unexpected failure; 2 usage/config; 3 database; 4 external tool;
+5 storage; 6 integrity (damaged or foreign backup); 7 restore failed (live data untouched);
+8 repository locked; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+
+import click
+
+from .._version import __version__
+from ..errors import SafeholdError
+from .backup_cmd import backup
+from .config_cmd import config_cmd
+from .demo_cmd import demo
+from .list_cmd import list_cmd
+from .restore_cmd import restore
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="safehold")
+def cli() -> None:
+    """Backup and disaster recovery for PostgreSQL + Docker volume applications.
+
+    Configuration comes from flags, then environment (BACKUP_DIR DB_HOST DB_PORT DB_NAME DB_USER,
+    SAFEHOLD_*), then the config file (--config, SAFEHOLD_CONFIG or ./safehold.toml), then defaults.
+    """
+
+
+cli.add_command(backup)
+cli.add_command(restore)
+cli.add_command(list_cmd)
+cli.add_command(config_cmd)
+cli.add_command(demo)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    wants_json = "--json" in args
+    try:
+        cli.main(args=args, prog_name="safehold", standalone_mode=False)
+    except SafeholdError as exc:
+        _report(exc.message, exc.hint, type(exc).__name__, wants_json)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        _report(
+            f"unexpected failure: {exc}",
+            "please report this with the traceback above",
+            type(exc).__name__,
+            wants_json,
+        )
+        sys.exit(1)
+    sys.exit(0)
+
+
+def _report(message: str, hint: str | None, kind: str, wants_json: bool) -> None:
+    click.echo(f"error: {message}", err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+    if wants_json:
+        click.echo(json.dumps({"error": message, "hint": hint, "type": kind}, indent=2))

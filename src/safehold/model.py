@@ -1,0 +1,112 @@
+"""Frozen records shared by every layer: what a backup is, and what an operation reports."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+MANIFEST_FORMAT = 1
+
+Kind = Literal["database", "volume"]
+Status = Literal["ok", "unverified/foreign", "damaged", "missing"]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The commit record of one artifact. Written last: an artifact without one is not a backup."""
+
+    artifact: str
+    kind: Kind
+    target: str
+    compression: str
+    size: int
+    sha256: str
+    started_at: datetime
+    finished_at: datetime
+    tool_version: str
+    facts: dict[str, Any] = field(default_factory=dict)
+    set_id: str | None = None
+    format: int = MANIFEST_FORMAT
+
+    @property
+    def duration_s(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def tables(self) -> dict[str, int]:
+        """Rows per table counted in the dump's snapshot (database artifacts only)."""
+        return dict(self.facts.get("tables", {}))
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["started_at"] = _iso(self.started_at)
+        data["finished_at"] = _iso(self.finished_at)
+        data["duration_s"] = round(self.duration_s, 3)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["started_at"] = parse_time(values["started_at"])
+        values["finished_at"] = parse_time(values["finished_at"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    """One line of ``safehold list``: an artifact as found in a repository."""
+
+    name: str
+    kind: Kind
+    created: datetime
+    size: int | None
+    status: Status
+    manifest: Manifest | None = None
+
+    @property
+    def sha256(self) -> str | None:
+        return self.manifest.sha256 if self.manifest else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "target": self.manifest.target if self.manifest else None,
+            "created_utc": _iso(self.created),
+            "created_local": self.created.astimezone().isoformat(timespec="seconds"),
+            "size": self.size,
+            "sha256": self.sha256,
+            "compression": self.manifest.compression if self.manifest else None,
+            "status": self.status,
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something an operation wants an operator to know. Sinks decide how (if) to show it."""
+
+    kind: str
+    message: str
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    data: dict[str, Any] = field(default_factory=dict)
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+EventSink = Callable[[Event], None]
+
+
+def null_sink(event: Event) -> None:
+    """The sink a library caller gets by default: operations never print."""

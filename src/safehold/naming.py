@@ -1,0 +1,72 @@
+"""Artifact names: the seed's conventions, parsed and produced in one place.
+
+``db_backup_YYYYMMDD_HHMMSS.sql[.zst]`` and ``volume_NAME_YYYYMMDD_HHMMSS.tar.gz|.tar.zst``,
+timestamps in UTC. Anything else in a repository folder is not a backup artifact.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .model import Kind
+
+STAMP_FORMAT = "%Y%m%d_%H%M%S"
+MANIFEST_DIR = ".safehold/manifests"
+TMP_DIR = ".safehold/tmp"
+LOCK_FILE = ".safehold/lock"
+
+# Links the seed's commands rely on; they always point at the newest good backup.
+DB_LATEST_LINKS = ("db_backup_latest.sql", "latest_db_backup.sql")
+
+_DB = re.compile(r"^db_backup_(?P<stamp>\d{8}_\d{6})\.sql(?P<ext>\.zst)?$")
+_VOLUME = re.compile(r"^volume_(?P<target>.+)_(?P<stamp>\d{8}_\d{6})\.tar\.(?P<ext>gz|zst)$")
+
+DB_EXTENSIONS = {"gzip": ".sql", "none": ".sql", "zstd": ".sql.zst"}
+
+
+@dataclass(frozen=True)
+class ArtifactName:
+    name: str
+    kind: Kind
+    created: datetime
+    target: str | None  # volume name; database names are not part of the seed's file names
+    zstd: bool
+
+
+def stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime(STAMP_FORMAT)
+
+
+def database_artifact(moment: datetime, compression: str) -> str:
+    return f"db_backup_{stamp(moment)}{DB_EXTENSIONS[compression]}"
+
+
+def parse(name: str) -> ArtifactName | None:
+    """Recognise an artifact name; ``None`` for anything that is not one (links, temp files...)."""
+    if match := _DB.match(name):
+        return ArtifactName(
+            name, "database", _created(match["stamp"]), None, zstd=bool(match["ext"])
+        )
+    if match := _VOLUME.match(name):
+        return ArtifactName(
+            name, "volume", _created(match["stamp"]), match["target"], zstd=match["ext"] == "zst"
+        )
+    return None
+
+
+def manifest_key(artifact: str) -> str:
+    return f"{MANIFEST_DIR}/{artifact}.json"
+
+
+def latest_links(artifact: ArtifactName) -> tuple[str, ...]:
+    """Names that point at the newest good backup of this kind and format."""
+    if artifact.kind == "database":
+        return DB_LATEST_LINKS if not artifact.zstd else ("db_backup_latest.sql.zst",)
+    ext = "tar.zst" if artifact.zstd else "tar.gz"
+    return (f"volume_{artifact.target}_latest.{ext}",)
+
+
+def _created(text: str) -> datetime:
+    return datetime.strptime(text, STAMP_FORMAT).replace(tzinfo=UTC)

@@ -1,0 +1,1 @@
+"""Backup, restore and their kin as plain functions over sources, storage and the catalog."""

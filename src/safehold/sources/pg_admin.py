@@ -1,0 +1,217 @@
+"""Database-level work for a safe restore: staging databases, pg_restore, and the swap.
+
+A restore never touches the live database until a fully restored and checked staging database
+is ready; then one transaction renames live -> previous and staging -> live.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+from psycopg import errors as pgerr
+from psycopg import sql
+
+from .. import _proc
+from ..errors import DatabaseError, RestoreError, TargetInUse
+from .postgres import PgTarget, connect, require_tool_for
+
+MAX_IDENT = 63
+
+
+def db_name_with_suffix(base: str, suffix: str) -> str:
+    """``base + suffix`` cut to PostgreSQL's 63-byte identifier limit, keeping the suffix."""
+    room = MAX_IDENT - len(suffix.encode())
+    cut = base.encode()[:room].decode("utf-8", "ignore")
+    return cut + suffix
+
+
+@contextlib.contextmanager
+def admin(target: PgTarget) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the maintenance database (CREATE/DROP DATABASE need one)."""
+    try:
+        conn = connect(target, target.maintenance_db, autocommit=True)
+    except DatabaseError:
+        if target.maintenance_db != "postgres":
+            raise
+        conn = connect(target, "template1", autocommit=True)
+    with conn:
+        yield conn
+
+
+def exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return row is not None
+
+
+def other_sessions(conn: psycopg.Connection[Any], name: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        (name,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def create_like(conn: psycopg.Connection[Any], name: str, like: str | None) -> None:
+    """Create an empty database, copying owner, encoding and locale from ``like`` if it exists."""
+    options: list[sql.Composable] = [sql.SQL("TEMPLATE template0")]
+    if like is not None:
+        row = conn.execute(
+            """SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype
+               FROM pg_database WHERE datname = %s""",
+            (like,),
+        ).fetchone()
+        if row is not None:
+            owner, encoding, collate, ctype = row
+            options += [
+                sql.SQL("OWNER {}").format(sql.Identifier(owner)),
+                sql.SQL("ENCODING {}").format(sql.Literal(encoding)),
+                sql.SQL("LC_COLLATE {}").format(sql.Literal(collate)),
+                sql.SQL("LC_CTYPE {}").format(sql.Literal(ctype)),
+            ]
+    conn.execute(
+        sql.SQL("CREATE DATABASE {} ").format(sql.Identifier(name)) + sql.SQL(" ").join(options)
+    )
+
+
+def drop(conn: psycopg.Connection[Any], name: str) -> None:
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def try_lock_restore(conn: psycopg.Connection[Any], dbname: str) -> bool:
+    """Server-side guard so two restores of one database never race each other."""
+    row = conn.execute(
+        "SELECT pg_try_advisory_lock(hashtext('safehold-restore:' || %s))", (dbname,)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def pg_restore(
+    target: PgTarget,
+    dbname: str,
+    archive: Path,
+    *,
+    jobs: int,
+    no_owner: bool,
+    server_version_num: int,
+    on_item: Callable[[], None] | None = None,
+) -> None:
+    tool, _ = require_tool_for(target, "pg_restore", server_version_num)
+    argv = [tool, "--no-password", "--exit-on-error", "--verbose", f"--jobs={max(1, jobs)}"]
+    if no_owner:
+        argv += ["--no-owner", "--no-privileges"]
+    argv += ["--dbname", dbname, str(archive)]
+
+    def progress(line: str) -> None:
+        if on_item is not None and ("finished item" in line or "processing item" in line):
+            on_item()
+
+    proc = _proc.spawn(argv, env=target.env(), stdout=None)
+    tail = _proc.StderrTail(proc.stderr, progress) if proc.stderr else None
+    code = proc.wait()
+    if code != 0:
+        text = _proc.redact(tail.text() if tail else "", [target.password])
+        errors = [ln for ln in text.splitlines() if "error" in ln.lower() or "detail" in ln.lower()]
+        detail = "; ".join(errors[-3:]) or text.splitlines()[-1:] or "no message"
+        hint = None
+        if "role" in text and "does not exist" in text:
+            hint = "the dump names roles this server lacks: create them, or restore with --no-owner"
+        raise RestoreError(f"pg_restore failed: {detail}", hint=hint)
+
+
+def toc_entries(target: PgTarget, archive: IO[bytes] | Path, server_version_num: int) -> list[str]:
+    """``pg_restore --list``: proves a file is a dump and gives its table of contents."""
+    tool, _ = require_tool_for(target, "pg_restore", server_version_num)
+    if isinstance(archive, Path):
+        out = _proc.run([tool, "--list", str(archive)], timeout=600)
+    else:
+        out = _proc.run([tool, "--list"], input_file=archive, timeout=600)
+    if out.returncode != 0:
+        raise DatabaseError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "")
+    return [ln for ln in out.stdout.splitlines() if ln and not ln.startswith(";")]
+
+
+def swap_in(
+    conn: psycopg.Connection[Any],
+    *,
+    staging: str,
+    live: str,
+    previous: str,
+    session_timeout: float = 15.0,
+) -> bool:
+    """Make ``staging`` the database called ``live``; keep the old one as ``previous``.
+
+    Returns whether an old database existed. On any failure the live database is as it was.
+    """
+    if not exists(conn, live):
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(staging), sql.Identifier(live)
+            )
+        )
+        return False
+    _set_connections(conn, live, allowed=False)
+    try:
+        _end_sessions(conn, live, session_timeout)
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(live), sql.Identifier(previous)
+                )
+            )
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(staging), sql.Identifier(live)
+                )
+            )
+    except pgerr.ObjectInUse as exc:
+        _set_connections(conn, live, allowed=True)
+        raise TargetInUse(
+            f"database {live!r} is still in use: {exc.diag.message_primary}",
+            hint="stop the application using it, then run the restore again",
+        ) from None
+    except BaseException:
+        _set_connections(conn, live, allowed=True)
+        raise
+    _set_connections(conn, previous, allowed=True)
+    return True
+
+
+def _set_connections(conn: psycopg.Connection[Any], name: str, *, allowed: bool) -> None:
+    try:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                sql.Identifier(name), sql.Literal(allowed)
+            )
+        )
+    except pgerr.InsufficientPrivilege:
+        raise RestoreError(
+            f"this user may not take database {name!r} offline for the swap",
+            hint="restore as the database's owner or a superuser",
+        ) from None
+
+
+def _end_sessions(conn: psycopg.Connection[Any], name: str, timeout: float) -> None:
+    try:
+        conn.execute(
+            """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+               WHERE datname = %s AND pid <> pg_backend_pid()""",
+            (name,),
+        )
+    except pgerr.InsufficientPrivilege as exc:
+        raise TargetInUse(
+            f"database {name!r} has sessions this user may not end: {exc.diag.message_primary}",
+            hint="stop the application using it, or restore as a role with pg_signal_backend",
+        ) from None
+    deadline = time.monotonic() + timeout
+    while other_sessions(conn, name):
+        if time.monotonic() > deadline:
+            raise TargetInUse(
+                f"sessions on database {name!r} did not end within {timeout:.0f}s",
+                hint="stop the application using it, then run the restore again",
+            )
+        time.sleep(0.1)
