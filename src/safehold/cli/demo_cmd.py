@@ -26,9 +26,9 @@ RESTORED_DB = "container_app_restored"
     "--workdir",
     type=click.Path(path_type=Path),
     default=None,
-    help="where the sandbox and its backups live (default: a new temp folder)",
+    help="where the backups go (default: a new temp folder)",
 )
-@click.option("--keep", is_flag=True, help="keep the workdir (sandbox data and backups) afterwards")
+@click.option("--keep", is_flag=True, help="keep the workdir with its backups afterwards")
 @click.option("--users", type=int, default=500, show_default=True, help="sample users to create")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @shared_options
@@ -41,7 +41,7 @@ def demo(ctx: click.Context, workdir: Path | None, keep: bool, users: int, as_js
     """
     rt = runtime(ctx, as_json=as_json)
     root = workdir or Path(tempfile.mkdtemp(prefix="safehold-demo-"))
-    cluster = SandboxCluster(root / "pg")
+    cluster = SandboxCluster()
     try:
         server = cluster.start()
         target = server.with_db(DEMO_DB)
@@ -78,7 +78,7 @@ def demo(ctx: click.Context, workdir: Path | None, keep: bool, users: int, as_js
         if not same:
             raise IntegrityError("the restored copy differs from the original")
     finally:
-        cluster.stop()
+        cluster.remove()
         if keep:
             click.echo(f"kept {root}", err=True)
         else:

@@ -13,6 +13,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 from types import TracebackType
 
@@ -53,8 +54,12 @@ def free_port() -> int:
 class SandboxCluster:
     """``with SandboxCluster(folder) as pg: pg.target`` — a running server, stopped afterwards."""
 
-    def __init__(self, root: Path, *, port: int | None = None, fsync: bool = False) -> None:
-        self.root = Path(root)
+    def __init__(
+        self, root: Path | None = None, *, port: int | None = None, fsync: bool = False
+    ) -> None:
+        # The server user must be able to reach its folder; a fresh folder in the system temp
+        # dir (sticky, world-traversable) always is, unlike pytest's or mkdtemp's 0700 parents.
+        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="safehold-pg-"))
         self.data = self.root / "data"
         self.port = port or free_port()
         self.password = secrets.token_urlsafe(18)

@@ -1,0 +1,1 @@
+"""Benchmarks: safehold against the tools operators would use instead."""

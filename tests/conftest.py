@@ -1,0 +1,137 @@
+"""Real services for the tests, started here: a throwaway PostgreSQL cluster on loopback.
+
+Nothing is mocked. In CI (CI=true) a missing service is a failure, never a skip: the fixtures
+raise instead of skipping in every environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from safehold.sandbox import SandboxCluster, load_sample
+from safehold.sources.postgres import PgTarget, connect, sequence_values, table_fingerprints
+from safehold.storage import LocalStorage
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_USERS = 120
+
+Fingerprint = tuple[dict[str, tuple[int, str]], dict[str, int | None]]
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[SandboxCluster]:
+    cluster = SandboxCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def db(pg: SandboxCluster, request: pytest.FixtureRequest) -> Iterator[PgTarget]:
+    """A fresh database with the sample schema; it and its restore leftovers are dropped after."""
+    base = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:28].strip("_")
+    name = f"t_{base}_{secrets.token_hex(3)}"
+    load_sample(pg.target, name, users=SAMPLE_USERS)
+    yield pg.target.with_db(name)
+    drop_databases(pg.target, name)
+
+
+def drop_databases(server: PgTarget, prefix: str) -> None:
+    with connect(server, "postgres", autocommit=True) as conn:
+        names = [
+            row[0]
+            for row in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix + "%",)
+            ).fetchall()
+        ]
+        for name in names:
+            conn.execute(
+                psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    psycopg.sql.Identifier(name)
+                )
+            )
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(tmp_path / "backups")
+
+
+def fingerprint(target: PgTarget, dbname: str | None = None) -> Fingerprint:
+    """Rows and content hash per table, and every sequence's value."""
+    with connect(target, dbname, autocommit=True) as conn:
+        return table_fingerprints(conn), sequence_values(conn)
+
+
+def databases(target: PgTarget) -> set[str]:
+    with connect(target, "postgres", autocommit=True) as conn:
+        return {str(r[0]) for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
+
+
+def execute(target: PgTarget, statement: str, dbname: str | None = None) -> None:
+    with connect(target, dbname, autocommit=True) as conn:
+        conn.execute(statement)  # type: ignore[arg-type]
+
+
+def seed_env(target: PgTarget, backup_dir: Path) -> dict[str, str]:
+    """The environment an operator sets: the seed's names, the password in PGPASSWORD."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "PG", "SAFEHOLD_"))}
+    env.update(
+        BACKUP_DIR=str(backup_dir),
+        DB_HOST=target.host,
+        DB_PORT=str(target.port),
+        DB_NAME=target.dbname,
+        DB_USER=target.user,
+        PGPASSWORD=target.password or "",
+        PYTHONPATH=str(ROOT / "src"),
+    )
+    return env
+
+
+CliRunner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def run_cli(db: PgTarget, repo: LocalStorage) -> CliRunner:
+    """Run the real ``safehold`` command in a child process against ``db`` and ``repo``."""
+
+    def run(
+        *args: str, env: dict[str, str] | None = None, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = seed_env(db, repo.root)
+        full_env.update(env or {})
+        return subprocess.run(
+            [sys.executable, "-m", "safehold", *args],
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            cwd=kwargs.get("cwd", repo.root.parent),
+        )
+
+    return run
+
+
+__all__ = [
+    "ROOT",
+    "CliRunner",
+    "Fingerprint",
+    "databases",
+    "drop_databases",
+    "execute",
+    "fingerprint",
+    "seed_env",
+]
