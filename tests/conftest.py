@@ -82,7 +82,7 @@ def databases(target: PgTarget) -> set[str]:
 
 def execute(target: PgTarget, statement: str, dbname: str | None = None) -> None:
     with connect(target, dbname, autocommit=True) as conn:
-        conn.execute(statement)  # type: ignore[arg-type]
+        conn.execute(statement)
 
 
 def seed_env(target: PgTarget, backup_dir: Path) -> dict[str, str]:
