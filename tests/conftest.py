@@ -41,7 +41,7 @@ def pg() -> Iterator[SandboxCluster]:
 @pytest.fixture
 def db(pg: SandboxCluster, request: pytest.FixtureRequest) -> Iterator[PgTarget]:
     """A fresh database with the sample schema; it and its restore leftovers are dropped after."""
-    base = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:28].strip("_")
+    base = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:20].strip("_")
     name = f"t_{base}_{secrets.token_hex(3)}"
     load_sample(pg.target, name, users=SAMPLE_USERS)
     yield pg.target.with_db(name)

@@ -169,6 +169,9 @@ def _read_file(path: Path) -> dict[str, Any]:
                 f"{path}: unknown key '{key}'",
                 hint=f"{hint}expected one of: {', '.join(sorted(known))}",
             )
+    # Check every value now, so a bad one fails even when env or a flag overrides it today.
+    for key, value in flat.items():
+        _convert(known[key], value, f"{path}: key '{key}'")
     return {key: (value, f"{path}: key '{key}'") for key, value in flat.items()}
 
 

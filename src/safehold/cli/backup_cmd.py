@@ -26,8 +26,7 @@ def backup(ctx: click.Context, compress: str | None, as_json: bool) -> None:
     """
     if compress is not None:
         ctx.ensure_object(dict)["backup.compress"] = compress
-    rt = runtime(ctx, as_json=as_json)
-    try:
+    with runtime(ctx, as_json=as_json) as rt:
         storage = LocalStorage(rt.settings.backup_dir)
         manifest = backup_database(
             rt.settings.pg_target(), storage, rt.settings.backup_options(), rt.sink
@@ -36,5 +35,3 @@ def backup(ctx: click.Context, compress: str | None, as_json: bool) -> None:
             rt.emit_json(manifest.to_json())
         else:
             click.echo(storage.path(manifest.artifact))
-    finally:
-        rt.close()

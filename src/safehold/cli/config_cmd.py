@@ -34,8 +34,7 @@ def config_cmd(ctx: click.Context, keys: bool, as_json: bool) -> None:
             for row in rows:
                 click.echo(f"{row['key']:24} {', '.join(row['env']):48} default={row['default']}")
         return
-    rt = runtime(ctx, as_json=as_json)
-    try:
+    with runtime(ctx, as_json=as_json) as rt:
         s = rt.settings
         data = {
             "source": s.source,
@@ -55,5 +54,3 @@ def config_cmd(ctx: click.Context, keys: bool, as_json: bool) -> None:
         else:
             for key, value in data.items():
                 click.echo(f"{key}: {value}")
-    finally:
-        rt.close()

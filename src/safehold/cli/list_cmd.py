@@ -21,13 +21,10 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 
 
 def show_backups(ctx: click.Context, as_json: bool) -> None:
-    rt = runtime(ctx, as_json=as_json)
-    try:
+    with runtime(ctx, as_json=as_json) as rt:
         storage = LocalStorage(rt.settings.backup_dir)
         records = catalog.scan(storage)
         if as_json:
             rt.emit_json([r.to_json() for r in reversed(records)])
         else:
             backups_table(records, rt.out, storage.description)
-    finally:
-        rt.close()

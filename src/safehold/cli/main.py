@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from datetime import UTC, datetime
 
 import click
 
@@ -69,8 +70,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _report(message: str, hint: str | None, kind: str, wants_json: bool) -> None:
-    click.echo(f"error: {message}", err=True)
+    # Without a terminal (cron, >> backup.log) the lines carry a timestamp like every log line.
+    prefix = (
+        "" if sys.stderr.isatty() else datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ ERROR   ")
+    )
+    click.echo(f"{prefix}error: {message}", err=True)
     if hint:
-        click.echo(f"hint: {hint}", err=True)
+        click.echo(f"{prefix}hint: {hint}", err=True)
     if wants_json:
         click.echo(json.dumps({"error": message, "hint": hint, "type": kind}, indent=2))

@@ -57,8 +57,7 @@ def restore(
         return
     if database_ref is None:
         raise UsageError("nothing to restore", hint="use --database FILE|NAME|latest, or --list")
-    rt = runtime(ctx, as_json=as_json)
-    try:
+    with runtime(ctx, as_json=as_json) as rt:
         overrides: dict[str, object] = {
             "target_db": target_db,
             "drop_previous": drop_previous,
@@ -75,8 +74,6 @@ def restore(
             sink=rt.sink,
         )
         _show(result, rt.emit_json if as_json else None)
-    finally:
-        rt.close()
 
 
 def _show(result: RestoreResult, emit_json: object) -> None:

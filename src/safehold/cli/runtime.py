@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 
 from .. import config
-from ..model import EventSink
+from ..model import Event, EventSink
 from ..sinks import LogSink, ProgressSink, fan_out
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,9 +76,23 @@ class Runtime:
     def emit_json(self, data: Any) -> None:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
+    file_log: LogSink | None = None
+
     def close(self) -> None:
         for closer in self.closers:
             closer()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        # The failure goes to LOG_FILE too: a cron log must say why a run failed, not only
+        # that it started. stderr gets it from main(), the one place that reports errors.
+        if exc is not None and self.file_log is not None:
+            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            hint = getattr(exc, "hint", None)
+            self.file_log(Event("error", message + (f" (hint: {hint})" if hint else ""), "error"))
+        self.close()
 
 
 def runtime(ctx: click.Context, *, as_json: bool = False) -> Runtime:
@@ -102,4 +116,4 @@ def runtime(ctx: click.Context, *, as_json: bool = False) -> Runtime:
     out = Console()
     if not out.is_terminal:
         out = Console(width=250)  # piped or in a log: never squeeze or cut columns
-    return Runtime(settings, sink, as_json, out, closers)
+    return Runtime(settings, sink, as_json, out, closers, file_log)

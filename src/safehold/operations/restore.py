@@ -265,7 +265,7 @@ def _seekable_dump(storage: LocalStorage, plan: RestorePlan, sink: EventSink) ->
             with path.open("rb") as fh:
                 digest, got = sha256_of(fh, progress)
             check_digest(plan.source.name, manifest.sha256, digest, manifest.size, got)
-        progress.close()
+            progress.close()
         yield path
         return
     scratch = _scratch_dir(storage)

@@ -17,10 +17,21 @@ from psycopg import errors as pgerr
 from psycopg import sql
 
 from .. import _proc
-from ..errors import DatabaseError, RestoreError, TargetInUse
+from ..errors import DatabaseError, IntegrityError, RestoreError, TargetInUse
 from .postgres import PgTarget, connect, require_tool_for
 
 MAX_IDENT = 63
+# pg_restore's words for an archive that ends early or whose compressed data is corrupt.
+_DAMAGED_MARKS = (
+    "could not read from input file",
+    "unexpected end of file",
+    "end of file",
+    "could not uncompress data",
+    "incorrect data check",
+    "invalid block type",
+    "unrecognized data block type",
+    "did not find magic string",
+)
 
 
 def db_name_with_suffix(base: str, suffix: str) -> str:
@@ -117,7 +128,12 @@ def pg_restore(
         text = _proc.redact(tail.text() if tail else "", [target.password])
         errors = [ln for ln in text.splitlines() if "error" in ln.lower() or "detail" in ln.lower()]
         detail = "; ".join(errors[-3:]) or text.splitlines()[-1:] or "no message"
-        hint = None
+        if any(mark in text for mark in _DAMAGED_MARKS):
+            raise IntegrityError(
+                f"the backup file is damaged or truncated: {detail}",
+                hint="restore an older backup ('safehold list' shows them)",
+            )
+        hint = "see the pg_restore messages above; fix the cause and run the restore again"
         if "role" in text and "does not exist" in text:
             hint = "the dump names roles this server lacks: create them, or restore with --no-owner"
         raise RestoreError(f"pg_restore failed: {detail}", hint=hint)
@@ -204,7 +220,8 @@ def _end_sessions(conn: psycopg.Connection[Any], name: str, timeout: float) -> N
         )
     except pgerr.InsufficientPrivilege as exc:
         raise TargetInUse(
-            f"database {name!r} has sessions this user may not end: {exc.diag.message_primary}",
+            f"database {name!r} is in use by sessions this user may not end "
+            f"({exc.diag.message_primary})",
             hint="stop the application using it, or restore as a role with pg_signal_backend",
         ) from None
     deadline = time.monotonic() + timeout

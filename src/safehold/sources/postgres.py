@@ -110,12 +110,20 @@ def classify_connect_error(text: str, target: PgTarget, dbname: str) -> Database
             f"database {dbname!r} does not exist on the server at {where}",
             hint="check DB_NAME, or restore with --target-db to create it",
         )
-    first = text.splitlines()[-1] if text else "unknown error"
     return DatabaseUnreachable(
-        f"cannot reach the PostgreSQL server at {where}: {first}",
+        f"cannot reach the PostgreSQL server at {where}: {_cause(text)}",
         hint=f"check DB_HOST/DB_PORT and that the server runs (pg_isready -h {target.host} "
         f"-p {target.port})",
     )
+
+
+def _cause(text: str) -> str:
+    """libpq's useful words ("Connection refused", "timeout expired"), without its boilerplate."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if "failed:" in line:
+            return line.rsplit("failed:", 1)[1].strip()
+    return lines[0] if lines else "unknown error"
 
 
 def tool_major(tool_path: str) -> tuple[int, str]:
