@@ -93,7 +93,9 @@ def _dump(
             else None
         )
         out = zstd or hashed
-        progress = Progress(sink, f"dump {target.dbname}", dump.facts.get("database_size"))
+        # The database size bounds an uncompressed dump; pg_dump's gzip output has no estimate.
+        estimate = dump.facts.get("database_size") if level == 0 else None
+        progress = Progress(sink, f"dump {target.dbname}", estimate)
         for chunk in dump:
             out.write(chunk)
             progress.advance(len(chunk))

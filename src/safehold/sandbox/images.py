@@ -27,7 +27,7 @@ ROOTFS_LABEL = "org.safehold.rootfs-sha256"
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 INSTALL_HINT = "apt-get install busybox-static, or run scripts/install-docker-deps.sh"
 
-PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+ACCOUNTS = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
 
@@ -73,7 +73,7 @@ def busybox_rootfs(busybox: Path = BUSYBOX) -> bytes:
                     io.BytesIO(binary))  # fmt: skip
         for applet in applets(busybox):
             tar.addfile(_entry(applet, tarfile.SYMTYPE, 0o777, link="/bin/busybox"))
-        for name, text in (("etc/passwd", PASSWD), ("etc/group", GROUP)):
+        for name, text in (("etc/passwd", ACCOUNTS), ("etc/group", GROUP)):
             data = text.encode()
             tar.addfile(_entry(name, tarfile.REGTYPE, 0o644, size=len(data)), io.BytesIO(data))
     return buffer.getvalue()

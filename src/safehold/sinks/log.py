@@ -39,7 +39,7 @@ class LogSink:
 
     def __call__(self, event: Event) -> None:
         if event.kind == "progress":
-            if not self._progress_lines or not self._due(event):
+            if not self._progress_lines or self._level > LEVELS["info"] or not self._due(event):
                 return
             event = Event("progress", _progress_text(event), "info", event.data, event.at)
         elif LEVELS[event.level] < self._level:
