@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # System packages safehold and its test suite need (Debian/Ubuntu). Checks for the commands
-# themselves, so any installed PostgreSQL version counts; installs only what is missing.
+# themselves, so any installed version counts; installs only what is missing:
+#   postgresql(-client)  pg_dump/pg_restore, and initdb/pg_ctl for the sandbox and test cluster
+#   zstd, file           operators' own tools, used by the tests to read backups as they would
+#   docker.io            dockerd (+ containerd, runc) for the throwaway engine of the tests/demo
+#   busybox-static       a static /bin/busybox: the whole rootfs of the local test image
+# No system Docker service is needed: the sandbox starts its own dockerd on a private socket.
 set -euo pipefail
 missing=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -8,6 +13,11 @@ have pg_dump && have pg_restore || missing+=(postgresql-client)
 have initdb || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 have zstd || missing+=(zstd)
 have file || missing+=(file)
+# An engine installed another way (Docker's docker-ce packages) counts; docker.io would conflict.
+have dockerd && have containerd && have runc || missing+=(docker.io)
+# The package, not the command: Debian's plain "busybox" is dynamic and useless in a bare image.
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" \
+  || missing+=(busybox-static)
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "error: missing system packages: ${missing[*]}" >&2
@@ -19,4 +29,6 @@ export DEBIAN_FRONTEND=noninteractive
 # Wait for another apt run (unattended upgrades, a parallel install) instead of failing.
 apt_opts=(-o DPkg::Lock::Timeout=600 -qq)
 apt-get "${apt_opts[@]}" update
+# Where systemd runs, docker.io's postinst starts the system docker service as usual; without
+# systemd (containers, CI) invoke-rc.d finds no runlevel and starts nothing.
 apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" >/dev/null

@@ -6,7 +6,9 @@ A missing or broken engine fails these tests with dockerd's own log; they never 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from docker.errors import APIError, NotFound
 from docker.models.images import Image
 
 from safehold.errors import ToolError
-from safehold.sandbox.dockerd import SandboxDockerd
+from safehold.sandbox.dockerd import DEAD_PROXY, SandboxDockerd
 from safehold.sandbox.images import DEFAULT_TAG, ROOTFS_LABEL, busybox_rootfs, ensure_busybox_image
 
 
@@ -27,9 +29,11 @@ def start_engine() -> SandboxDockerd:
     try:
         engine.start()
     except ToolError as exc:
-        engine.remove()
-        pytest.fail(f"the sandbox Docker engine did not start: {exc}", pytrace=False)
-    return engine
+        failure = str(exc)
+    else:
+        return engine
+    engine.remove()
+    pytest.fail(f"the sandbox Docker engine did not start: {failure}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -90,9 +94,12 @@ def test_container_writes_a_named_volume_another_reads_it(
             writer.remove(force=True)
 
         reader = client.containers.run(
-            image, ["cat", "/data/x", "/data/sub/y"], volumes=mount, network_mode="none",
+            image,
+            ["cat", "/data/x", "/data/sub/y"],
+            volumes=mount,
+            network_mode="none",
             detach=True,
-        )  # fmt: skip
+        )
         try:
             assert reader.wait(timeout=60)["StatusCode"] == 0, reader.logs()
             assert reader.logs(stdout=True, stderr=False) == b"hi\nthere\n"
@@ -114,10 +121,33 @@ def test_only_the_local_image_exists(client: docker.DockerClient, image: Image) 
 def test_registry_is_out_of_reach(client: docker.DockerClient, image: Image) -> None:
     """An accidental pull fails at once on the engine's dead proxy; nothing leaves the machine."""
     started = time.monotonic()
-    with pytest.raises(APIError):
+    with pytest.raises(APIError, match=re.escape(DEAD_PROXY.removeprefix("http://"))):
         client.images.pull("safehold-never-pulled", tag="latest")
     assert time.monotonic() - started < 30
     assert [listed.id for listed in client.images.list(all=True)] == [image.id]
+
+
+@pytest.fixture
+def fresh_engine() -> Iterator[SandboxDockerd]:
+    """An engine of the test's own, for what would disturb the shared one."""
+    started = start_engine()
+    try:
+        yield started
+    finally:
+        started.remove()
+
+
+def test_a_stale_image_is_replaced_and_dropped(fresh_engine: SandboxDockerd) -> None:
+    with contextlib.closing(fresh_engine.client()) as api:
+        repository, tag = DEFAULT_TAG.split(":")
+        api.api.import_image_from_data(
+            busybox_rootfs(), repository, tag, changes=[f"LABEL {ROOTFS_LABEL}=stale"]
+        )
+        stale = api.images.get(DEFAULT_TAG)
+        fresh = ensure_busybox_image(api)
+        assert fresh.id != stale.id
+        assert fresh.labels[ROOTFS_LABEL] == hashlib.sha256(busybox_rootfs()).hexdigest()
+        assert [listed.id for listed in api.images.list(all=True)] == [fresh.id]
 
 
 def test_remove_leaves_nothing_behind() -> None:

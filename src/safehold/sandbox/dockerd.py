@@ -29,7 +29,7 @@ from ..errors import ToolError
 
 INSTALL_HINT = (
     "install Docker's engine (Debian/Ubuntu: apt-get install docker.io), or run "
-    "scripts/install-docker-deps.sh"
+    "scripts/install-deps.sh"
 )
 # Any registry request goes through this proxy, and nothing listens there (port 9 is "discard"):
 # an accidental pull fails at once instead of leaving the machine or hanging on DNS.
@@ -38,6 +38,7 @@ DEAD_PROXY = "http://127.0.0.1:9"
 MAX_SOCKET_PATH = 107
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MNT_DETACH = 2
+SBIN_FOLDERS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
 class SandboxDockerd:
@@ -88,12 +89,12 @@ class SandboxDockerd:
         return docker.DockerClient(base_url=self.base_url, timeout=timeout)
 
     def argv(self) -> list[str]:
-        dockerd = shutil.which("dockerd")
+        dockerd = shutil.which("dockerd", path=_search_path())
         if dockerd is None:
             raise ToolError("dockerd is not installed or not on PATH", hint=INSTALL_HINT)
         return [
             dockerd,
-            # An empty config of its own: /etc/docker/daemon.json must not change the sandbox.
+            # A config file of its own: /etc/docker/daemon.json must not change the sandbox.
             f"--config-file={self.root / 'daemon.json'}",
             f"--data-root={self.data_root}",
             f"--exec-root={self.exec_root}",
@@ -119,11 +120,11 @@ class SandboxDockerd:
         """daemon.json: keys that have no command-line flag."""
         if engine_version(dockerd) < (23,):
             # Before 23.0 the engine writes an identity key to /etc/docker/key.json unless told
-            # otherwise, and only the config file can tell it (23.0 dropped the key and the key).
+            # otherwise, and only the config file can tell it (23.0 dropped key and setting alike).
             return {"deprecated-key-path": str(self.root / "key.json")}
         return {}
 
-    def start(self) -> docker.DockerClient:
+    def start(self) -> None:
         if self._proc is not None:
             raise ToolError("the sandbox Docker engine is already running")
         if os.geteuid() != 0:
@@ -138,10 +139,17 @@ class SandboxDockerd:
                 f"sandbox folder {self.root} is too deep for unix sockets",
                 hint="set TMPDIR to a short path such as /tmp",
             )
+        if self.socket.exists() or self.pidfile.exists():
+            raise ToolError(
+                f"{self.root} already holds an engine's socket or pidfile",
+                hint="give each SandboxDockerd a folder of its own (the default is a fresh one)",
+            )
         argv = self.argv()
         (self.root / "daemon.json").write_text(json.dumps(self.config(argv[0])) + "\n")
         env = _proc.child_env(
             {
+                # dockerd looks runc and containerd up on PATH; Debian puts runc in /usr/sbin.
+                "PATH": _search_path(),
                 "HTTP_PROXY": DEAD_PROXY,
                 "HTTPS_PROXY": DEAD_PROXY,
                 "http_proxy": DEAD_PROXY,
@@ -163,14 +171,13 @@ class SandboxDockerd:
                 start_new_session=True,
             )
         try:
-            client = self._wait_ready()
+            self._wait_ready()
         except BaseException:
             self.stop()
             raise
         self._containerd_pid = self._read_containerd_pid()
-        return client
 
-    def _wait_ready(self) -> docker.DockerClient:
+    def _wait_ready(self) -> None:
         assert self._proc is not None
         deadline = time.monotonic() + self.start_timeout
         last_error = "no socket yet"
@@ -178,14 +185,14 @@ class SandboxDockerd:
             if self._proc.poll() is not None:
                 raise ToolError(
                     f"dockerd exited with status {self._proc.returncode} while starting:\n"
-                    + self.log_tail(),
-                    hint=INSTALL_HINT,
+                    + self.log_tail()
                 )
-            if self.socket.exists():
+            # The pidfile names the engine that owns the folder: ours, not a leftover.
+            if self.socket.exists() and _read_pid(self.pidfile) == self._proc.pid:
                 try:
-                    client = self.client()
-                    if client.ping():
-                        return client
+                    with contextlib.closing(self.client(timeout=10)) as client:
+                        if client.ping():
+                            return
                 except (DockerException, OSError) as exc:
                     last_error = str(exc)
             time.sleep(0.05)
@@ -196,10 +203,7 @@ class SandboxDockerd:
 
     def _read_containerd_pid(self) -> int | None:
         """The containerd that dockerd launched for itself (none if --containerd was given)."""
-        pidfile = self.exec_root / "containerd" / "containerd.pid"
-        with contextlib.suppress(OSError, ValueError):
-            return int(pidfile.read_text().strip())
-        return None
+        return _read_pid(self.exec_root / "containerd" / "containerd.pid")
 
     def log_tail(self, chars: int = 3000) -> str:
         with contextlib.suppress(OSError):
@@ -292,7 +296,12 @@ class SandboxDockerd:
                     path.rmdir()
 
     def __enter__(self) -> SandboxDockerd:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # __exit__ does not run when __enter__ fails; the folder must not outlive us.
+            self.remove()
+            raise
         return self
 
     def __exit__(
@@ -311,6 +320,19 @@ def engine_version(dockerd: str) -> tuple[int, ...]:
     if result.returncode != 0 or match is None:
         raise ToolError(f"cannot tell the version of {dockerd}: {result.stdout}{result.stderr}")
     return tuple(int(part) for part in match.groups())
+
+
+def _search_path() -> str:
+    """PATH plus the sbin folders a non-login root shell may lack."""
+    folders = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    extra = [folder for folder in SBIN_FOLDERS if folder not in folders]
+    return os.pathsep.join([*folders, *extra])
+
+
+def _read_pid(pidfile: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(pidfile.read_text().strip())
+    return None
 
 
 def _all_pids() -> list[int]:

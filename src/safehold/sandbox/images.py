@@ -6,13 +6,14 @@ handed to the engine's import endpoint, which creates an image from a tar withou
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import tarfile
 from pathlib import Path
 
 import docker
-from docker.errors import ImageNotFound
+from docker.errors import APIError, ImageNotFound
 from docker.models.images import Image
 from docker.utils import parse_repository_tag
 
@@ -25,8 +26,10 @@ DEFAULT_TAG = "safehold-busybox:latest"
 # an unchanged one is reused.
 ROOTFS_LABEL = "org.safehold.rootfs-sha256"
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-INSTALL_HINT = "apt-get install busybox-static, or run scripts/install-docker-deps.sh"
+INSTALL_HINT = "apt-get install busybox-static, or run scripts/install-deps.sh"
 
+# dev, proc and sys are mount points the runtime expects to find.
+FOLDERS = ("bin", "dev", "etc", "proc", "root", "sbin", "sys", "usr", "usr/bin", "usr/sbin")
 ACCOUNTS = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
@@ -37,13 +40,14 @@ def ensure_busybox_image(
     """Return the image ``tag``, importing it from a fresh busybox rootfs only if needed."""
     rootfs = busybox_rootfs(busybox)
     digest = hashlib.sha256(rootfs).hexdigest()
+    stale: Image | None = None
     try:
-        image = client.images.get(tag)
+        stale = client.images.get(tag)
     except ImageNotFound:
         pass
     else:
-        if image.labels.get(ROOTFS_LABEL) == digest:
-            return image
+        if stale.labels.get(ROOTFS_LABEL) == digest:
+            return stale
     repository, version = parse_repository_tag(tag)
     client.api.import_image_from_data(
         rootfs,
@@ -51,7 +55,12 @@ def ensure_busybox_image(
         tag=version or "latest",
         changes=[f"LABEL {ROOTFS_LABEL}={digest}", f"ENV PATH={PATH}", 'CMD ["sh"]'],
     )
-    return client.images.get(tag)
+    image = client.images.get(tag)
+    if stale is not None and stale.id != image.id:
+        # The old image lost its tag; drop it unless a container still uses it.
+        with contextlib.suppress(APIError):
+            client.images.remove(str(stale.id))
+    return image
 
 
 def busybox_rootfs(busybox: Path = BUSYBOX) -> bytes:
@@ -65,12 +74,11 @@ def busybox_rootfs(busybox: Path = BUSYBOX) -> bytes:
         raise ToolError(f"{busybox} is not a static executable", hint=INSTALL_HINT)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for folder in ("bin", "dev", "etc", "proc", "root", "sbin", "sys", "usr", "usr/bin",
-                       "usr/sbin"):  # fmt: skip
+        for folder in FOLDERS:
             tar.addfile(_entry(folder, tarfile.DIRTYPE, 0o755))
         tar.addfile(_entry("tmp", tarfile.DIRTYPE, 0o1777))
-        tar.addfile(_entry("bin/busybox", tarfile.REGTYPE, 0o755, size=len(binary)),
-                    io.BytesIO(binary))  # fmt: skip
+        program = _entry("bin/busybox", tarfile.REGTYPE, 0o755, size=len(binary))
+        tar.addfile(program, io.BytesIO(binary))
         for applet in applets(busybox):
             tar.addfile(_entry(applet, tarfile.SYMTYPE, 0o777, link="/bin/busybox"))
         for name, text in (("etc/passwd", ACCOUNTS), ("etc/group", GROUP)):
