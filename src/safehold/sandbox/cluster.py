@@ -144,7 +144,11 @@ class SandboxCluster:
             raise ToolError(f"sandbox {tool} failed: {detail}")
 
     def __enter__(self) -> SandboxCluster:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.remove()  # __exit__ does not run when __enter__ fails
+            raise
         return self
 
     def __exit__(
@@ -153,4 +157,4 @@ class SandboxCluster:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.remove()
