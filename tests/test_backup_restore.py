@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import shutil
 import subprocess
@@ -11,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from safehold import catalog, naming
+from safehold.errors import IntegrityError, UsageError
 from safehold.operations.backup import BackupOptions, backup_database
 from safehold.operations.restore import RestoreOptions, restore_database
+from safehold.sandbox import SandboxCluster
 from safehold.sources.postgres import PgTarget, connect, count_rows
 from safehold.storage import LocalStorage
 
@@ -203,3 +207,40 @@ def test_long_database_names_are_cut_to_the_identifier_limit() -> None:
     assert len(name.encode()) <= 63
     assert name.endswith("_pre_restore_20241201_120000")
     assert name.startswith("ä")
+
+
+def test_latest_means_the_newest_backup_of_this_database(
+    db: PgTarget, repo: LocalStorage, pg: SandboxCluster
+) -> None:
+    own = backup_database(db, repo)
+    other = pg.target.with_db("postgres")
+    newer_foreign = backup_database(other, repo)  # newer, but of another database
+    assert newer_foreign.started_at > own.started_at
+
+    plan = restore_database(db, repo, "latest", dry_run=True).plan
+    assert plan.source.name == own.artifact
+
+    with pytest.raises(UsageError, match="no good backup of database 'nosuch'"):
+        restore_database(db.with_db("nosuch"), repo, "latest", dry_run=True)
+
+
+def test_a_broken_zstd_stream_is_refused_even_when_its_checksum_matches(
+    db: PgTarget, repo: LocalStorage
+) -> None:
+    """A backup written bad (matching sha256, undecodable stream) must not reach pg_restore."""
+    manifest = backup_database(db, repo, BackupOptions(compression="zstd"))
+    path = repo.path(manifest.artifact)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 :] = b"\x00" * (len(data) - len(data) // 2)
+    path.write_bytes(bytes(data))
+    rewritten = dataclasses.replace(
+        manifest, sha256=hashlib.sha256(data).hexdigest(), size=len(data)
+    )
+    catalog.write_manifest(repo, rewritten)
+    live = fingerprint(db)
+
+    with pytest.raises(IntegrityError, match="not a valid zstd stream"):
+        restore_database(db, repo, manifest.artifact)
+
+    assert fingerprint(db) == live
+    assert not [d for d in databases(db) if "staging" in d]

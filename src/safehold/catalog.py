@@ -97,9 +97,10 @@ def resolve(storage: LocalStorage, ref: str, kind: Kind, target: str | None = No
     if ref == "latest":
         record = latest(scan(storage), kind, target)
         if record is None:
+            what = f"{kind} {target!r}" if target else kind
             raise UsageError(
-                f"no good {kind} backup in {storage.description}",
-                hint="run 'safehold backup' first, or name a file",
+                f"no good backup of {what} in {storage.description}",
+                hint="run 'safehold backup' first, or name a backup file ('safehold list')",
             )
         return Resolved(storage.path(record.name), record.name, record.manifest, True)
     candidate = Path(ref)

@@ -100,7 +100,8 @@ class RestoreResult:
 def plan_database_restore(
     target: PgTarget, storage: LocalStorage, ref: str, options: RestoreOptions
 ) -> RestorePlan:
-    source = catalog.resolve(storage, ref, "database")
+    # "latest" means the newest good backup of this database, not of any in the repository.
+    source = catalog.resolve(storage, ref, "database", target.dbname)
     if source.manifest is not None and source.manifest.kind != "database":
         raise UsageError(f"{source.name} is not a database backup")
     database = options.target_db or target.dbname
@@ -279,11 +280,15 @@ def _seekable_dump(storage: LocalStorage, plan: RestorePlan, sink: EventSink) ->
                     while chunk := plain.read(1 << 20):
                         out.write(chunk)
             except ZstdError as exc:
-                if manifest is None:
-                    raise IntegrityError(
-                        f"{plan.source.name} is not a valid zstd file: {exc}"
-                    ) from None
+                # Finish hashing first: a checksum mismatch is the more useful message.
                 hashed.drain()
+                if manifest is not None:
+                    check_digest(plan.source.name, manifest.sha256, hashed.hexdigest(),
+                                 manifest.size, hashed.size)  # fmt: skip
+                raise IntegrityError(
+                    f"{plan.source.name} is not a valid zstd stream: {exc}",
+                    hint="restore an older backup ('safehold list' shows them)",
+                ) from None
             if manifest is not None:
                 check_digest(
                     plan.source.name,

@@ -7,6 +7,7 @@ is ready; then one transaction renames live -> previous and staging -> live.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..errors import DatabaseError, IntegrityError, RestoreError, TargetInUse
 from .postgres import PgTarget, connect, require_tool_for
 
 MAX_IDENT = 63
+_ITEM = re.compile(r"(?:processing|finished) item (\d+)")
 # pg_restore's words for an archive that ends early or whose compressed data is corrupt.
 _DAMAGED_MARKS = (
     "could not read from input file",
@@ -117,8 +119,14 @@ def pg_restore(
         argv += ["--no-owner", "--no-privileges"]
     argv += ["--dbname", dbname, str(archive)]
 
+    seen: set[str] = set()
+
     def progress(line: str) -> None:
-        if on_item is not None and ("finished item" in line or "processing item" in line):
+        # Parallel pg_restore names an item more than once (processing/launching/finished):
+        # count each TOC id once.
+        match = _ITEM.search(line)
+        if on_item is not None and match and match[1] not in seen:
+            seen.add(match[1])
             on_item()
 
     proc = _proc.spawn(argv, env=target.env(), stdout=None)
@@ -127,7 +135,7 @@ def pg_restore(
     if code != 0:
         text = _proc.redact(tail.text() if tail else "", [target.password])
         errors = [ln for ln in text.splitlines() if "error" in ln.lower() or "detail" in ln.lower()]
-        detail = "; ".join(errors[-3:]) or text.splitlines()[-1:] or "no message"
+        detail = "; ".join(errors[-3:] or text.splitlines()[-1:]) or "no message"
         if any(mark in text for mark in _DAMAGED_MARKS):
             raise IntegrityError(
                 f"the backup file is damaged or truncated: {detail}",
