@@ -236,6 +236,9 @@ class DumpStream:
 
     def _count(self, conn: psycopg.Connection[Any]) -> None:
         try:
+            # The count runs beside the dump and only has to finish before it: parallel workers
+            # would take cores from pg_dump's COPY instead.
+            conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
             self.facts["tables"] = count_rows(conn)
         except BaseException as exc:
             self._count_error = exc
