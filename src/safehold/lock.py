@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ._proc import pid_alive
 from .errors import LockBusy
 from .naming import LOCK_FILE
 from .storage.local import DIR_MODE, FILE_MODE
@@ -37,7 +38,7 @@ class LockInfo:
         if not self.previous or self.previous.get("host") != socket.gethostname():
             return None
         pid = self.previous.get("pid")
-        if isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+        if isinstance(pid, int) and pid != os.getpid() and not pid_alive(pid):
             return pid
         return None
 
@@ -108,13 +109,3 @@ def _write(fd: int, purpose: str) -> None:
     }
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(record).encode(), 0)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 MANIFEST_FORMAT = 1
 
@@ -110,3 +110,14 @@ EventSink = Callable[[Event], None]
 
 def null_sink(event: Event) -> None:
     """The sink a library caller gets by default: operations never print."""
+
+
+class ByteSink(Protocol):
+    """Where a stream goes. ``write`` must consume or copy ``data`` before it returns: producers
+    reuse the buffer behind a memoryview for the next chunk."""
+
+    def write(self, data: bytes | memoryview) -> int: ...
+
+
+class ByteSource(Protocol):
+    def read(self, size: int = -1) -> bytes: ...

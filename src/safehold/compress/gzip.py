@@ -19,6 +19,7 @@ from typing import Protocol
 
 from isal import igzip, isal_zlib
 
+from ..model import ByteSink, ByteSource
 from .zstd import ZstdWriter, zstd_reader
 
 BLOCK = 1 << 20
@@ -31,14 +32,6 @@ GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"
 FINAL_BLOCK = b"\x03\x00"  # an empty final block with fixed Huffman codes ends the deflate stream
 KINDS = ("gzip", "zstd", "none")
 SUFFIXES = {"gzip": ".tar.gz", "zstd": ".tar.zst", "none": ".tar"}
-
-
-class ByteSink(Protocol):
-    def write(self, data: bytes | memoryview) -> int: ...
-
-
-class ByteSource(Protocol):
-    def read(self, size: int = -1) -> bytes: ...
 
 
 class StreamCompressor(Protocol):

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Protocol
 
 import zstandard
 
+from ..model import ByteSink, ByteSource
+
 DEFAULT_LEVEL = 3
 READ_SIZE = 1 << 20
-
-
-class ByteSink(Protocol):
-    def write(self, data: bytes | memoryview) -> int: ...
 
 
 class _SinkAdapter:
@@ -47,10 +44,6 @@ class ZstdWriter:
     def finish(self) -> None:
         self._stream.flush(zstandard.FLUSH_FRAME)
         self._stream.close()  # type: ignore[no-untyped-call]
-
-
-class ByteSource(Protocol):
-    def read(self, size: int = -1) -> bytes: ...
 
 
 def zstd_reader(source: ByteSource) -> zstandard.ZstdDecompressionReader:

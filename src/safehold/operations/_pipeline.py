@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import IO, Protocol
+from typing import IO
 
 from ..errors import IntegrityError
-from ..model import Event, EventSink
+from ..model import ByteSink, Event, EventSink
 
 PROGRESS_EVERY_S = 0.5
-
-
-class ByteSink(Protocol):
-    def write(self, data: bytes | memoryview) -> int: ...
 
 
 class HashingWriter:

@@ -36,10 +36,10 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Protocol, cast
+from typing import IO, cast
 
 from ..errors import IntegrityError, RestoreError, SafeholdError, UsageError
-from ..model import Event, EventSink, null_sink
+from ..model import ByteSource, Event, EventSink, null_sink
 
 CHUNK = 1 << 20
 IMPLICIT_DIR_MODE = 0o777  # folders the archive does not list: like GNU tar, umask decides
@@ -48,10 +48,6 @@ _SPECIAL = {
     tarfile.BLKTYPE: "device node",
     tarfile.FIFOTYPE: "fifo",
 }
-
-
-class ByteSource(Protocol):
-    def read(self, size: int = -1) -> bytes: ...
 
 
 @dataclass

@@ -23,23 +23,15 @@ import struct
 import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
 
 from ..errors import UsageError
-from ..model import Event, EventSink, null_sink
+from ..model import ByteSink, Event, EventSink, null_sink
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE  # GNU tar pads the archive to whole 10 KiB records
 CHUNK = 1 << 20
 ENCODING = "utf-8"
 ERRORS = "surrogateescape"  # names that are not UTF-8 go into the archive as their raw bytes
-
-
-class ByteSink(Protocol):
-    """Where the tar stream goes. ``write`` must consume or copy ``data`` before it returns:
-    the buffer behind the memoryview is reused for the next chunk."""
-
-    def write(self, data: bytes | memoryview) -> int: ...
 
 
 @dataclass

@@ -10,6 +10,7 @@ import secrets
 from pathlib import Path
 from typing import IO
 
+from .._proc import pid_alive
 from ..errors import StorageError, StorageFull
 
 FILE_MODE = 0o600
@@ -158,7 +159,7 @@ class LocalStorage:
             if PARTIAL_MARK not in entry.name or not entry.name.startswith("."):
                 continue
             pid_text = entry.name.rsplit(PARTIAL_MARK, 1)[1].split("-", 1)[0]
-            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            if pid_text.isdigit() and not pid_alive(int(pid_text)):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                 removed.append(entry.name)
@@ -171,16 +172,6 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _storage_error(exc: OSError, where: Path) -> StorageError:
