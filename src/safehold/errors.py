@@ -57,6 +57,10 @@ class ToolError(SafeholdError):
     exit_code = 4
 
 
+class DockerUnavailable(ToolError):
+    """The Docker engine could not be reached or asked about a volume."""
+
+
 class StorageError(SafeholdError):
     """The backup repository cannot be written or read."""
 
