@@ -6,6 +6,7 @@ raise instead of skipping in every environment.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -15,10 +16,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import psycopg
 import pytest
+from docker.models.images import Image
+from docker.models.volumes import Volume
 
+from safehold.errors import ToolError
 from safehold.sandbox import SandboxCluster, load_sample
+from safehold.sandbox.dockerd import SandboxDockerd
+from safehold.sandbox.images import ensure_busybox_image
 from safehold.sources.postgres import PgTarget, connect, sequence_values, table_fingerprints
 from safehold.storage import LocalStorage
 
@@ -125,6 +132,60 @@ def run_cli(db: PgTarget, repo: LocalStorage) -> CliRunner:
     return run
 
 
+# ---- a private Docker engine (started once per session, only when a test asks for it) ----
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[SandboxDockerd]:
+    started = SandboxDockerd()
+    try:
+        started.start()
+    except ToolError as exc:
+        started.remove()
+        pytest.fail(f"the sandbox Docker engine did not start: {exc}", pytrace=False)
+    try:
+        yield started
+    finally:
+        started.remove()
+
+
+@pytest.fixture(scope="session")
+def client(engine: SandboxDockerd) -> Iterator[docker.DockerClient]:
+    with contextlib.closing(engine.client()) as api:
+        yield api
+
+
+@pytest.fixture(scope="session")
+def image(client: docker.DockerClient) -> Image:
+    return ensure_busybox_image(client)
+
+
+@pytest.fixture
+def volume(client: docker.DockerClient) -> Iterator[Volume]:
+    created = client.volumes.create(name=f"safehold-vol-{secrets.token_hex(4)}")
+    try:
+        yield created
+    finally:
+        for container in client.containers.list(all=True, filters={"volume": created.name}):
+            container.remove(force=True)
+        created.remove(force=True)
+
+
+def run_in(client: docker.DockerClient, image: Image, volume: str, script: str) -> bytes:
+    container = client.containers.run(
+        image,
+        ["sh", "-c", script],
+        volumes={volume: {"bind": "/data", "mode": "rw"}},
+        network_mode="none",
+        detach=True,
+    )
+    try:
+        assert container.wait(timeout=60)["StatusCode"] == 0, container.logs()
+        return bytes(container.logs(stdout=True, stderr=False))
+    finally:
+        container.remove(force=True)
+
+
 __all__ = [
     "ROOT",
     "CliRunner",
@@ -133,5 +194,6 @@ __all__ = [
     "drop_databases",
     "execute",
     "fingerprint",
+    "run_in",
     "seed_env",
 ]

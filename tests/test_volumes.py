@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -29,9 +27,9 @@ from safehold.operations.volume import (
     restore_volume,
     volume_mountpoint,
 )
-from safehold.sandbox.dockerd import SandboxDockerd
-from safehold.sandbox.images import ensure_busybox_image
 from safehold.storage import LocalStorage
+
+from .conftest import run_in
 
 Snapshot = dict[str, tuple[object, ...]]
 
@@ -172,57 +170,6 @@ def test_bad_names_are_usage_errors(tmp_path: Path, repo: LocalStorage) -> None:
 
 
 # ---- Docker volumes on a private engine -----------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def engine() -> Iterator[SandboxDockerd]:
-    started = SandboxDockerd()
-    try:
-        started.start()
-    except ToolError as exc:
-        started.remove()
-        pytest.fail(f"the sandbox Docker engine did not start: {exc}", pytrace=False)
-    try:
-        yield started
-    finally:
-        started.remove()
-
-
-@pytest.fixture(scope="session")
-def client(engine: SandboxDockerd) -> Iterator[docker.DockerClient]:
-    with contextlib.closing(engine.client()) as api:
-        yield api
-
-
-@pytest.fixture(scope="session")
-def image(client: docker.DockerClient) -> Image:
-    return ensure_busybox_image(client)
-
-
-@pytest.fixture
-def volume(client: docker.DockerClient) -> Iterator[Volume]:
-    created = client.volumes.create(name=f"safehold-vol-{secrets.token_hex(4)}")
-    try:
-        yield created
-    finally:
-        for container in client.containers.list(all=True, filters={"volume": created.name}):
-            container.remove(force=True)
-        created.remove(force=True)
-
-
-def run_in(client: docker.DockerClient, image: Image, volume: str, script: str) -> bytes:
-    container = client.containers.run(
-        image,
-        ["sh", "-c", script],
-        volumes={volume: {"bind": "/data", "mode": "rw"}},
-        network_mode="none",
-        detach=True,
-    )
-    try:
-        assert container.wait(timeout=60)["StatusCode"] == 0, container.logs()
-        return bytes(container.logs(stdout=True, stderr=False))
-    finally:
-        container.remove(force=True)
 
 
 READ_BACK = "cd /data && find . | sort && cat a.txt sub/b.txt && ls -ln a.txt"

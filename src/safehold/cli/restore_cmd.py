@@ -4,9 +4,10 @@ import click
 
 from ..errors import UsageError
 from ..operations.restore import RestoreResult, restore_database
+from ..operations.volume import connect_docker, restore_volume
 from ..storage import LocalStorage
 from .list_cmd import show_backups
-from .runtime import runtime, shared_options
+from .runtime import Runtime, runtime, shared_options
 
 
 @click.command()
@@ -32,6 +33,18 @@ from .runtime import runtime, shared_options
     help="drop the replaced database instead of keeping <name>_pre_restore_<time>",
 )
 @click.option("--no-owner", is_flag=True, help="do not restore ownership and privileges")
+@click.option(
+    "--volume",
+    "volume_refs",
+    multiple=True,
+    metavar="NAME:FILE|NAME:latest",
+    help="restore Docker volume NAME from a backup file, name or 'latest' (repeatable)",
+)
+@click.option(
+    "--no-safety-backup",
+    is_flag=True,
+    help="do not back up a volume's current content before replacing it",
+)
 @click.option("--dry-run", is_flag=True, help="print the plan and change nothing")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @shared_options
@@ -44,36 +57,106 @@ def restore(
     jobs: int | None,
     drop_previous: bool,
     no_owner: bool,
+    volume_refs: tuple[str, ...],
+    no_safety_backup: bool,
     dry_run: bool,
     as_json: bool,
 ) -> None:
-    """Restore the database safely: verify, restore into a staging database, check, swap in.
+    """Restore the database and/or Docker volumes safely.
 
-    The replaced database is kept as <name>_pre_restore_<time> unless --drop-previous; a failed
-    restore leaves the live database exactly as it was.
+    The database is verified, restored into a staging database, checked and swapped in; the
+    replaced one is kept as <name>_pre_restore_<time> unless --drop-previous. A volume is
+    verified, its current content backed up, and replaced with exactly the archive's content;
+    refused while a running container uses it. A failure leaves live data as it was.
     """
     if list_only:
         show_backups(ctx, as_json)
         return
-    if database_ref is None:
-        raise UsageError("nothing to restore", hint="use --database FILE|NAME|latest, or --list")
+    if database_ref is None and not volume_refs:
+        raise UsageError(
+            "nothing to restore",
+            hint="use --database FILE|NAME|latest, --volume NAME:FILE, or --list",
+        )
+    volumes = [_volume_ref(text) for text in volume_refs]
+    if volumes and dry_run:
+        raise UsageError("--dry-run does not cover volumes yet", hint="omit --volume to plan")
     with runtime(ctx, as_json=as_json) as rt:
-        overrides: dict[str, object] = {
-            "target_db": target_db,
-            "drop_previous": drop_previous,
-            "no_owner": no_owner,
-        }
-        if jobs is not None:
-            overrides["jobs"] = jobs
-        result = restore_database(
-            rt.settings.pg_target(),
-            LocalStorage(rt.settings.backup_dir),
-            database_ref,
-            rt.settings.restore_options(**overrides),
-            dry_run=dry_run,
+        storage = LocalStorage(rt.settings.backup_dir)
+        db_result: RestoreResult | None = None
+        if database_ref is not None:
+            overrides: dict[str, object] = {
+                "target_db": target_db,
+                "drop_previous": drop_previous,
+                "no_owner": no_owner,
+            }
+            if jobs is not None:
+                overrides["jobs"] = jobs
+            db_result = restore_database(
+                rt.settings.pg_target(),
+                storage,
+                database_ref,
+                rt.settings.restore_options(**overrides),
+                dry_run=dry_run,
+                sink=rt.sink,
+            )
+            if not as_json:
+                _show(db_result, None)
+        restored = _restore_volumes(rt, storage, volumes, safety=not no_safety_backup)
+        if as_json and db_result is not None and not volumes:
+            rt.emit_json(db_result.to_json())
+        elif as_json:
+            rt.emit_json(
+                {"database": db_result.to_json() if db_result else None, "volumes": restored}
+            )
+
+
+def _volume_ref(text: str) -> tuple[str, str]:
+    name, sep, ref = text.partition(":")
+    if not sep or not name or not ref:
+        raise UsageError(
+            f"--volume takes NAME:FILE, not {text!r}",
+            hint="e.g. --volume user-data:./backups/volume_user-data_20241201_120000.tar.gz "
+            "or --volume user-data:latest",
+        )
+    return name, ref
+
+
+def _restore_volumes(
+    rt: Runtime, storage: LocalStorage, volumes: list[tuple[str, str]], *, safety: bool
+) -> list[dict[str, object]]:
+    if not volumes:
+        return []
+    client = connect_docker()
+    compression = "zstd" if rt.settings.backup.compress == "zstd" else "gzip"
+    done: list[dict[str, object]] = []
+    for name, ref in volumes:
+        result = restore_volume(
+            client,
+            name,
+            storage,
+            ref,
+            safety_backup=safety,
+            compression=compression,
+            lock_timeout=rt.settings.lock_timeout,
             sink=rt.sink,
         )
-        _show(result, rt.emit_json if as_json else None)
+        kept = result.safety_backup.artifact if result.safety_backup else None
+        done.append(
+            {
+                "volume": name,
+                "source": result.source,
+                "safety_backup": kept,
+                **result.facts.to_json(),
+            }
+        )
+        if not rt.as_json:
+            click.echo(
+                f"restored volume {name} from {result.source}: {result.facts.files} "
+                f"files, {result.facts.bytes} bytes"
+            )
+            if kept:
+                click.echo(f"its previous content is kept as the backup {kept}")
+    return done
 
 
 def _show(result: RestoreResult, emit_json: object) -> None:

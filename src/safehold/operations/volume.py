@@ -379,3 +379,13 @@ def _unavailable(exc: BaseException) -> DockerUnavailable:
         hint="start Docker, or point DOCKER_HOST at the engine's socket "
         "(e.g. unix:///var/run/docker.sock) and check you may use it",
     )
+
+
+def connect_docker() -> docker.DockerClient:
+    """The engine named by DOCKER_HOST (local socket, tcp or ssh), or the default socket."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise _unavailable(exc) from exc
+    return client
