@@ -20,12 +20,12 @@ from docker.models.volumes import Volume
 from safehold import catalog
 from safehold.errors import DockerUnavailable, IntegrityError, TargetInUse, ToolError, UsageError
 from safehold.model import Event
+from safehold.operations.engine import volume_mountpoint
 from safehold.operations.volume import (
     backup_tree,
     backup_volume,
     restore_tree,
     restore_volume,
-    volume_mountpoint,
 )
 from safehold.storage import LocalStorage
 

@@ -6,7 +6,8 @@ import click
 
 from ..model import Manifest
 from ..operations.backup import COMPRESSIONS, backup_database
-from ..operations.volume import backup_tree, backup_volume, connect_docker
+from ..operations.engine import connect_docker
+from ..operations.volume import backup_tree, backup_volume
 from ..storage import LocalStorage
 from .runtime import runtime, shared_options
 

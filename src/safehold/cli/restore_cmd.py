@@ -3,8 +3,9 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
+from ..operations.engine import connect_docker
 from ..operations.restore import RestoreResult, restore_database
-from ..operations.volume import connect_docker, restore_volume
+from ..operations.volume import restore_volume
 from ..storage import LocalStorage
 from .list_cmd import show_backups
 from .runtime import Runtime, runtime, shared_options
@@ -41,6 +42,11 @@ from .runtime import Runtime, runtime, shared_options
     help="restore Docker volume NAME from a backup file, name or 'latest' (repeatable)",
 )
 @click.option(
+    "--stop-containers",
+    is_flag=True,
+    help="stop running containers that use a volume, restore it, then start them again",
+)
+@click.option(
     "--no-safety-backup",
     is_flag=True,
     help="do not back up a volume's current content before replacing it",
@@ -58,6 +64,7 @@ def restore(
     drop_previous: bool,
     no_owner: bool,
     volume_refs: tuple[str, ...],
+    stop_containers: bool,
     no_safety_backup: bool,
     dry_run: bool,
     as_json: bool,
@@ -101,7 +108,9 @@ def restore(
             )
             if not as_json:
                 _show(db_result, None)
-        restored = _restore_volumes(rt, storage, volumes, safety=not no_safety_backup)
+        restored = _restore_volumes(
+            rt, storage, volumes, safety=not no_safety_backup, stop=stop_containers
+        )
         if as_json and db_result is not None and not volumes:
             rt.emit_json(db_result.to_json())
         elif as_json:
@@ -122,7 +131,7 @@ def _volume_ref(text: str) -> tuple[str, str]:
 
 
 def _restore_volumes(
-    rt: Runtime, storage: LocalStorage, volumes: list[tuple[str, str]], *, safety: bool
+    rt: Runtime, storage: LocalStorage, volumes: list[tuple[str, str]], *, safety: bool, stop: bool
 ) -> list[dict[str, object]]:
     if not volumes:
         return []
@@ -136,6 +145,7 @@ def _restore_volumes(
             storage,
             ref,
             safety_backup=safety,
+            stop_containers=stop,
             compression=compression,
             lock_timeout=rt.settings.lock_timeout,
             sink=rt.sink,

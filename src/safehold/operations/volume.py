@@ -10,7 +10,6 @@ filesystem, so this must run on the Docker host with read access to the volume f
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,17 +23,25 @@ import requests
 from .. import catalog, naming
 from .._version import __version__
 from ..compress import SUFFIXES, open_compressor, open_decompressor
-from ..errors import DockerUnavailable, IntegrityError, TargetInUse, UsageError
+from ..errors import IntegrityError, UsageError
 from ..lock import repository_lock
 from ..model import Event, EventSink, Manifest, null_sink
 from ..sources.tree import write_tree
 from ..storage import LocalStorage
 from ._pipeline import HashingWriter, Progress, check_digest
+from .engine import (
+    STOP_LABEL,
+    check_target_name,
+    refuse_if_in_use,
+    stopped,
+    unavailable,
+    users_of,
+    volume_mountpoint,
+)
 from .extract import ExtractFacts, extract_tree
 
 VOLUME_COMPRESSIONS = ("gzip", "zstd")
 # Docker's own rule for volume names (daemon/names.RestrictedNamePattern).
-_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -48,15 +55,6 @@ class VolumeRestore:
 
 def volume_artifact(target_name: str, moment: datetime, compression: str) -> str:
     return f"volume_{target_name}_{naming.stamp(moment)}{SUFFIXES[compression]}"
-
-
-def check_target_name(target_name: str) -> None:
-    if not _VOLUME_NAME.match(target_name):
-        raise UsageError(
-            f"{target_name!r} is not a valid volume name",
-            hint="use letters, digits, '_', '.' and '-', starting with a letter or digit, "
-            "at least two characters (Docker's volume name rules)",
-        )
 
 
 def backup_tree(
@@ -167,8 +165,9 @@ def _restore_file(source: catalog.Resolved, target: Path, sink: EventSink) -> Ex
             hashed.drain()
             if manifest is None:
                 return
-            check_digest(source.name, manifest.sha256, hashed.hexdigest(), manifest.size,
-                         hashed.size)  # fmt: skip
+            check_digest(
+                source.name, manifest.sha256, hashed.hexdigest(), manifest.size, hashed.size
+            )
             _check_facts(source.name, manifest, facts)
 
         sink(Event("restore", f"restoring {source.name} into {target}"))
@@ -181,8 +180,9 @@ def _restore_file(source: catalog.Resolved, target: Path, sink: EventSink) -> Ex
             # clearer message, so report that when it applies.
             if manifest is not None:
                 hashed.drain()
-                check_digest(source.name, manifest.sha256, hashed.hexdigest(), manifest.size,
-                             hashed.size)  # fmt: skip
+                check_digest(
+                    source.name, manifest.sha256, hashed.hexdigest(), manifest.size, hashed.size
+                )
             raise
         progress.close()
     if manifest is None:
@@ -276,17 +276,6 @@ def _fresh_name(storage: LocalStorage, target_name: str, compression: str) -> tu
 # --- Docker volumes -------------------------------------------------------------------------
 
 
-def volume_mountpoint(client: docker.DockerClient, name: str) -> Path:
-    check_target_name(name)
-    try:
-        volume = client.volumes.get(name)
-    except docker.errors.NotFound:
-        raise UsageError(f"no Docker volume {name}", hint="'docker volume ls' lists them") from None
-    except (docker.errors.DockerException, requests.RequestException) as exc:
-        raise _unavailable(exc) from exc
-    return Path(str(volume.attrs["Mountpoint"]))
-
-
 def backup_volume(
     client: docker.DockerClient,
     name: str,
@@ -296,10 +285,13 @@ def backup_volume(
     lock_timeout: float = 300.0,
     sink: EventSink = null_sink,
 ) -> Manifest:
+    """Back up a volume; containers labelled safehold.stop-during-backup=true that use it are
+    stopped for the copy and started again afterwards (also when the copy fails)."""
     root = _readable(volume_mountpoint(client, name), name)
-    return backup_tree(
-        root, name, storage, compression=compression, lock_timeout=lock_timeout, sink=sink
-    )
+    with stopped(users_of(client, name, label=STOP_LABEL), sink, f"backup of volume {name}"):
+        return backup_tree(
+            root, name, storage, compression=compression, lock_timeout=lock_timeout, sink=sink
+        )
 
 
 def restore_volume(
@@ -309,15 +301,34 @@ def restore_volume(
     ref: str = "latest",
     *,
     safety_backup: bool = True,
+    stop_containers: bool = False,
     compression: str = "gzip",
     lock_timeout: float = 300.0,
     sink: EventSink = null_sink,
 ) -> VolumeRestore:
-    """Replace a volume's content; refused while a running container uses it."""
+    """Replace a volume's content; refused while a running container uses it, unless
+    ``stop_containers``: then they are stopped, and started again afterwards."""
     check_target_name(name)
     # Resolve before the safety backup, or "latest" would name the safety backup itself.
     source = catalog.resolve(storage, ref, "volume", name)
-    _refuse_if_in_use(client, name)
+    users = users_of(client, name) if stop_containers else []
+    with stopped(users, sink, f"restore of volume {name}"):
+        return _replace(
+            client, name, storage, source, safety_backup, compression, lock_timeout, sink
+        )
+
+
+def _replace(
+    client: docker.DockerClient,
+    name: str,
+    storage: LocalStorage,
+    source: catalog.Resolved,
+    safety_backup: bool,
+    compression: str,
+    lock_timeout: float,
+    sink: EventSink,
+) -> VolumeRestore:
+    refuse_if_in_use(client, name)
     created = False
     try:
         client.volumes.get(name)
@@ -326,7 +337,7 @@ def restore_volume(
         created = True
         sink(Event("restore", f"created Docker volume {name}"))
     except (docker.errors.DockerException, requests.RequestException) as exc:
-        raise _unavailable(exc) from exc
+        raise unavailable(exc) from exc
     root = _readable(volume_mountpoint(client, name), name)
     safety: Manifest | None = None
     if safety_backup and not created:
@@ -343,24 +354,11 @@ def restore_volume(
             )
         )
     # A container started meanwhile would see the swap happen under it; check again.
-    _refuse_if_in_use(client, name)
+    refuse_if_in_use(client, name)
     facts = restore_tree(
         storage, str(source.path), root, target_name=name, sink=sink, lock_timeout=lock_timeout
     )
     return VolumeRestore(facts, source.name, safety)
-
-
-def _refuse_if_in_use(client: docker.DockerClient, name: str) -> None:
-    try:
-        running = client.containers.list(filters={"volume": name})
-    except (docker.errors.DockerException, requests.RequestException) as exc:
-        raise _unavailable(exc) from exc
-    if running:
-        names = ", ".join(sorted(str(c.name) for c in running))
-        raise TargetInUse(
-            f"volume {name} is used by running containers: {names}; nothing was changed",
-            hint=f"stop them first (docker stop {names}), then restore again",
-        )
 
 
 def _readable(mountpoint: Path, name: str) -> Path:
@@ -371,21 +369,3 @@ def _readable(mountpoint: Path, name: str) -> Path:
             "volume folders (usually root)",
         )
     return mountpoint
-
-
-def _unavailable(exc: BaseException) -> DockerUnavailable:
-    return DockerUnavailable(
-        f"cannot reach the Docker engine: {exc}",
-        hint="start Docker, or point DOCKER_HOST at the engine's socket "
-        "(e.g. unix:///var/run/docker.sock) and check you may use it",
-    )
-
-
-def connect_docker() -> docker.DockerClient:
-    """The engine named by DOCKER_HOST (local socket, tcp or ssh), or the default socket."""
-    try:
-        client = docker.from_env()
-        client.ping()
-    except (docker.errors.DockerException, requests.RequestException) as exc:
-        raise _unavailable(exc) from exc
-    return client

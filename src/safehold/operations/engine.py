@@ -1,0 +1,115 @@
+"""The Docker engine as volume operations need it: client, mountpoints, the containers that use
+a volume, and stopping them for a consistent copy. Everything goes through the docker SDK
+(``DOCKER_HOST``: local socket, tcp or ssh); nothing is ever pulled."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import requests
+from docker.models.containers import Container
+
+from ..errors import DockerUnavailable, SafeholdError, TargetInUse, UsageError
+from ..model import Event, EventSink
+
+# Containers carrying this label (value "true") are stopped while a volume they use is copied.
+STOP_LABEL = "safehold.stop-during-backup"
+STOP_TIMEOUT_S = 30
+# Docker's own rule for volume names; safehold uses it for folder targets too.
+_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+
+
+def check_target_name(target_name: str) -> None:
+    if not _VOLUME_NAME.match(target_name):
+        raise UsageError(
+            f"{target_name!r} is not a valid volume name",
+            hint="use letters, digits, '_', '.' and '-', starting with a letter or digit, "
+            "at least two characters (Docker's volume name rules)",
+        )
+
+
+def connect_docker() -> docker.DockerClient:
+    """The engine named by DOCKER_HOST (local socket, tcp or ssh), or the default socket."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise unavailable(exc) from exc
+    return client
+
+
+def volume_mountpoint(client: docker.DockerClient, name: str) -> Path:
+    check_target_name(name)
+    try:
+        volume = client.volumes.get(name)
+    except docker.errors.NotFound:
+        raise UsageError(f"no Docker volume {name}", hint="'docker volume ls' lists them") from None
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise unavailable(exc) from exc
+    return Path(str(volume.attrs["Mountpoint"]))
+
+
+def users_of(
+    client: docker.DockerClient, volume: str, *, label: str | None = None
+) -> list[Container]:
+    """Running containers that mount ``volume`` (only those labelled ``label=true`` if given)."""
+    filters: dict[str, str | list[str] | bool] = {"volume": volume}
+    if label is not None:
+        filters["label"] = f"{label}=true"
+    try:
+        return list(client.containers.list(filters=filters))
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise unavailable(exc) from exc
+
+
+@contextlib.contextmanager
+def stopped(containers: list[Container], sink: EventSink, why: str) -> Iterator[None]:
+    """Stop ``containers`` for the block, then start them again in reverse order — also when
+    the block fails. A container that will not start again is an error of its own."""
+    down: list[Container] = []
+    try:
+        for container in containers:
+            sink(Event("containers", f"stopping {container.name} for the {why}"))
+            container.stop(timeout=STOP_TIMEOUT_S)
+            down.append(container)
+        yield
+    finally:
+        failed = []
+        for container in reversed(down):
+            try:
+                container.start()
+                sink(Event("containers", f"started {container.name} again"))
+            except (docker.errors.DockerException, requests.RequestException) as exc:
+                failed.append(f"{container.name}: {exc}")
+                sink(Event("containers", f"could not start {container.name}: {exc}", "error"))
+        if failed:
+            raise SafeholdError(
+                f"containers stopped for the {why} did not start again: {'; '.join(failed)}",
+                hint="start them by hand (docker start NAME) and check their logs",
+            )
+
+
+def refuse_if_in_use(client: docker.DockerClient, name: str) -> None:
+    try:
+        running = client.containers.list(filters={"volume": name})
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise unavailable(exc) from exc
+    if running:
+        names = ", ".join(sorted(str(c.name) for c in running))
+        raise TargetInUse(
+            f"volume {name} is used by running containers: {names}; nothing was changed",
+            hint=f"stop them first (docker stop {names}), then restore again",
+        )
+
+
+def unavailable(exc: BaseException) -> DockerUnavailable:
+    return DockerUnavailable(
+        f"cannot reach the Docker engine: {exc}",
+        hint="start Docker, or point DOCKER_HOST at the engine's socket "
+        "(e.g. unix:///var/run/docker.sock) and check you may use it",
+    )

@@ -1,0 +1,96 @@
+"""Consistent copies: labelled containers are stopped for a volume backup and always restarted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import docker
+import pytest
+from docker.models.containers import Container
+from docker.models.images import Image
+from docker.models.volumes import Volume
+
+from safehold.errors import StorageError
+from safehold.model import Event
+from safehold.operations.engine import STOP_LABEL
+from safehold.operations.volume import backup_volume, restore_volume
+from safehold.storage import LocalStorage
+
+from .conftest import run_in
+
+# Exits promptly on SIGTERM even as PID 1, so a stop takes a moment, not the stop timeout.
+WRITER = "trap 'exit 0' TERM; while true; do date >> /data/log; sleep 0.1; done"
+
+
+def start(
+    client: docker.DockerClient, image: Image, volume: Volume, name: str, *, labelled: bool
+) -> Container:
+    return client.containers.run(
+        image,
+        ["sh", "-c", WRITER],
+        name=name,
+        volumes={volume.name: {"bind": "/data", "mode": "rw"}},
+        labels={STOP_LABEL: "true"} if labelled else {},
+        network_mode="none",
+        detach=True,
+    )
+
+
+def started_at(container: Container) -> str:
+    container.reload()
+    assert container.status == "running"
+    return str(container.attrs["State"]["StartedAt"])
+
+
+def test_labelled_containers_stop_for_the_copy_and_restart_in_reverse_order(
+    repo: LocalStorage, client: docker.DockerClient, image: Image, volume: Volume
+) -> None:
+    first = start(client, image, volume, f"{volume.name}-a", labelled=True)
+    second = start(client, image, volume, f"{volume.name}-b", labelled=True)
+    bystander = start(client, image, volume, f"{volume.name}-c", labelled=False)
+    before = {c.name: started_at(c) for c in (first, second, bystander)}
+    events: list[Event] = []
+
+    manifest = backup_volume(client, volume.name, repo, sink=events.append)
+
+    after = {c.name: started_at(c) for c in (first, second, bystander)}
+    assert after[first.name] != before[first.name] and after[second.name] != before[second.name]
+    assert after[bystander.name] == before[bystander.name]  # not labelled: left alone
+    moves = [e.message.split(" for ")[0] for e in events if e.kind == "containers"]
+    stops = [m for m in moves if m.startswith("stopping")]
+    starts = [m for m in moves if m.startswith("started")]
+    assert len(stops) == 2 and len(starts) == 2
+    order = [m.split()[1] for m in stops]
+    assert [m.split()[1] for m in starts] == list(reversed(order))
+    assert manifest.facts["files"] >= 1
+
+
+def test_containers_restart_when_the_copy_fails(
+    tmp_path: Path, client: docker.DockerClient, image: Image, volume: Volume
+) -> None:
+    writer = start(client, image, volume, f"{volume.name}-w", labelled=True)
+    before = started_at(writer)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    broken = LocalStorage(blocker / "repo")  # cannot be created: the copy fails
+
+    with pytest.raises(StorageError):
+        backup_volume(client, volume.name, broken)
+
+    assert started_at(writer) != before  # it was stopped, and it runs again
+
+
+def test_restore_with_stop_containers(
+    repo: LocalStorage, client: docker.DockerClient, image: Image, volume: Volume
+) -> None:
+    run_in(client, image, volume.name, "echo v1 > /data/state")
+    backup_volume(client, volume.name, repo)
+    run_in(client, image, volume.name, "echo v2 > /data/state")
+    app = start(client, image, volume, f"{volume.name}-app", labelled=False)
+    before = started_at(app)
+
+    result = restore_volume(client, volume.name, repo, "latest", stop_containers=True)
+
+    assert started_at(app) != before
+    assert run_in(client, image, volume.name, "cat /data/state") == b"v1\n"
+    assert result.safety_backup is not None
