@@ -74,7 +74,8 @@ def restore(
     The database is verified, restored into a staging database, checked and swapped in; the
     replaced one is kept as <name>_pre_restore_<time> unless --drop-previous. A volume is
     verified, its current content backed up, and replaced with exactly the archive's content;
-    refused while a running container uses it. A failure leaves live data as it was.
+    refused while a running container uses it (unless --stop-containers). A failure leaves live
+    data as it was.
     """
     if list_only:
         show_backups(ctx, as_json)
