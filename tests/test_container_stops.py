@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import docker
@@ -10,9 +11,10 @@ from docker.models.containers import Container
 from docker.models.images import Image
 from docker.models.volumes import Volume
 
-from safehold.errors import StorageError
+from safehold import catalog
+from safehold.errors import HookFailed, StorageError
 from safehold.model import Event
-from safehold.operations.engine import STOP_LABEL
+from safehold.operations.engine import POST_LABEL, PRE_LABEL, STOP_LABEL
 from safehold.operations.volume import backup_volume, restore_volume
 from safehold.storage import LocalStorage
 
@@ -94,3 +96,82 @@ def test_restore_with_stop_containers(
     assert started_at(app) != before
     assert run_in(client, image, volume.name, "cat /data/state") == b"v1\n"
     assert result.safety_backup is not None
+
+
+def hooked(
+    client: docker.DockerClient, image: Image, volume: Volume, name: str, labels: dict[str, str]
+) -> Container:
+    return client.containers.run(
+        image,
+        ["sh", "-c", WRITER],
+        name=name,
+        volumes={volume.name: {"bind": "/data", "mode": "rw"}},
+        labels=labels,
+        network_mode="none",
+        detach=True,
+    )
+
+
+def members(repo: LocalStorage, artifact: str) -> set[str]:
+    listing = subprocess.run(
+        ["tar", "-tzf", str(repo.path(artifact))], capture_output=True, text=True, check=True
+    )
+    return set(listing.stdout.split())
+
+
+def test_pre_and_post_backup_commands_run_inside_the_container(
+    repo: LocalStorage, client: docker.DockerClient, image: Image, volume: Volume
+) -> None:
+    hooked(
+        client,
+        image,
+        volume,
+        f"{volume.name}-h",
+        {
+            PRE_LABEL: "echo flushed > /data/flush-marker && echo pre-ran",
+            POST_LABEL: "touch /data/post-marker",
+            STOP_LABEL: "true",
+        },
+    )
+    events: list[Event] = []
+
+    manifest = backup_volume(client, volume.name, repo, sink=events.append)
+
+    assert "./flush-marker" in members(repo, manifest.artifact)  # pre ran before the copy
+    assert "./post-marker" not in members(repo, manifest.artifact)  # post ran after it
+    assert run_in(client, image, volume.name, "ls /data/post-marker") == b"/data/post-marker\n"
+    assert any(e.kind == "hook" and e.message.endswith("pre-ran") for e in events)
+
+
+def test_a_failing_pre_command_stops_the_backup(
+    repo: LocalStorage, client: docker.DockerClient, image: Image, volume: Volume
+) -> None:
+    app = hooked(
+        client,
+        image,
+        volume,
+        f"{volume.name}-f",
+        {
+            PRE_LABEL: "echo cannot flush >&2; exit 3",
+            STOP_LABEL: "true",
+        },
+    )
+    before = started_at(app)
+
+    with pytest.raises(HookFailed) as caught:
+        backup_volume(client, volume.name, repo)
+
+    assert "exit 3" in caught.value.message and str(app.name) in caught.value.message
+    assert "cannot flush" in caught.value.message
+    assert not repo.root.exists() or not list(repo.root.glob("volume_*"))
+    assert started_at(app) == before  # never stopped: the backup did not start
+
+
+def test_a_failing_post_command_is_reported_but_the_backup_stands(
+    repo: LocalStorage, client: docker.DockerClient, image: Image, volume: Volume
+) -> None:
+    hooked(client, image, volume, f"{volume.name}-p", {POST_LABEL: "exit 5"})
+    with pytest.raises(HookFailed, match="was written and is good"):
+        backup_volume(client, volume.name, repo)
+    (record,) = [r for r in catalog.scan(repo) if r.kind == "volume"]
+    assert record.status == "ok"

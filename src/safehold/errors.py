@@ -91,3 +91,9 @@ class LockBusy(SafeholdError):
     """Another safehold run holds the repository lock."""
 
     exit_code = 8
+
+
+class HookFailed(SafeholdError):
+    """A pre/post-backup command inside a container failed."""
+
+    exit_code = 9

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 unexpected failure; 2 usage/config; 3 database; 4 external tool;
 5 storage; 6 integrity (damaged or foreign backup); 7 restore failed (live data untouched);
-8 repository locked; 130 interrupted.
+8 repository locked; 9 a pre/post-backup command in a container failed; 130 interrupted.
 """
 
 from __future__ import annotations

@@ -14,12 +14,16 @@ import docker.errors
 import requests
 from docker.models.containers import Container
 
-from ..errors import DockerUnavailable, SafeholdError, TargetInUse, UsageError
+from ..errors import DockerUnavailable, HookFailed, SafeholdError, TargetInUse, UsageError
 from ..model import Event, EventSink
 
 # Containers carrying this label (value "true") are stopped while a volume they use is copied.
 STOP_LABEL = "safehold.stop-during-backup"
 STOP_TIMEOUT_S = 30
+# Commands (run with sh -c inside the container) around a backup of a volume it uses.
+PRE_LABEL = "safehold.pre-backup"
+POST_LABEL = "safehold.post-backup"
+HOOK_OUTPUT_LINES = 20
 # Docker's own rule for volume names; safehold uses it for folder targets too.
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 
@@ -113,3 +117,28 @@ def unavailable(exc: BaseException) -> DockerUnavailable:
         hint="start Docker, or point DOCKER_HOST at the engine's socket "
         "(e.g. unix:///var/run/docker.sock) and check you may use it",
     )
+
+
+def run_hooks(containers: list[Container], label: str, sink: EventSink) -> None:
+    """Run each container's ``label`` command inside it; its output is logged, and a failure
+    is an error naming the container, the exit code and the output's tail."""
+    for container in containers:
+        command = (container.labels or {}).get(label)
+        if not command:
+            continue
+        sink(Event("hook", f"{label} in {container.name}: {command}"))
+        try:
+            result = container.exec_run(["sh", "-c", command])
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise unavailable(exc) from exc
+        output = result.output if isinstance(result.output, bytes) else b"".join(result.output)
+        lines = output.decode("utf-8", "replace").splitlines()
+        for line in lines[-HOOK_OUTPUT_LINES:]:
+            sink(Event("hook", f"{container.name}: {line}"))
+        if result.exit_code != 0:
+            tail = " | ".join(lines[-3:]) or "no output"
+            raise HookFailed(
+                f"{label} command in container {container.name} failed "
+                f"(exit {result.exit_code}): {tail}",
+                hint=f"fix the command in the container's '{label}' label, or remove the label",
+            )

@@ -23,16 +23,19 @@ import requests
 from .. import catalog, naming
 from .._version import __version__
 from ..compress import SUFFIXES, open_compressor, open_decompressor
-from ..errors import IntegrityError, UsageError
+from ..errors import HookFailed, IntegrityError, UsageError
 from ..lock import repository_lock
 from ..model import Event, EventSink, Manifest, null_sink
 from ..sources.tree import write_tree
 from ..storage import LocalStorage
 from ._pipeline import HashingWriter, Progress, check_digest
 from .engine import (
+    POST_LABEL,
+    PRE_LABEL,
     STOP_LABEL,
     check_target_name,
     refuse_if_in_use,
+    run_hooks,
     stopped,
     unavailable,
     users_of,
@@ -285,13 +288,24 @@ def backup_volume(
     lock_timeout: float = 300.0,
     sink: EventSink = null_sink,
 ) -> Manifest:
-    """Back up a volume; containers labelled safehold.stop-during-backup=true that use it are
-    stopped for the copy and started again afterwards (also when the copy fails)."""
+    """Back up a volume. Running containers that use it run their safehold.pre-backup command
+    first (a failure stops the backup); those labelled safehold.stop-during-backup=true are
+    stopped for the copy and started again afterwards, also when the copy fails; then the
+    safehold.post-backup commands run."""
     root = _readable(volume_mountpoint(client, name), name)
-    with stopped(users_of(client, name, label=STOP_LABEL), sink, f"backup of volume {name}"):
-        return backup_tree(
+    users = users_of(client, name)
+    run_hooks(users, PRE_LABEL, sink)
+    to_stop = [c for c in users if (c.labels or {}).get(STOP_LABEL) == "true"]
+    with stopped(to_stop, sink, f"backup of volume {name}"):
+        manifest = backup_tree(
             root, name, storage, compression=compression, lock_timeout=lock_timeout, sink=sink
         )
+    try:
+        run_hooks(users, POST_LABEL, sink)
+    except HookFailed as exc:
+        exc.message += f" (the backup {manifest.artifact} itself was written and is good)"
+        raise
+    return manifest
 
 
 def restore_volume(
