@@ -36,24 +36,7 @@ def start_engine() -> SandboxDockerd:
     pytest.fail(f"the sandbox Docker engine did not start: {failure}", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def engine() -> Iterator[SandboxDockerd]:
-    started = start_engine()
-    try:
-        yield started
-    finally:
-        started.remove()
-
-
-@pytest.fixture(scope="session")
-def client(engine: SandboxDockerd) -> Iterator[docker.DockerClient]:
-    with contextlib.closing(engine.client()) as api:
-        yield api
-
-
-@pytest.fixture(scope="session")
-def image(client: docker.DockerClient) -> Image:
-    return ensure_busybox_image(client)
+# engine, client and image: the session fixtures in conftest.py
 
 
 def test_engine_listens_on_its_own_unix_socket_only(engine: SandboxDockerd) -> None:

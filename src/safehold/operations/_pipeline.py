@@ -1,13 +1,20 @@
-"""Pieces every streaming operation shares: hashing on the way through, throttled progress."""
+"""Pieces every backup and restore shares: the repository session and commit, fresh names,
+hashing on the way through (both directions), throttled progress."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import IO
 
+from .. import catalog, naming
 from ..errors import IntegrityError
-from ..model import ByteSink, Event, EventSink
+from ..lock import repository_lock
+from ..model import ByteSink, Event, EventSink, Manifest
+from ..storage import LocalStorage
 
 PROGRESS_EVERY_S = 0.5
 
@@ -86,3 +93,81 @@ def check_digest(name: str, expected: str, actual: str, expected_size: int, size
             f"{expected[:12]}…",
             hint="restore an older backup ('safehold list' shows them)",
         )
+
+
+class HashingReader:
+    """Hashes (and counts) what a consumer reads, so verifying shares the pass that
+    decompresses or extracts."""
+
+    def __init__(self, raw: IO[bytes], progress: Progress) -> None:
+        self._raw = raw
+        self._hash = hashlib.sha256()
+        self._progress = progress
+        self.size = 0
+
+    def _seen(self, data: bytes | memoryview) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+        self._progress.advance(len(data))
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._seen(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        # igzip's reader fills buffers in place rather than calling read().
+        count = int(self._raw.readinto(buffer) or 0)  # type: ignore[attr-defined]
+        self._seen(memoryview(buffer)[:count])
+        return count
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+@contextlib.contextmanager
+def repository_session(
+    storage: LocalStorage, *, lock_timeout: float, purpose: str, sink: EventSink
+) -> Iterator[None]:
+    """The writer's side of a repository: created, locked, and cleared of what dead runs left."""
+    storage.ensure()
+    with repository_lock(
+        storage.root, exclusive=True, timeout=lock_timeout, purpose=purpose
+    ) as lock:
+        if lock.stale_pid is not None:
+            sink(
+                Event(
+                    "lock",
+                    f"previous run (pid {lock.stale_pid}) died before finishing; "
+                    "its lock was released by the system",
+                    "warning",
+                )
+            )
+        for partial in storage.remove_stale_partials():
+            sink(
+                Event("cleanup", f"removed unfinished file {partial} of a run that died", "warning")
+            )
+        yield
+
+
+def fresh_name(
+    storage: LocalStorage, names_at: Callable[[datetime], list[str]]
+) -> tuple[datetime, str]:
+    """Names carry seconds: wait for the next second while any of ``names_at(now)`` (the name
+    to use first, then names that would share its stamp) is taken."""
+    while True:
+        started = datetime.now(UTC)
+        names = names_at(started)
+        if not any(storage.exists(n) or storage.exists(naming.manifest_key(n)) for n in names):
+            return started, names[0]
+        time.sleep(1.0 - started.microsecond / 1e6)
+
+
+def commit(storage: LocalStorage, manifest: Manifest) -> None:
+    """After the artifact is durable: its manifest (the commit point), then the latest links."""
+    catalog.write_manifest(storage, manifest)
+    catalog.update_latest_links(storage, catalog.scan(storage))

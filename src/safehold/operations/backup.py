@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from .. import catalog, naming
+from .. import naming
 from .._version import __version__
 from ..compress import ZstdWriter
 from ..errors import UsageError
-from ..lock import repository_lock
 from ..model import Event, EventSink, Manifest, null_sink
 from ..sources.postgres import DumpStream, PgTarget
 from ..storage import LocalStorage
-from ._pipeline import HashingWriter, Progress
+from ._pipeline import HashingWriter, Progress, commit, fresh_name, repository_session
 
 Compression = Literal["gzip", "zstd", "none"]
 COMPRESSIONS: tuple[str, ...] = ("gzip", "zstd", "none")
@@ -42,28 +40,15 @@ def backup_database(
             f"unknown compression {opts.compression!r}",
             hint=f"use one of {', '.join(COMPRESSIONS)}",
         )
-    storage.ensure()
-    with repository_lock(
-        storage.root, exclusive=True, timeout=opts.lock_timeout, purpose="safehold backup"
-    ) as lock:
-        if lock.stale_pid is not None:
-            sink(
-                Event(
-                    "lock",
-                    f"previous run (pid {lock.stale_pid}) died before finishing; "
-                    "its lock was released by the system",
-                    "warning",
-                )
-            )
-        for partial in storage.remove_stale_partials():
-            sink(
-                Event("cleanup", f"removed unfinished file {partial} of a run that died", "warning")
-            )
-        started, name = _fresh_name(storage, opts.compression)
+    with repository_session(
+        storage, lock_timeout=opts.lock_timeout, purpose="safehold backup", sink=sink
+    ):
+        started, name = fresh_name(
+            storage, lambda moment: [naming.database_artifact(moment, opts.compression)]
+        )
         sink(Event("backup", f"backing up database {target.where()} to {storage.path(name)}"))
         manifest = _dump(target, storage, name, started, opts, sink)
-        catalog.write_manifest(storage, manifest)
-        catalog.update_latest_links(storage, catalog.scan(storage))
+        commit(storage, manifest)
     sink(
         Event(
             "backup",
@@ -115,13 +100,3 @@ def _dump(
         tool_version=__version__,
         facts={**dump.facts, "dump_bytes": progress.done},
     )
-
-
-def _fresh_name(storage: LocalStorage, compression: str) -> tuple[datetime, str]:
-    """Names carry seconds; a second backup within the same second waits for the next one."""
-    while True:
-        started = datetime.now(UTC)
-        name = naming.database_artifact(started, compression)
-        if not storage.exists(name) and not storage.exists(naming.manifest_key(name)):
-            return started, name
-        time.sleep(1.0 - started.microsecond / 1e6)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .. import catalog, naming
 from ..compress import ZstdError, zstd_reader
@@ -24,7 +24,7 @@ from ..model import Event, EventSink, null_sink
 from ..sources import pg_admin
 from ..sources.postgres import PgTarget, connect, count_rows
 from ..storage import LocalStorage
-from ._pipeline import HashingWriter, Progress, check_digest, sha256_of
+from ._pipeline import HashingReader, Progress, check_digest, sha256_of
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -274,7 +274,7 @@ def _seekable_dump(storage: LocalStorage, plan: RestorePlan, sink: EventSink) ->
     temp = Path(temp_name)
     try:
         with path.open("rb") as raw, os.fdopen(fd, "wb") as out:
-            hashed = _HashingReader(raw, progress)
+            hashed = HashingReader(raw, progress)
             try:
                 with zstd_reader(hashed) as plain:
                     while chunk := plain.read(1 << 20):
@@ -302,37 +302,6 @@ def _seekable_dump(storage: LocalStorage, plan: RestorePlan, sink: EventSink) ->
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
-
-
-class _HashingReader:
-    """Hashes what the decompressor reads, so verify and decompress share one pass."""
-
-    def __init__(self, raw: IO[bytes], progress: Progress) -> None:
-        self._raw = raw
-        self._hasher = HashingWriter(_Discard())
-        self._progress = progress
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self._hasher.write(data)
-        self._progress.advance(len(data))
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-    def hexdigest(self) -> str:
-        return self._hasher.hexdigest()
-
-    @property
-    def size(self) -> int:
-        return self._hasher.size
-
-
-class _Discard:
-    def write(self, data: bytes | memoryview) -> int:
-        return len(data)
 
 
 def _scratch_dir(storage: LocalStorage) -> Path:

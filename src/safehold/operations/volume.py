@@ -10,7 +10,6 @@ filesystem, so this must run on the Docker host with read access to the volume f
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +27,15 @@ from ..lock import repository_lock
 from ..model import Event, EventSink, Manifest, null_sink
 from ..sources.tree import write_tree
 from ..storage import LocalStorage
-from ._pipeline import HashingWriter, Progress, check_digest
+from ._pipeline import (
+    HashingReader,
+    HashingWriter,
+    Progress,
+    check_digest,
+    commit,
+    fresh_name,
+    repository_session,
+)
 from .engine import (
     POST_LABEL,
     PRE_LABEL,
@@ -79,24 +86,16 @@ def backup_tree(
     root = Path(root)
     if not root.is_dir():
         raise UsageError(f"{root} is not a folder", hint="give the folder to back up")
-    storage.ensure()
-    with repository_lock(
-        storage.root, exclusive=True, timeout=lock_timeout, purpose="safehold volume backup"
-    ) as lock:
-        if lock.stale_pid is not None:
-            sink(
-                Event(
-                    "lock",
-                    f"previous run (pid {lock.stale_pid}) died before finishing; "
-                    "its lock was released by the system",
-                    "warning",
-                )
-            )
-        for partial in storage.remove_stale_partials():
-            sink(
-                Event("cleanup", f"removed unfinished file {partial} of a run that died", "warning")
-            )
-        started, name = _fresh_name(storage, target_name, compression)
+    with repository_session(
+        storage, lock_timeout=lock_timeout, purpose="safehold volume backup", sink=sink
+    ):
+        # A backup in the other format in the same second would share the stamp: wait too.
+        started, name = fresh_name(
+            storage,
+            lambda moment: [
+                volume_artifact(target_name, moment, c) for c in (compression, *VOLUME_COMPRESSIONS)
+            ],
+        )
         sink(Event("backup", f"backing up {root} (volume {target_name}) to {storage.path(name)}"))
         with storage.open_writer(name) as writer:
             hashed = HashingWriter(writer)
@@ -122,8 +121,7 @@ def backup_tree(
             tool_version=__version__,
             facts={**facts.to_json(), "source": str(root)},
         )
-        catalog.write_manifest(storage, manifest)
-        catalog.update_latest_links(storage, catalog.scan(storage))
+        commit(storage, manifest)
     sink(
         Event(
             "backup",
@@ -161,7 +159,7 @@ def _restore_file(source: catalog.Resolved, target: Path, sink: EventSink) -> Ex
     with source.path.open("rb") as raw:
         kind = manifest.compression if manifest is not None else _sniff(raw)
         progress = Progress(sink, f"restore {source.name}", source.path.stat().st_size)
-        hashed = _HashingReader(raw, progress)
+        hashed = HashingReader(raw, progress)
 
         def before_swap(facts: ExtractFacts) -> None:
             # The decompressor may stop at the end of its frame; the digest covers every byte.
@@ -223,57 +221,6 @@ def _sniff(raw: IO[bytes]) -> str:
     if head.startswith(_ZSTD_MAGIC):
         return "zstd"
     return "none"  # maybe a plain tar; extraction proves it or refuses
-
-
-class _HashingReader:
-    """Hashes what the decompressor reads, so verify and extract share one pass."""
-
-    def __init__(self, raw: IO[bytes], progress: Progress) -> None:
-        self._raw = raw
-        self._hasher = HashingWriter(_Discard())
-        self._progress = progress
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self._hasher.write(data)
-        self._progress.advance(len(data))
-        return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        # igzip's reader fills buffers in place rather than calling read().
-        got = self._raw.readinto(buffer)  # type: ignore[attr-defined]
-        count = int(got or 0)
-        self._hasher.write(memoryview(buffer)[:count])
-        self._progress.advance(count)
-        return count
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-    def hexdigest(self) -> str:
-        return self._hasher.hexdigest()
-
-    @property
-    def size(self) -> int:
-        return self._hasher.size
-
-
-class _Discard:
-    def write(self, data: bytes | memoryview) -> int:
-        return len(data)
-
-
-def _fresh_name(storage: LocalStorage, target_name: str, compression: str) -> tuple[datetime, str]:
-    """Names carry seconds; a second backup within the same second waits for the next one."""
-    while True:
-        started = datetime.now(UTC)
-        name = volume_artifact(target_name, started, compression)
-        # A backup in the other format in the same second would share the stamp; wait too.
-        others = [volume_artifact(target_name, started, c) for c in VOLUME_COMPRESSIONS]
-        if not any(storage.exists(n) or storage.exists(naming.manifest_key(n)) for n in others):
-            return started, name
-        time.sleep(1.0 - started.microsecond / 1e6)
 
 
 # --- Docker volumes -------------------------------------------------------------------------
