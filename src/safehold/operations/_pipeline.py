@@ -167,7 +167,16 @@ def fresh_name(
         time.sleep(1.0 - started.microsecond / 1e6)
 
 
-def commit(storage: LocalStorage, manifest: Manifest) -> None:
-    """After the artifact is durable: its manifest (the commit point), then the latest links."""
+def commit(storage: LocalStorage, manifest: Manifest, sink: EventSink, detail: str) -> None:
+    """After the artifact is durable: its manifest (the commit point), then the latest links,
+    then the news (``detail`` says what the backup holds)."""
     catalog.write_manifest(storage, manifest)
     catalog.update_latest_links(storage, catalog.scan(storage))
+    name, size, took = manifest.artifact, manifest.size, manifest.duration_s
+    sink(
+        Event(
+            "backup",
+            f"backup {name} done: {detail}{size} bytes in {took:.1f}s",
+            data={"artifact": name, "size": size, "duration_s": took},
+        )
+    )

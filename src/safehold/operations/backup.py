@@ -48,15 +48,7 @@ def backup_database(
         )
         sink(Event("backup", f"backing up database {target.where()} to {storage.path(name)}"))
         manifest = _dump(target, storage, name, started, opts, sink)
-        commit(storage, manifest)
-    sink(
-        Event(
-            "backup",
-            f"backup {name} done: {manifest.size} bytes in {manifest.duration_s:.1f}s, "
-            f"{len(manifest.tables)} tables",
-            data={"artifact": name, "size": manifest.size, "duration_s": manifest.duration_s},
-        )
-    )
+        commit(storage, manifest, sink, f"{len(manifest.tables)} tables, ")
     return manifest
 
 

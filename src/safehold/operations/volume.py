@@ -121,15 +121,7 @@ def backup_tree(
             tool_version=__version__,
             facts={**facts.to_json(), "source": str(root)},
         )
-        commit(storage, manifest)
-    sink(
-        Event(
-            "backup",
-            f"backup {name} done: {facts.files} files, {manifest.size} bytes in "
-            f"{manifest.duration_s:.1f}s",
-            data={"artifact": name, "size": manifest.size, "duration_s": manifest.duration_s},
-        )
-    )
+        commit(storage, manifest, sink, f"{facts.files} files, ")
     return manifest
 
 
