@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import naming
 from .errors import IntegrityError, UsageError
-from .model import BackupRecord, Kind, Manifest
+from .model import BackupRecord, BackupSet, Kind, Manifest
 from .storage import LocalStorage, Storage
 
 
@@ -63,6 +63,41 @@ def scan(storage: Storage) -> list[BackupRecord]:
         records.append(BackupRecord(name, parsed.kind, created, size, status, manifest))  # type: ignore[arg-type]
     records.sort(key=lambda r: (r.created, r.name))
     return records
+
+
+def write_set(storage: Storage, backup_set: BackupSet) -> None:
+    """The commit point of a full-system backup: written after every member's manifest."""
+    body = json.dumps(backup_set.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+    storage.put_bytes(naming.set_key(backup_set.id), body)
+
+
+def read_sets(storage: Storage) -> list[BackupSet]:
+    """Every complete set, oldest first."""
+    sets: list[BackupSet] = []
+    for key in storage.list(naming.SETS_DIR):
+        if not key.endswith(".json"):
+            continue
+        try:
+            sets.append(BackupSet.from_json(json.loads(storage.read_bytes(key))))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(
+                f"the set record {key} is unreadable: {exc}",
+                hint="its members are still listed as single backups and can be restored one "
+                "by one",
+            ) from None
+    sets.sort(key=lambda s: (s.started_at, s.id))
+    return sets
+
+
+def set_status(backup_set: BackupSet, by_name: dict[str, BackupRecord]) -> str:
+    """ok when every member is a good backup, else what is wrong with the first that is not."""
+    for member in backup_set.members:
+        record = by_name.get(member)
+        if record is None:
+            return f"member {member} missing"
+        if record.status != "ok":
+            return f"member {member} {record.status}"
+    return "ok"
 
 
 def _parseable(names: Iterable[str]) -> set[str]:

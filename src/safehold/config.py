@@ -53,11 +53,42 @@ class BackupSettings:
     )
     zstd_level: int = field(default=3, metadata=_key(doc="1-19"))
     zstd_threads: int = field(default=0, metadata=_key(doc="0 = one per core"))
+    concurrency: int = field(
+        default=4, metadata=_key(doc="members of a --all backup written at once")
+    )
 
 
 @dataclass(frozen=True)
 class RestoreSettings:
     jobs: int = field(default=0, metadata=_key(doc="pg_restore --jobs; 0 = one per core"))
+    project: str = field(
+        default="", metadata=_key(doc="compose project whose containers restore --all stops")
+    )
+    post_restore_cmds: tuple[str, ...] = field(
+        default=(), metadata=_key(doc="commands run (sh -c) after restore --all restored data")
+    )
+    health_url: str = field(default="", metadata=_key(doc="URL that must answer 200 afterwards"))
+    health_timeout: float = field(default=120.0, metadata=_key(doc="seconds to wait for it"))
+
+
+@dataclass(frozen=True)
+class VolumeSettings:
+    include: tuple[str, ...] = field(
+        default=(),
+        metadata=_key(doc="volume names or patterns (user-*) that backup --all takes"),
+    )
+    labels: tuple[str, ...] = field(
+        default=(), metadata=_key(doc="volumes with these labels (key or key=value) too")
+    )
+    exclude: tuple[str, ...] = field(default=(), metadata=_key(doc="names or patterns to skip"))
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    rpo_hours: float = field(default=24.0, metadata=_key(doc="newest backup may be this old"))
+    rto_database_minutes: float = field(default=30.0, metadata=_key(doc="database restore"))
+    rto_volumes_minutes: float = field(default=60.0, metadata=_key(doc="container data"))
+    rto_full_minutes: float = field(default=120.0, metadata=_key(doc="whole-system restore"))
 
 
 @dataclass(frozen=True)
@@ -68,6 +99,8 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     backup: BackupSettings = field(default_factory=BackupSettings)
     restore: RestoreSettings = field(default_factory=RestoreSettings)
+    volumes: VolumeSettings = field(default_factory=VolumeSettings)
+    objectives: ObjectiveSettings = field(default_factory=ObjectiveSettings)
     source: str = "defaults"  # where the file part came from, for messages
     password: str | None = field(default=None, repr=False)
 
@@ -96,8 +129,10 @@ SECTIONS: dict[str, type] = {
     "database": DatabaseSettings,
     "backup": BackupSettings,
     "restore": RestoreSettings,
+    "volumes": VolumeSettings,
+    "objectives": ObjectiveSettings,
 }
-_INTERNAL = {"database", "backup", "restore", "source", "password"}
+_INTERNAL = {*SECTIONS, "source", "password"}
 
 
 def load(
@@ -197,13 +232,8 @@ def _build(values: dict[str, Any], source: str) -> Settings:
             sections[section][name] = converted
         else:
             top[key] = converted
-    return Settings(
-        **top,
-        database=DatabaseSettings(**sections["database"]),
-        backup=BackupSettings(**sections["backup"]),
-        restore=RestoreSettings(**sections["restore"]),
-        source=source,
-    )
+    built = {name: cls(**sections[name]) for name, cls in SECTIONS.items()}
+    return Settings(**top, **built, source=source)
 
 
 def _convert(field_: dataclasses.Field[Any], value: Any, origin: str) -> Any:
@@ -216,8 +246,10 @@ def _convert(field_: dataclasses.Field[Any], value: Any, origin: str) -> Any:
     if optional and value in ("", None):
         return None
     try:
-        if base is bool:
-            result: Any = _to_bool(value)
+        if base == tuple[str, ...]:
+            result: Any = _to_strings(value)
+        elif base is bool:
+            result = _to_bool(value)
         elif base in (int, float):
             if isinstance(value, bool):
                 raise ValueError
@@ -229,7 +261,9 @@ def _convert(field_: dataclasses.Field[Any], value: Any, origin: str) -> Any:
                 raise ValueError
             result = value
     except (TypeError, ValueError):
-        kind = {int: "a whole number", float: "a number", Path: "a path", bool: "true or false"}
+        kind: dict[object, str] = {int: "a whole number", float: "a number", Path: "a path"}
+        kind[bool] = "true or false"
+        kind[tuple[str, ...]] = "a list of strings (in the environment: comma-separated)"
         raise ConfigError(
             f"{origin}: {value!r} is not valid", hint=f"expected {kind.get(base, 'text')}"
         ) from None
@@ -241,6 +275,14 @@ def _convert(field_: dataclasses.Field[Any], value: Any, origin: str) -> Any:
     if base is int and field_.name == "port" and not 0 < result < 65536:
         raise ConfigError(f"{origin}: {value!r} is not a port", hint="expected 1-65535")
     return result
+
+
+def _to_strings(value: Any) -> tuple[str, ...]:
+    # The environment has no lists: "a, b" is two items there.
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError(value)
+    return tuple(item.strip() for item in items if item.strip())
 
 
 def _to_bool(value: Any) -> bool:

@@ -57,6 +57,50 @@ class Manifest:
 
 
 @dataclass(frozen=True)
+class BackupSet:
+    """A full-system backup: the database and volumes taken together under one id. Its record
+    is written after every member's manifest: a set without one is incomplete."""
+
+    id: str
+    started_at: datetime
+    finished_at: datetime
+    members: tuple[str, ...]  # artifact names
+    database: str | None  # the database's name, when the set holds one
+    volumes: tuple[str, ...]  # Docker volumes and plain folders, by target name
+    tool_version: str
+    folders: tuple[str, ...] = ()  # the targets among ``volumes`` that are plain folders
+    format: int = MANIFEST_FORMAT
+
+    @property
+    def duration_s(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["folders"] = list(self.folders)
+        data["started_at"] = _iso(self.started_at)
+        data["finished_at"] = _iso(self.finished_at)
+        data["duration_s"] = round(self.duration_s, 3)
+        data["members"] = list(self.members)
+        data["volumes"] = list(self.volumes)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BackupSet:
+        return cls(
+            id=str(data["id"]),
+            started_at=parse_time(data["started_at"]),
+            finished_at=parse_time(data["finished_at"]),
+            members=tuple(data["members"]),
+            database=data.get("database"),
+            volumes=tuple(data.get("volumes", ())),
+            tool_version=str(data.get("tool_version", "")),
+            folders=tuple(data.get("folders", ())),
+            format=int(data.get("format", MANIFEST_FORMAT)),
+        )
+
+
+@dataclass(frozen=True)
 class BackupRecord:
     """One line of ``safehold list``: an artifact as found in a repository."""
 
@@ -81,6 +125,7 @@ class BackupRecord:
             "size": self.size,
             "sha256": self.sha256,
             "compression": self.manifest.compression if self.manifest else None,
+            "set_id": self.manifest.set_id if self.manifest else None,
             "status": self.status,
         }
 

@@ -14,6 +14,7 @@ from .model import Kind
 
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
 MANIFEST_DIR = ".safehold/manifests"
+SETS_DIR = ".safehold/sets"
 TMP_DIR = ".safehold/tmp"
 LOCK_FILE = ".safehold/lock"
 
@@ -58,6 +59,10 @@ def parse(name: str) -> ArtifactName | None:
 
 def manifest_key(artifact: str) -> str:
     return f"{MANIFEST_DIR}/{artifact}.json"
+
+
+def set_key(set_id: str) -> str:
+    return f"{SETS_DIR}/{set_id}.json"
 
 
 def latest_links(artifact: ArtifactName) -> tuple[str, ...]:

@@ -3,13 +3,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import docker
 
+from .. import catalog
+from ..config import Settings
+from ..errors import UsageError
 from ..model import Manifest
 from ..operations.backup import COMPRESSIONS, backup_database
-from ..operations.engine import connect_docker
+from ..operations.backup_set import SetOptions, backup_set
+from ..operations.engine import connect_docker, select_volumes
 from ..operations.volume import backup_tree, backup_volume
 from ..storage import LocalStorage
-from .runtime import runtime, shared_options
+from .runtime import Runtime, runtime, shared_options
 
 
 @click.command()
@@ -21,11 +26,32 @@ from .runtime import runtime, shared_options
     "*.sql.zst / *.tar.zst [backup.compress]",
 )
 @click.option(
+    "--all",
+    "full",
+    is_flag=True,
+    help="full-system backup: the database and every configured volume ([volumes] include, "
+    "labels, exclude; plus --volume/--volume-label) as one set with one id",
+)
+@click.option(
     "--volume",
     "volumes",
     multiple=True,
-    metavar="NAME",
-    help="back up this Docker volume (repeatable) as volume_NAME_YYYYMMDD_HHMMSS.tar.gz",
+    metavar="NAME|PATTERN",
+    help="back up this Docker volume (repeatable; a pattern such as 'user-*' takes every "
+    "match) as volume_NAME_YYYYMMDD_HHMMSS.tar.gz",
+)
+@click.option(
+    "--volume-label",
+    "labels",
+    multiple=True,
+    metavar="KEY[=VALUE]",
+    help="also every volume carrying this label (repeatable)",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="members of an --all backup written at once [backup.concurrency]",
 )
 @click.option(
     "--path",
@@ -45,7 +71,10 @@ from .runtime import runtime, shared_options
 def backup(
     ctx: click.Context,
     compress: str | None,
+    full: bool,
     volumes: tuple[str, ...],
+    labels: tuple[str, ...],
+    concurrency: int | None,
     paths: tuple[Path, ...],
     database: bool | None,
     as_json: bool,
@@ -55,11 +84,24 @@ def backup(
     Each file is written under a temporary name, fsynced and renamed, then its manifest
     (sha256, size, times, versions, rows per table or file counts) is written: only then is it
     a backup. --json prints the manifest, or a list of them when volumes are included.
+
+    --all writes a full-system set: every member shares the set's timestamp, a bounded pool
+    writes them at once, containers labelled safehold.stop-during-backup=true are stopped once
+    for all volumes, and the set record (.safehold/sets/ID.json) is written last, only when
+    every member succeeded. --json then prints the set with its members' manifests.
     """
+    given = ctx.ensure_object(dict)
     if compress is not None:
-        ctx.ensure_object(dict)["backup.compress"] = compress
+        given["backup.compress"] = compress
+    if concurrency is not None:
+        given["backup.concurrency"] = concurrency
+    if labels and not full:
+        raise UsageError("--volume-label selects volumes for --all", hint="add --all")
     with runtime(ctx, as_json=as_json) as rt:
         storage = LocalStorage(rt.settings.backup_dir)
+        if full:
+            _backup_all(rt, storage, volumes, labels, paths, database is not False)
+            return
         opts = rt.settings.backup_options()
         tree_compression = "zstd" if opts.compression == "zstd" else "gzip"
         done: list[Manifest] = []
@@ -78,7 +120,7 @@ def backup(
             )
         if volumes:
             client = connect_docker()
-            for name in volumes:
+            for name in select_volumes(client, volumes):
                 done.append(
                     backup_volume(
                         client,
@@ -95,3 +137,50 @@ def backup(
         else:
             for manifest in done:
                 click.echo(storage.path(manifest.artifact))
+
+
+def _backup_all(
+    rt: Runtime,
+    storage: LocalStorage,
+    volumes: tuple[str, ...],
+    labels: tuple[str, ...],
+    paths: tuple[Path, ...],
+    with_database: bool,
+) -> None:
+    settings: Settings = rt.settings
+    chosen = settings.volumes
+    include = (*chosen.include, *volumes)
+    labels = (*chosen.labels, *labels)
+    client: docker.DockerClient | None = None
+    names: list[str] = []
+    if include or labels:
+        client = connect_docker()
+        names = select_volumes(client, include, labels, chosen.exclude)
+        if not names:
+            rt.sink_warning(
+                f"no Docker volume matches {', '.join((*include, *labels))}: the set holds "
+                "no volumes"
+            )
+    options = settings.backup_options()
+    result = backup_set(
+        storage,
+        database=settings.pg_target() if with_database else None,
+        client=client,
+        volumes=names,
+        folders={p.resolve().name: p.resolve() for p in paths},
+        options=SetOptions(
+            database=options,
+            volume_compression="zstd" if options.compression == "zstd" else "gzip",
+            concurrency=settings.backup.concurrency,
+        ),
+        sink=rt.sink,
+    )
+    if rt.as_json:
+        manifests = [catalog.read_manifest(storage, name) for name in result.members]
+        rt.emit_json(
+            {**result.to_json(), "manifests": [m.to_json() for m in manifests if m is not None]}
+        )
+        return
+    click.echo(f"set {result.id}")
+    for name in result.members:
+        click.echo(storage.path(name))

@@ -65,7 +65,9 @@ def _run(
     storage = LocalStorage(backups)
     manifest = backup_database(target, storage, sink=rt.sink)
     if not rt.as_json:
-        backups_table(catalog.scan(storage), rt.out, storage.description)
+        backups_table(
+            catalog.scan(storage), rt.out, storage.description, catalog.read_sets(storage)
+        )
     result = restore_database(
         target, storage, "latest", RestoreOptions(target_db=RESTORED_DB), sink=rt.sink
     )

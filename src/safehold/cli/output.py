@@ -5,21 +5,28 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from ..model import BackupRecord
+from ..catalog import set_status
+from ..model import BackupRecord, BackupSet
 from ..sinks.log import human_bytes
 
 STATUS_STYLE = {"ok": "green", "unverified/foreign": "yellow", "damaged": "red", "missing": "red"}
 
 
-def backups_table(records: list[BackupRecord], console: Console, where: str) -> None:
+def backups_table(
+    records: list[BackupRecord], console: Console, where: str, sets: list[BackupSet]
+) -> None:
+    """Newest first; members of a full-system set show its id, and "(incomplete)" when the set
+    record is missing because a member failed."""
     if not records:
         console.print(f"no backups in {where}")
         return
+    complete = {s.id for s in sets}
     table = Table(title=f"backups in {where}", title_justify="left", box=None, pad_edge=False)
     for column in (
         "NAME",
         "KIND",
         "TARGET",
+        "SET",
         "CREATED (UTC)",
         "CREATED (LOCAL)",
         "SIZE",
@@ -29,14 +36,41 @@ def backups_table(records: list[BackupRecord], console: Console, where: str) -> 
         table.add_column(column, no_wrap=column != "NAME")
     for record in reversed(records):
         manifest = record.manifest
+        set_id = manifest.set_id if manifest else None
         table.add_row(
             record.name,
             record.kind,
             manifest.target if manifest else "?",
+            "-" if set_id is None else set_id + ("" if set_id in complete else " (incomplete)"),
             record.created.strftime("%Y-%m-%d %H:%M:%S"),
             record.created.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
             human_bytes(record.size) if record.size is not None else "-",
             record.sha256[:12] if record.sha256 else "-",
             f"[{STATUS_STYLE[record.status]}]{record.status}[/]",
+        )
+    console.print(table)
+
+
+def sets_table(
+    sets: list[BackupSet], records: list[BackupRecord], console: Console, where: str
+) -> None:
+    if not sets:
+        console.print(f"no full-system backup sets in {where} (safehold backup --all makes one)")
+        return
+    by_name = {r.name: r for r in records}
+    table = Table(title=f"backup sets in {where}", title_justify="left", box=None, pad_edge=False)
+    for column in ("SET", "CREATED (UTC)", "DATABASE", "VOLUMES", "SIZE", "TOOK", "STATUS"):
+        table.add_column(column, no_wrap=True)
+    for backup_set in reversed(sets):
+        status = set_status(backup_set, by_name)
+        size = sum(by_name[m].size or 0 for m in backup_set.members if m in by_name)
+        table.add_row(
+            backup_set.id,
+            backup_set.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            backup_set.database or "-",
+            str(len(backup_set.volumes)),
+            human_bytes(size),
+            f"{backup_set.duration_s:.1f}s",
+            f"[{STATUS_STYLE['ok' if status == 'ok' else 'damaged']}]{status}[/]",
         )
     console.print(table)

@@ -73,6 +73,12 @@ class Runtime:
     out: Console
     closers: list[Callable[[], None]]
 
+    def sink_info(self, message: str) -> None:
+        self.sink(Event("info", message))
+
+    def sink_warning(self, message: str) -> None:
+        self.sink(Event("warning", message, "warning"))
+
     def emit_json(self, data: Any) -> None:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 

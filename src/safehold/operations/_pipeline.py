@@ -167,11 +167,14 @@ def fresh_name(
         time.sleep(1.0 - started.microsecond / 1e6)
 
 
-def commit(storage: LocalStorage, manifest: Manifest, sink: EventSink, detail: str) -> None:
-    """After the artifact is durable: its manifest (the commit point), then the latest links,
-    then the news (``detail`` says what the backup holds)."""
+def commit(
+    storage: LocalStorage, manifest: Manifest, sink: EventSink, detail: str, *, links: bool = True
+) -> None:
+    """After the artifact is durable: its manifest (the commit point), then the latest links
+    (a set updates them once, at its end), then the news (``detail``: what the backup holds)."""
     catalog.write_manifest(storage, manifest)
-    catalog.update_latest_links(storage, catalog.scan(storage))
+    if links:
+        catalog.update_latest_links(storage, catalog.scan(storage))
     name, size, took = manifest.artifact, manifest.size, manifest.duration_s
     sink(
         Event(

@@ -47,19 +47,22 @@ def backup_database(
             storage, lambda moment: [naming.database_artifact(moment, opts.compression)]
         )
         sink(Event("backup", f"backing up database {target.where()} to {storage.path(name)}"))
-        manifest = _dump(target, storage, name, started, opts, sink)
+        manifest = dump_database(target, storage, name, started, opts, sink)
         commit(storage, manifest, sink, f"{len(manifest.tables)} tables, ")
     return manifest
 
 
-def _dump(
+def dump_database(
     target: PgTarget,
     storage: LocalStorage,
     name: str,
     started: datetime,
     opts: BackupOptions,
     sink: EventSink,
+    set_id: str | None = None,
 ) -> Manifest:
+    """Write the artifact ``name`` (the caller holds the repository session) and return its
+    manifest, not yet committed."""
     # With zstd, pg_dump writes uncompressed and our multi-threaded zstd does the work.
     level = None if opts.compression == "gzip" else 0
     with DumpStream(target, compress_level=level) as dump, storage.open_writer(name) as writer:
@@ -91,4 +94,5 @@ def _dump(
         finished_at=datetime.now(UTC),
         tool_version=__version__,
         facts={**dump.facts, "dump_bytes": progress.done},
+        set_id=set_id,
     )

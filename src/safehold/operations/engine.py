@@ -5,6 +5,7 @@ a volume, and stopping them for a consistent copy. Everything goes through the d
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,6 +97,62 @@ def stopped(containers: list[Container], sink: EventSink, why: str) -> Iterator[
                 f"containers stopped for the {why} did not start again: {'; '.join(failed)}",
                 hint="start them by hand (docker start NAME) and check their logs",
             )
+
+
+@contextlib.contextmanager
+def quiesced(
+    client: docker.DockerClient | None, volumes: list[str], sink: EventSink, why: str
+) -> Iterator[None]:
+    """Around a copy of ``volumes``: the pre-backup commands of the running containers using
+    them (a failure stops here), the labelled ones stopped for the block and started again
+    (also when it fails), then the post-backup commands. A container using several volumes is
+    handled once."""
+    users: dict[str, Container] = {}
+    for volume in volumes:
+        assert client is not None, "volumes need the engine"
+        for container in users_of(client, volume):
+            users.setdefault(str(container.id), container)
+    running = list(users.values())
+    run_hooks(running, PRE_LABEL, sink)
+    to_stop = [c for c in running if (c.labels or {}).get(STOP_LABEL) == "true"]
+    with stopped(to_stop, sink, why):
+        yield
+    run_hooks(running, POST_LABEL, sink)
+
+
+def select_volumes(
+    client: docker.DockerClient,
+    include: tuple[str, ...],
+    labels: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+) -> list[str]:
+    """Volume names chosen by name, pattern (``user-*``) or label (``key`` or ``key=value``),
+    minus ``exclude``; sorted. A plain name that does not exist is an error, a pattern that
+    matches nothing is not (no users yet is a normal state)."""
+    try:
+        present = sorted(str(v.name) for v in client.volumes.list())
+        labelled = {
+            str(v.name) for label in labels for v in client.volumes.list(filters={"label": label})
+        }
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise unavailable(exc) from exc
+    chosen = set(labelled)
+    for pattern in include:
+        if _is_pattern(pattern):
+            chosen.update(fnmatch.filter(present, pattern))
+            continue
+        check_target_name(pattern)
+        if pattern not in present:
+            raise UsageError(
+                f"no Docker volume {pattern}",
+                hint="'docker volume ls' lists them; fix [volumes] include or --volume",
+            )
+        chosen.add(pattern)
+    return sorted(n for n in chosen if not any(fnmatch.fnmatchcase(n, x) for x in exclude))
+
+
+def _is_pattern(text: str) -> bool:
+    return any(char in text for char in "*?[")
 
 
 def refuse_if_in_use(client: docker.DockerClient, name: str) -> None:

@@ -37,12 +37,9 @@ from ._pipeline import (
     repository_session,
 )
 from .engine import (
-    POST_LABEL,
-    PRE_LABEL,
-    STOP_LABEL,
     check_target_name,
+    quiesced,
     refuse_if_in_use,
-    run_hooks,
     stopped,
     unavailable,
     users_of,
@@ -96,33 +93,49 @@ def backup_tree(
                 volume_artifact(target_name, moment, c) for c in (compression, *VOLUME_COMPRESSIONS)
             ],
         )
-        sink(Event("backup", f"backing up {root} (volume {target_name}) to {storage.path(name)}"))
-        with storage.open_writer(name) as writer:
-            hashed = HashingWriter(writer)
-            compressor = open_compressor(compression, hashed)
-            try:
-                facts = write_tree(root, compressor, events=sink)
-                # Finish inside the writer block: a failure aborts instead of committing.
-                compressor.finish()
-            except BaseException:
-                abort = getattr(compressor, "abort", None)
-                if abort is not None:
-                    abort()  # stop gzip's worker threads; the writer drops the partial file
-                raise
-        manifest = Manifest(
-            artifact=name,
-            kind="volume",
-            target=target_name,
-            compression=compression,
-            size=hashed.size,
-            sha256=hashed.hexdigest(),
-            started_at=started,
-            finished_at=datetime.now(UTC),
-            tool_version=__version__,
-            facts={**facts.to_json(), "source": str(root)},
-        )
-        commit(storage, manifest, sink, f"{facts.files} files, ")
+        manifest = write_tree_backup(root, target_name, storage, name, started, compression, sink)
+        commit(storage, manifest, sink, f"{manifest.facts['files']} files, ")
     return manifest
+
+
+def write_tree_backup(
+    root: Path,
+    target_name: str,
+    storage: LocalStorage,
+    name: str,
+    started: datetime,
+    compression: str,
+    sink: EventSink,
+    set_id: str | None = None,
+) -> Manifest:
+    """Write the artifact ``name`` (the caller holds the repository session) and return its
+    manifest, not yet committed."""
+    sink(Event("backup", f"backing up {root} (volume {target_name}) to {storage.path(name)}"))
+    with storage.open_writer(name) as writer:
+        hashed = HashingWriter(writer)
+        compressor = open_compressor(compression, hashed)
+        try:
+            facts = write_tree(root, compressor, events=sink)
+            # Finish inside the writer block: a failure aborts instead of committing.
+            compressor.finish()
+        except BaseException:
+            abort = getattr(compressor, "abort", None)
+            if abort is not None:
+                abort()  # stop gzip's worker threads; the writer drops the partial file
+            raise
+    return Manifest(
+        artifact=name,
+        kind="volume",
+        target=target_name,
+        compression=compression,
+        size=hashed.size,
+        sha256=hashed.hexdigest(),
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        tool_version=__version__,
+        facts={**facts.to_json(), "source": str(root)},
+        set_id=set_id,
+    )
 
 
 def restore_tree(
@@ -231,18 +244,16 @@ def backup_volume(
     first (a failure stops the backup); those labelled safehold.stop-during-backup=true are
     stopped for the copy and started again afterwards, also when the copy fails; then the
     safehold.post-backup commands run."""
-    root = _readable(volume_mountpoint(client, name), name)
-    users = users_of(client, name)
-    run_hooks(users, PRE_LABEL, sink)
-    to_stop = [c for c in users if (c.labels or {}).get(STOP_LABEL) == "true"]
-    with stopped(to_stop, sink, f"backup of volume {name}"):
-        manifest = backup_tree(
-            root, name, storage, compression=compression, lock_timeout=lock_timeout, sink=sink
-        )
+    root = readable(volume_mountpoint(client, name), name)
+    manifest: Manifest | None = None
     try:
-        run_hooks(users, POST_LABEL, sink)
+        with quiesced(client, [name], sink, f"backup of volume {name}"):
+            manifest = backup_tree(
+                root, name, storage, compression=compression, lock_timeout=lock_timeout, sink=sink
+            )
     except HookFailed as exc:
-        exc.message += f" (the backup {manifest.artifact} itself was written and is good)"
+        if manifest is not None:
+            exc.message += f" (the backup {manifest.artifact} itself was written and is good)"
         raise
     return manifest
 
@@ -291,7 +302,7 @@ def _replace(
         sink(Event("restore", f"created Docker volume {name}"))
     except (docker.errors.DockerException, requests.RequestException) as exc:
         raise unavailable(exc) from exc
-    root = _readable(volume_mountpoint(client, name), name)
+    root = readable(volume_mountpoint(client, name), name)
     safety: Manifest | None = None
     if safety_backup and not created:
         sink(Event("restore", f"safety backup of the current content of volume {name}"))
@@ -314,7 +325,7 @@ def _replace(
     return VolumeRestore(facts, source.name, safety)
 
 
-def _readable(mountpoint: Path, name: str) -> Path:
+def readable(mountpoint: Path, name: str) -> Path:
     if not (mountpoint.is_dir() and os.access(mountpoint, os.R_OK | os.X_OK)):
         raise UsageError(
             f"the folder of Docker volume {name} ({mountpoint}) is not readable here",
