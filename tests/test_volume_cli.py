@@ -89,3 +89,44 @@ def test_bad_volume_arguments_and_unreachable_engine(run_cli: CliRunner) -> None
     )
     assert down.returncode == 4, down.stderr
     assert "DOCKER_HOST" in down.stderr
+
+
+def test_volume_restore_dry_run_prints_the_plan_and_changes_nothing(
+    run_cli: CliRunner,
+    engine: SandboxDockerd,
+    client: docker.DockerClient,
+    image: Image,
+    volume: Volume,
+) -> None:
+    env = {"DOCKER_HOST": engine.base_url}
+    run_in(client, image, volume.name, FILL)
+    assert run_cli("backup", "--volume", volume.name, env=env).returncode == 0
+    run_in(client, image, volume.name, "echo changed > /data/a.txt")
+    changed = run_in(client, image, volume.name, READ)
+    user = client.containers.run(
+        image,
+        ["sleep", "600"],
+        volumes={volume.name: {"bind": "/data"}},
+        network_mode="none",
+        detach=True,
+    )
+
+    plan = run_cli("restore", "--volume", f"{volume.name}:latest", "--dry-run", env=env)
+    planned = run_cli(
+        "restore",
+        "--volume",
+        f"{volume.name}:latest",
+        "--dry-run",
+        "--stop-containers",
+        "--json",
+        env=env,
+    )
+
+    assert plan.returncode == 0, plan.stderr
+    assert "plan (dry run, nothing changed)" in plan.stdout
+    assert f"REFUSED: running containers use it: {user.name}" in plan.stdout
+    (steps,) = json.loads(planned.stdout)["volumes"]
+    assert steps["steps"][1] == f"stop {user.name}"
+    assert any("safety backup" in s for s in steps["steps"])
+    user.remove(force=True)
+    assert run_in(client, image, volume.name, READ) == changed

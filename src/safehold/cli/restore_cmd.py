@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import click
 
+from .. import catalog
 from ..errors import UsageError
-from ..operations.engine import connect_docker
+from ..operations.engine import connect_docker, users_of
 from ..operations.restore import RestoreResult, restore_database
 from ..operations.volume import restore_volume
 from ..storage import LocalStorage
 from .list_cmd import show_backups
+from .restore_all import AllRequest, restore_all
 from .runtime import Runtime, runtime, shared_options
 
 
@@ -51,6 +53,42 @@ from .runtime import Runtime, runtime, shared_options
     is_flag=True,
     help="do not back up a volume's current content before replacing it",
 )
+@click.option(
+    "--all",
+    "full",
+    is_flag=True,
+    help="whole-system restore of a backup set: stop the application, restore the database "
+    "and every volume, run post-restore commands, start, check health",
+)
+@click.option("--set", "set_ref", metavar="ID|latest", help="the set for --all (default: latest)")
+@click.option(
+    "--point-in-time",
+    metavar="TIME",
+    help='--all: the newest set taken at or before TIME ("2024-12-01 12:00", local time)',
+)
+@click.option(
+    "--project",
+    metavar="NAME",
+    help="--all: stop this compose project's containers [restore.project]",
+)
+@click.option(
+    "--post-restore-cmd",
+    "post_cmds",
+    multiple=True,
+    metavar="CMD",
+    help="--all: run CMD (sh -c, on this host) after the data is back, before the containers "
+    "start (repeatable) [restore.post_restore_cmds]",
+)
+@click.option(
+    "--health-url", metavar="URL", help="--all: poll until it answers 200 [restore.health_url]"
+)
+@click.option("--health-timeout", type=float, default=None, help="seconds to wait for --health-url")
+@click.option(
+    "--from-step",
+    type=click.IntRange(min=1),
+    default=1,
+    help="--all: skip the restore steps before step N (to continue after a failure)",
+)
 @click.option("--dry-run", is_flag=True, help="print the plan and change nothing")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @shared_options
@@ -66,6 +104,14 @@ def restore(
     volume_refs: tuple[str, ...],
     stop_containers: bool,
     no_safety_backup: bool,
+    full: bool,
+    set_ref: str | None,
+    point_in_time: str | None,
+    project: str | None,
+    post_cmds: tuple[str, ...],
+    health_url: str | None,
+    health_timeout: float | None,
+    from_step: int,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -76,20 +122,43 @@ def restore(
     verified, its current content backed up, and replaced with exactly the archive's content;
     refused while a running container uses it (unless --stop-containers). A failure leaves live
     data as it was.
+
+    --all runs the disaster-recovery runbook on a full-system set (--set ID, latest, or
+    --point-in-time): verify every member, stop the application's containers, restore the
+    database and each volume, run --post-restore-cmd, start the containers, check the database
+    answers and --health-url returns 200. Each step is timed; the total is judged against the
+    recovery-time objectives. A failed step stops the run and prints the command to continue.
     """
     if list_only:
         show_backups(ctx, as_json)
         return
-    if database_ref is None and not volume_refs:
+    if full and (database_ref or volume_refs):
+        raise UsageError(
+            "--all restores a whole set; it does not mix with --database or --volume",
+            hint="restore single backups with --database/--volume, or the set with --all",
+        )
+    if database_ref is None and not volume_refs and not full:
         raise UsageError(
             "nothing to restore",
-            hint="use --database FILE|NAME|latest, --volume NAME:FILE, or --list",
+            hint="use --database FILE|NAME|latest, --volume NAME:FILE, --all, or --list",
         )
     volumes = [_volume_ref(text) for text in volume_refs]
-    if volumes and dry_run:
-        raise UsageError("--dry-run does not cover volumes yet", hint="omit --volume to plan")
     with runtime(ctx, as_json=as_json) as rt:
         storage = LocalStorage(rt.settings.backup_dir)
+        if full:
+            request = AllRequest(
+                set_ref,
+                point_in_time,
+                project,
+                post_cmds,
+                health_url,
+                health_timeout,
+                from_step,
+                not no_safety_backup,
+                dry_run,
+            )
+            restore_all(rt, storage, request)
+            return
         db_result: RestoreResult | None = None
         if database_ref is not None:
             overrides: dict[str, object] = {
@@ -109,9 +178,14 @@ def restore(
             )
             if not as_json:
                 _show(db_result, None)
-        restored = _restore_volumes(
-            rt, storage, volumes, safety=not no_safety_backup, stop=stop_containers
-        )
+        if dry_run:
+            restored = _plan_volumes(
+                rt, storage, volumes, safety=not no_safety_backup, stop=stop_containers
+            )
+        else:
+            restored = _restore_volumes(
+                rt, storage, volumes, safety=not no_safety_backup, stop=stop_containers
+            )
         if as_json and db_result is not None and not volumes:
             rt.emit_json(db_result.to_json())
         elif as_json:
@@ -129,6 +203,44 @@ def _volume_ref(text: str) -> tuple[str, str]:
             "or --volume user-data:latest",
         )
     return name, ref
+
+
+def _plan_volumes(
+    rt: Runtime, storage: LocalStorage, volumes: list[tuple[str, str]], *, safety: bool, stop: bool
+) -> list[dict[str, object]]:
+    """What a volume restore would do, checked as far as possible without changing anything."""
+    if not volumes:
+        return []
+    client = connect_docker()
+    plans: list[dict[str, object]] = []
+    for name, ref in volumes:
+        source = catalog.resolve(storage, ref, "volume", name)
+        exists = any(str(v.name) == name for v in client.volumes.list())
+        users = sorted(str(c.name) for c in users_of(client, name)) if exists else []
+        steps = [
+            f"verify {source.name} (sha256 against its manifest)"
+            if source.manifest
+            else f"{source.name} has no manifest: extract it as a tar archive (warning)"
+        ]
+        if users and not stop:
+            steps.append(
+                f"REFUSED: running containers use it: {', '.join(users)} (add --stop-containers)"
+            )
+        elif users:
+            steps.append(f"stop {', '.join(users)}")
+        if not exists:
+            steps.append(f"create Docker volume {name}")
+        elif safety:
+            steps.append(f"safety backup of the current content of {name}")
+        steps.append(f"replace the content of {name} with exactly the archive's")
+        if users and stop:
+            steps.append(f"start {', '.join(reversed(users))} again")
+        plans.append({"volume": name, "source": source.name, "steps": steps})
+        if not rt.as_json:
+            click.echo(f"plan (dry run, nothing changed): restore volume {name} from {source.name}")
+            for number, step in enumerate(steps, 1):
+                click.echo(f"  {number}. {step}")
+    return plans
 
 
 def _restore_volumes(

@@ -1,0 +1,121 @@
+"""``restore --all``: choose the set, print the plan, run it, and show the times against the
+recovery-time objectives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import click
+import docker
+
+from ..errors import UsageError
+from ..operations.engine import connect_docker
+from ..operations.system_plan import choose_set, plan_system_restore
+from ..operations.system_restore import (
+    Objectives,
+    SystemRestoreOptions,
+    SystemRestoreResult,
+    run_system_restore,
+)
+from ..storage import LocalStorage
+from .runtime import Runtime
+
+
+@dataclass(frozen=True)
+class AllRequest:
+    set_ref: str | None
+    point_in_time: str | None
+    project: str | None
+    post_restore_cmds: tuple[str, ...]
+    health_url: str | None
+    health_timeout: float | None
+    from_step: int
+    safety_backup: bool
+    dry_run: bool
+
+
+def restore_all(rt: Runtime, storage: LocalStorage, request: AllRequest) -> None:
+    settings = rt.settings
+    if request.set_ref and request.point_in_time:
+        raise UsageError("give --set or --point-in-time, not both")
+    moment = parse_moment(request.point_in_time) if request.point_in_time else None
+    backup_set, why = choose_set(storage, request.set_ref, moment)
+    health_url = request.health_url or settings.restore.health_url or None
+    if health_url and not health_url.startswith(("http://", "https://")):
+        raise UsageError(f"--health-url {health_url!r} is not an http(s) URL")
+    docker_volumes = set(backup_set.volumes) - set(backup_set.folders)
+    project = request.project or settings.restore.project or None
+    client: docker.DockerClient | None = connect_docker() if docker_volumes or project else None
+    database = settings.pg_target() if backup_set.database else None
+    plan = plan_system_restore(
+        storage,
+        backup_set,
+        why,
+        client=client,
+        database=database.dbname if database else None,
+        project=project,
+        post_restore_cmds=request.post_restore_cmds or settings.restore.post_restore_cmds,
+        health_url=health_url,
+        from_step=request.from_step,
+    )
+    if request.dry_run:
+        if rt.as_json:
+            rt.emit_json({**plan.to_json(), "dry_run": True})
+            return
+        click.echo(f"plan (dry run, nothing changed): whole-system restore of {why}")
+        for step in plan.steps:
+            skipped = " (skipped: before --from-step)" if plan.skipped(step) else ""
+            click.echo(f"  {step.number}. {step.title}{skipped}")
+        return
+    rt.sink_info(f"whole-system restore of {why}")
+    goals = settings.objectives
+    result = run_system_restore(
+        plan,
+        storage,
+        client=client,
+        database=database,
+        options=SystemRestoreOptions(
+            database=settings.restore_options(),
+            safety_backup=request.safety_backup,
+            volume_compression="zstd" if settings.backup.compress == "zstd" else "gzip",
+            health_timeout=request.health_timeout or settings.restore.health_timeout,
+            lock_timeout=settings.lock_timeout,
+            objectives=Objectives(
+                goals.rto_database_minutes * 60,
+                goals.rto_volumes_minutes * 60,
+                goals.rto_full_minutes * 60,
+            ),
+        ),
+        health_url=health_url,
+        sink=rt.sink,
+    )
+    if rt.as_json:
+        rt.emit_json(result.to_json())
+    else:
+        show_result(result)
+
+
+def parse_moment(text: str) -> datetime:
+    """ISO-8601 ("2024-12-01 12:00", "2024-12-01T12:00:00Z"); without a zone: local time."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(
+            f"--point-in-time {text!r} is not a date and time",
+            hint='e.g. --point-in-time "2024-12-01 12:00" (local time) or '
+            '"2024-12-01T12:00:00Z" (UTC)',
+        ) from None
+    return moment if moment.tzinfo else moment.astimezone()
+
+
+def show_result(result: SystemRestoreResult) -> None:
+    click.echo(f"restored set {result.plan.backup_set.id} in {result.total_s:.1f}s")
+    for step, took in result.timings:
+        click.echo(f"  {step.number:>2}. {step.title:<70} {took:8.1f}s")
+    click.echo("recovery time against the objectives:")
+    for name, measured, target in result.measured():
+        verdict = "met" if measured <= target else "MISSED"
+        click.echo(f"  {name:<15} {measured:8.1f}s of {target / 60:.0f} min  {verdict}")
+    for note in result.notes:
+        click.echo(note)

@@ -1,0 +1,317 @@
+"""Whole-system restore: the disaster-recovery runbook as one operation.
+
+Verify every member first (nothing stops while a broken set could still be refused), stop the
+application's containers, restore the database (staging + swap, the previous one kept) and
+each volume (safety backup first), run the post-restore commands, start the containers again,
+then prove the result: the database answers, and the health URL returns 200. Every step is
+timed and the totals are judged against the recovery-time objectives.
+
+A failing step stops the run. The containers are started again (each restore step is atomic,
+so every volume and the database hold either their old or their new content, never a mix),
+and the error says which steps are done and the command that continues from the failed one.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+
+from .. import _proc
+from ..errors import HookFailed, RestoreError, SafeholdError
+from ..model import Event, EventSink, null_sink
+from ..sources.postgres import PgTarget, connect
+from ..storage import LocalStorage
+from ._pipeline import Progress, check_digest, sha256_of
+from .engine import stopped
+from .restore import RestoreOptions, restore_database
+from .system_plan import Step, SystemPlan, folder_of
+from .volume import restore_tree, restore_volume
+
+HEALTH_POLL_S = 1.0
+POST_OUTPUT_LINES = 20
+
+
+@dataclass(frozen=True)
+class Objectives:
+    """Recovery-time objectives in seconds (the procedures: 30 min, 1 h, 2 h)."""
+
+    database_s: float = 30 * 60
+    volumes_s: float = 60 * 60
+    full_s: float = 120 * 60
+
+
+@dataclass(frozen=True)
+class SystemRestoreOptions:
+    database: RestoreOptions = field(default_factory=RestoreOptions)
+    safety_backup: bool = True
+    volume_compression: str = "gzip"
+    health_timeout: float = 120.0
+    lock_timeout: float = 300.0
+    objectives: Objectives = field(default_factory=Objectives)
+
+
+@dataclass
+class SystemRestoreResult:
+    plan: SystemPlan
+    timings: list[tuple[Step, float]] = field(default_factory=list)
+    total_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    objectives: Objectives = field(default_factory=Objectives)
+
+    def measured(self) -> list[tuple[str, float, float]]:
+        """(objective, measured seconds, target seconds) for the parts this run did."""
+        spent = dict.fromkeys(("database", "volume"), 0.0)
+        for step, took in self.timings:
+            if step.kind in ("volume", "folder"):
+                spent["volume"] += took
+            elif step.kind == "database":
+                spent["database"] += took
+        kinds = {s.kind for s, _ in self.timings}
+        rows = []
+        if "database" in kinds:
+            rows.append(("database", spent["database"], self.objectives.database_s))
+        if kinds & {"volume", "folder"}:
+            rows.append(("container data", spent["volume"], self.objectives.volumes_s))
+        rows.append(("full system", self.total_s, self.objectives.full_s))
+        return rows
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.plan.to_json(),
+            "timings_s": [{**s.to_json(), "seconds": round(t, 3)} for s, t in self.timings],
+            "total_s": round(self.total_s, 3),
+            "objectives": [
+                {"objective": n, "measured_s": round(m, 3), "target_s": t, "met": m <= t}
+                for n, m, t in self.measured()
+            ],
+            "notes": self.notes,
+        }
+
+
+def run_system_restore(
+    plan: SystemPlan,
+    storage: LocalStorage,
+    *,
+    client: docker.DockerClient | None,
+    database: PgTarget | None,
+    options: SystemRestoreOptions,
+    health_url: str | None = None,
+    sink: EventSink = null_sink,
+) -> SystemRestoreResult:
+    result = SystemRestoreResult(plan, objectives=options.objectives)
+    runner = _Runner(plan, result, sink)
+    began = time.monotonic()
+    steps = {s.kind: s for s in plan.steps if s.kind in ("verify", "stop", "start")}
+    runner.step(steps["verify"], lambda: _verify(plan, storage, sink))
+    restore_steps = [s for s in plan.steps if s.kind in ("database", "volume", "folder", "post")]
+    # stopped() starts the containers again however the block ends; the start step times it.
+    stop_step, start_step = steps.get("stop"), steps.get("start")
+    blocker = stopped(plan.containers, sink, f"restore of set {plan.backup_set.id}")
+    if stop_step is not None:
+        runner.step(stop_step, blocker.__enter__)
+    try:
+        for step in restore_steps:
+            runner.step(step, _action(step, storage, client, database, options, result, sink))
+    except BaseException as exc:
+        if stop_step is not None:
+            try:
+                blocker.__exit__(type(exc), exc, exc.__traceback__)
+            except SafeholdError as restart:
+                # Logged by stopped(); the step's failure is the error to report.
+                sink(Event("restore", restart.message, "error"))
+        raise
+    if start_step is not None:
+        runner.step(start_step, lambda: blocker.__exit__(None, None, None))
+    for step in plan.steps:
+        if step.kind == "connect" and database is not None:
+            runner.step(step, lambda: _check_database(database, result))
+        elif step.kind == "health" and health_url:
+            runner.step(step, lambda: _wait_healthy(health_url, options.health_timeout))
+    result.total_s = time.monotonic() - began
+    return result
+
+
+class _Runner:
+    def __init__(self, plan: SystemPlan, result: SystemRestoreResult, sink: EventSink) -> None:
+        self._plan = plan
+        self._result = result
+        self._sink = sink
+
+    def step(self, step: Step, action: Callable[[], object]) -> None:
+        total = len(self._plan.steps)
+        if self._plan.skipped(step):
+            self._sink(Event("restore", f"step {step.number}/{total} skipped: {step.title}"))
+            return
+        self._sink(Event("restore", f"step {step.number}/{total}: {step.title}"))
+        began = time.monotonic()
+        try:
+            action()
+        except SafeholdError as exc:
+            raise self._stopped_at(step, exc) from exc
+        took = time.monotonic() - began
+        self._result.timings.append((step, took))
+        self._sink(
+            Event(
+                "restore",
+                f"step {step.number}/{total} done in {took:.1f}s",
+                data={"step": step.number, "seconds": took},
+            )
+        )
+
+    def _stopped_at(self, step: Step, exc: SafeholdError) -> SafeholdError:
+        done = [
+            s.title
+            for s, _ in self._result.timings
+            if s.kind in ("database", "volume", "folder", "post")
+        ]
+        state = ("done: " + "; ".join(done)) if done else "no data was changed"
+        containers = (
+            " The stopped containers were started again."
+            if self._plan.containers and step.kind not in ("start", "connect", "health")
+            else ""
+        )
+        resume = (
+            f"safehold restore --all --set {self._plan.backup_set.id} --from-step {step.number}"
+        )
+        exc.message = (
+            f"whole-system restore stopped at step {step.number} ({step.title}): {exc.message}"
+        )
+        exc.hint = (
+            f"{state}.{containers} {exc.hint + '. ' if exc.hint else ''}Once fixed, continue "
+            f"with: {resume} (plus the same options as before)"
+        )
+        return exc
+
+
+def _action(
+    step: Step,
+    storage: LocalStorage,
+    client: docker.DockerClient | None,
+    database: PgTarget | None,
+    options: SystemRestoreOptions,
+    result: SystemRestoreResult,
+    sink: EventSink,
+) -> Callable[[], object]:
+    if step.kind == "database":
+        assert database is not None
+        return lambda: _restore_db(step, storage, database, options, result, sink)
+    if step.kind == "volume":
+        assert client is not None
+        return lambda: _restore_one_volume(step, storage, client, options, result, sink)
+    if step.kind == "folder":
+        assert step.member is not None
+        member = step.member
+        return lambda: restore_tree(
+            storage,
+            member.artifact,
+            folder_of(step),
+            target_name=member.target,
+            sink=sink,
+            lock_timeout=options.lock_timeout,
+        )
+    return lambda: _post_command(step.target, database, sink)
+
+
+def _verify(plan: SystemPlan, storage: LocalStorage, sink: EventSink) -> None:
+    for step in plan.steps:
+        if step.member is None or plan.skipped(step):
+            continue
+        manifest = step.member
+        with storage.open_reader(manifest.artifact) as raw:
+            digest, size = sha256_of(
+                raw, Progress(sink, f"verify {manifest.artifact}", manifest.size)
+            )
+        check_digest(manifest.artifact, manifest.sha256, digest, manifest.size, size)
+
+
+def _restore_db(
+    step: Step,
+    storage: LocalStorage,
+    database: PgTarget,
+    options: SystemRestoreOptions,
+    result: SystemRestoreResult,
+    sink: EventSink,
+) -> None:
+    assert step.member is not None
+    done = restore_database(database, storage, step.member.artifact, options.database, sink=sink)
+    if done.plan.previous and not done.plan.drop_previous:
+        result.notes.append(f"the replaced database is kept as {done.plan.previous!r}")
+
+
+def _restore_one_volume(
+    step: Step,
+    storage: LocalStorage,
+    client: docker.DockerClient,
+    options: SystemRestoreOptions,
+    result: SystemRestoreResult,
+    sink: EventSink,
+) -> None:
+    assert step.member is not None
+    done = restore_volume(
+        client,
+        step.target,
+        storage,
+        step.member.artifact,
+        safety_backup=options.safety_backup,
+        compression=options.volume_compression,
+        lock_timeout=options.lock_timeout,
+        sink=sink,
+    )
+    if done.safety_backup is not None:
+        result.notes.append(
+            f"the previous content of volume {step.target} is kept as {done.safety_backup.artifact}"
+        )
+
+
+def _post_command(command: str, database: PgTarget | None, sink: EventSink) -> None:
+    """On this host with ``sh -c`` (e.g. ``docker compose run --rm app npm run migrate``),
+    the database's libpq settings in its environment."""
+    env = database.env() | {"PGDATABASE": database.dbname} if database else {}
+    done = _proc.run(["sh", "-c", command], env=env)
+    lines = (done.stdout + done.stderr).splitlines()
+    for line in lines[-POST_OUTPUT_LINES:]:
+        sink(Event("hook", f"post-restore: {line}"))
+    if done.returncode != 0:
+        tail = " | ".join(lines[-3:]) or "no output"
+        raise HookFailed(
+            f"post-restore command {command!r} failed (exit {done.returncode}): {tail}",
+            hint="fix the command and continue from this step",
+        )
+
+
+def _check_database(target: PgTarget, result: SystemRestoreResult) -> None:
+    with connect(target) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchone()
+    tables = int(row[0]) if row else 0
+    result.notes.append(f"database {target.dbname!r} answers: {tables} tables")
+
+
+def _wait_healthy(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=min(10.0, timeout)) as answer:  # noqa: S310
+                if answer.status == 200:
+                    return
+                last = f"HTTP {answer.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(getattr(exc, "reason", exc))
+        if time.monotonic() >= deadline:
+            raise RestoreError(
+                f"{url} did not answer 200 within {timeout:.0f}s (last: {last})",
+                hint="the data is restored and the containers run; check the application's "
+                "logs (docker logs NAME)",
+            )
+        time.sleep(HEALTH_POLL_S)
