@@ -84,6 +84,15 @@ class VolumeSettings:
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    apprise_urls: tuple[str, ...] = field(
+        default=(), metadata=_key(doc="Apprise URLs notified on failures (slack://, mailto://...)")
+    )
+    webhook_url: str = field(default="", metadata=_key(doc="URL that gets a JSON POST on failures"))
+    timeout: float = field(default=10.0, metadata=_key(doc="seconds per alert target"))
+
+
+@dataclass(frozen=True)
 class ObjectiveSettings:
     rpo_hours: float = field(default=24.0, metadata=_key(doc="newest backup may be this old"))
     rto_database_minutes: float = field(default=30.0, metadata=_key(doc="database restore"))
@@ -101,6 +110,7 @@ class Settings:
     restore: RestoreSettings = field(default_factory=RestoreSettings)
     volumes: VolumeSettings = field(default_factory=VolumeSettings)
     objectives: ObjectiveSettings = field(default_factory=ObjectiveSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     source: str = "defaults"  # where the file part came from, for messages
     password: str | None = field(default=None, repr=False)
 
@@ -131,6 +141,7 @@ SECTIONS: dict[str, type] = {
     "restore": RestoreSettings,
     "volumes": VolumeSettings,
     "objectives": ObjectiveSettings,
+    "alerts": AlertSettings,
 }
 _INTERNAL = {*SECTIONS, "source", "password"}
 
