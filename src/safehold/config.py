@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .model import Objectives
 from .operations.backup import COMPRESSIONS, BackupOptions
 from .operations.restore import RestoreOptions
 from .sources.postgres import PgTarget
@@ -130,6 +131,15 @@ class Settings:
     def backup_options(self) -> BackupOptions:
         b = self.backup
         return BackupOptions(b.compress, b.zstd_level, b.zstd_threads, self.lock_timeout)  # type: ignore[arg-type]
+
+    def objectives_s(self) -> Objectives:
+        goals = self.objectives
+        return Objectives(
+            goals.rpo_hours * 3600,
+            goals.rto_database_minutes * 60,
+            goals.rto_volumes_minutes * 60,
+            goals.rto_full_minutes * 60,
+        )
 
     def restore_options(self, **overrides: Any) -> RestoreOptions:
         return RestoreOptions(jobs=self.restore.jobs, lock_timeout=self.lock_timeout, **overrides)

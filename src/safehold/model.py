@@ -57,6 +57,20 @@ class Manifest:
 
 
 @dataclass(frozen=True)
+class Objectives:
+    """Recovery objectives in seconds (the procedures: RPO 24 h; RTO database 30 min,
+    container data 1 h, full system 2 h)."""
+
+    rpo_s: float = 24 * 3600
+    rto_database_s: float = 30 * 60
+    rto_volumes_s: float = 60 * 60
+    rto_full_s: float = 120 * 60
+
+    def rto(self, kind: str) -> float:
+        return self.rto_database_s if kind == "database" else self.rto_volumes_s
+
+
+@dataclass(frozen=True)
 class BackupSet:
     """A full-system backup: the database and volumes taken together under one id. Its record
     is written after every member's manifest: a set without one is incomplete."""

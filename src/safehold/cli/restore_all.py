@@ -13,7 +13,6 @@ from ..errors import UsageError
 from ..operations.engine import connect_docker
 from ..operations.system_plan import choose_set, plan_system_restore
 from ..operations.system_restore import (
-    Objectives,
     SystemRestoreOptions,
     SystemRestoreResult,
     run_system_restore,
@@ -69,7 +68,6 @@ def restore_all(rt: Runtime, storage: LocalStorage, request: AllRequest) -> None
             click.echo(f"  {step.number}. {step.title}{skipped}")
         return
     rt.sink_info(f"whole-system restore of {why}")
-    goals = settings.objectives
     result = run_system_restore(
         plan,
         storage,
@@ -81,11 +79,7 @@ def restore_all(rt: Runtime, storage: LocalStorage, request: AllRequest) -> None
             volume_compression="zstd" if settings.backup.compress == "zstd" else "gzip",
             health_timeout=request.health_timeout or settings.restore.health_timeout,
             lock_timeout=settings.lock_timeout,
-            objectives=Objectives(
-                goals.rto_database_minutes * 60,
-                goals.rto_volumes_minutes * 60,
-                goals.rto_full_minutes * 60,
-            ),
+            objectives=settings.objectives_s(),
         ),
         health_url=health_url,
         sink=rt.sink,

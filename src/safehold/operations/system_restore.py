@@ -24,7 +24,7 @@ import docker
 
 from .. import _proc
 from ..errors import HookFailed, RestoreError, SafeholdError
-from ..model import Event, EventSink, null_sink
+from ..model import Event, EventSink, Objectives, null_sink
 from ..sources.postgres import PgTarget, connect
 from ..storage import LocalStorage
 from ._pipeline import Progress, check_digest, sha256_of
@@ -35,15 +35,6 @@ from .volume import restore_tree, restore_volume
 
 HEALTH_POLL_S = 1.0
 POST_OUTPUT_LINES = 20
-
-
-@dataclass(frozen=True)
-class Objectives:
-    """Recovery-time objectives in seconds (the procedures: 30 min, 1 h, 2 h)."""
-
-    database_s: float = 30 * 60
-    volumes_s: float = 60 * 60
-    full_s: float = 120 * 60
 
 
 @dataclass(frozen=True)
@@ -75,10 +66,10 @@ class SystemRestoreResult:
         kinds = {s.kind for s, _ in self.timings}
         rows = []
         if "database" in kinds:
-            rows.append(("database", spent["database"], self.objectives.database_s))
+            rows.append(("database", spent["database"], self.objectives.rto_database_s))
         if kinds & {"volume", "folder"}:
-            rows.append(("container data", spent["volume"], self.objectives.volumes_s))
-        rows.append(("full system", self.total_s, self.objectives.full_s))
+            rows.append(("container data", spent["volume"], self.objectives.rto_volumes_s))
+        rows.append(("full system", self.total_s, self.objectives.rto_full_s))
         return rows
 
     def to_json(self) -> dict[str, Any]:

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..operations.status import StatusReport, read_status
+from ..operations.status_metrics import write_metrics
+from ..sinks.log import human_bytes
+from ..storage import LocalStorage
+from .runtime import runtime, shared_options
+
+STYLE = {"ok": "green", "warning": "yellow", "critical": "red"}
+
+
+@click.command("status")
+@click.option(
+    "--metrics-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="also write Prometheus text format here (node_exporter textfile collector)",
+)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@shared_options
+@click.pass_context
+def status_cmd(ctx: click.Context, metrics_file: Path | None, as_json: bool) -> None:
+    """Backups against the recovery objectives, like a monitoring plugin.
+
+    For the database and each volume: the newest good backup and its age (against the RPO),
+    size and its trend, the last verify, the last drill and its measured recovery time
+    (against the RTO). Exit code 0 OK, 1 warning, 2 critical.
+    """
+    with runtime(ctx, as_json=as_json) as rt:
+        settings = rt.settings
+        storage = LocalStorage(settings.backup_dir)
+        plain = tuple(v for v in settings.volumes.include if not any(c in v for c in "*?["))
+        report = read_status(
+            storage,
+            now=datetime.now(UTC),
+            objectives=settings.objectives_s(),
+            database=settings.database.name,
+            volumes=plain,
+        )
+        if metrics_file is not None:
+            write_metrics(report, metrics_file)
+        if as_json:
+            rt.emit_json(report.to_json())
+        else:
+            _show(report, rt.out)
+    # After the runtime closed: a warning is a result to report, not a failure to log.
+    ctx.exit(report.exit_code)
+
+
+def _show(report: StatusReport, console: Console) -> None:
+    goals = report.objectives
+    table = Table(
+        title=f"status: {report.level.upper()} (RPO {goals.rpo_s / 3600:g} h; RTO database "
+        f"{goals.rto_database_s / 60:g} min, volumes {goals.rto_volumes_s / 60:g} min, full "
+        f"{goals.rto_full_s / 60:g} min)",
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+    )
+    for column in ("TARGET", "LAST BACKUP", "AGE", "SIZE (TREND)", "VERIFIED", "DRILL", "STATE"):
+        table.add_column(column, no_wrap=True)
+    for t in report.targets:
+        newest = t.newest
+        trend = ""
+        if newest and newest.size and t.previous_size:
+            trend = f" ({(newest.size - t.previous_size) / t.previous_size:+.0%})"
+        verify = "-" if t.verify is None else f"{t.verify.outcome} ({t.verify.level})"
+        drill = "-"
+        if t.drill is not None:
+            drill = f"{t.drill_s:.1f}s" if t.drill_s is not None else "failed"
+        table.add_row(
+            f"{t.kind} {t.target}",
+            newest.created.strftime("%Y-%m-%d %H:%M") if newest else "none",
+            "-" if t.age_s is None else f"{t.age_s / 3600:.1f} h",
+            (human_bytes(newest.size) if newest and newest.size else "-") + trend,
+            verify,
+            drill,
+            f"[{STYLE[t.level]}]{t.level}[/]",
+        )
+    console.print(table)
+    for t in report.targets:
+        for reason in t.reasons:
+            console.print(f"[{STYLE[t.level]}]{t.kind} {t.target}: {reason}[/]")
+        for note in t.notes:
+            console.print(f"{t.kind} {t.target}: {note}")
+    for note in report.notes:
+        console.print(note)
