@@ -49,9 +49,16 @@ def scan(storage: Storage) -> list[BackupRecord]:
     for name in sorted(artifacts.keys() | (manifests & _parseable(manifests))):
         parsed = artifacts.get(name) or naming.parse(name)
         assert parsed is not None
-        manifest = read_manifest(storage, name) if name in manifests else None
+        try:
+            manifest = read_manifest(storage, name) if name in manifests else None
+            unreadable = False
+        except IntegrityError:
+            # One broken manifest must not hide every other backup: show it as damaged.
+            manifest, unreadable = None, True
         size = storage.size(name) if name in artifacts else None
-        if size is None:
+        if unreadable:
+            status = "damaged"
+        elif size is None:
             status = "missing"
         elif manifest is None:
             status = "unverified/foreign"

@@ -3,6 +3,7 @@ from __future__ import annotations
 import click
 
 from .. import catalog
+from ..operations.verify import VerifyResult, read_verify
 from ..storage import LocalStorage
 from .output import backups_table, sets_table
 from .runtime import runtime, shared_options
@@ -38,7 +39,14 @@ def show_backups(ctx: click.Context, as_json: bool, *, only_sets: bool = False) 
                 )
             else:
                 sets_table(sets, records, rt.out, storage.description)
-        elif as_json:
-            rt.emit_json([r.to_json() for r in reversed(records)])
+            return
+        checks = {r.name: read_verify(storage, r.name) for r in records}
+        if as_json:
+            rt.emit_json([_with_check(r.to_json(), checks[r.name]) for r in reversed(records)])
         else:
-            backups_table(records, rt.out, storage.description, sets)
+            backups_table(records, rt.out, storage.description, sets, checks)
+
+
+def _with_check(record: dict[str, object], check: VerifyResult | None) -> dict[str, object]:
+    keys = ("level", "outcome", "checked_at", "error")
+    return {**record, "verified": {k: check.to_json()[k] for k in keys} if check else None}

@@ -19,8 +19,11 @@ from ..errors import SafeholdError
 from .backup_cmd import backup
 from .config_cmd import config_cmd
 from .demo_cmd import demo
+from .drill_cmd import drill_cmd
 from .list_cmd import list_cmd
 from .restore_cmd import restore
+from .status_cmd import status_cmd
+from .verify_cmd import verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -38,13 +41,17 @@ cli.add_command(restore)
 cli.add_command(list_cmd)
 cli.add_command(config_cmd)
 cli.add_command(demo)
+cli.add_command(drill_cmd)
+cli.add_command(status_cmd)
+cli.add_command(verify)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     wants_json = "--json" in args
     try:
-        cli.main(args=args, prog_name="safehold", standalone_mode=False)
+        # Without standalone mode, ctx.exit(N) (status's monitoring exit codes) comes back here.
+        code = cli.main(args=args, prog_name="safehold", standalone_mode=False)
     except SafeholdError as exc:
         _report(exc.message, exc.hint, type(exc).__name__, wants_json)
         sys.exit(exc.exit_code)
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             wants_json,
         )
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _report(message: str, hint: str | None, kind: str, wants_json: bool) -> None:

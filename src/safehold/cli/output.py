@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from rich.console import Console
 from rich.table import Table
 
 from ..catalog import set_status
 from ..model import BackupRecord, BackupSet
+from ..operations.verify import VerifyResult
 from ..sinks.log import human_bytes
 
 STATUS_STYLE = {"ok": "green", "unverified/foreign": "yellow", "damaged": "red", "missing": "red"}
 
 
+VERIFY_STYLE = {"ok": "green", "unverifiable": "yellow", "failed": "red"}
+
+
 def backups_table(
-    records: list[BackupRecord], console: Console, where: str, sets: list[BackupSet]
+    records: list[BackupRecord],
+    console: Console,
+    where: str,
+    sets: list[BackupSet],
+    checks: Mapping[str, VerifyResult | None] | None = None,
 ) -> None:
     """Newest first; members of a full-system set show its id, and "(incomplete)" when the set
-    record is missing because a member failed."""
+    record is missing because a member failed; VERIFIED is the last verify of each backup."""
     if not records:
         console.print(f"no backups in {where}")
         return
@@ -32,6 +42,7 @@ def backups_table(
         "SIZE",
         "SHA256",
         "STATUS",
+        "VERIFIED",
     ):
         table.add_column(column, no_wrap=column != "NAME")
     for record in reversed(records):
@@ -47,8 +58,16 @@ def backups_table(
             human_bytes(record.size) if record.size is not None else "-",
             record.sha256[:12] if record.sha256 else "-",
             f"[{STATUS_STYLE[record.status]}]{record.status}[/]",
+            _verified((checks or {}).get(record.name)),
         )
     console.print(table)
+
+
+def _verified(check: VerifyResult | None) -> str:
+    if check is None:
+        return "-"
+    style = VERIFY_STYLE.get(check.outcome, "red")
+    return f"[{style}]{check.outcome}[/] {check.level} {check.checked_at:%Y-%m-%d %H:%M}"
 
 
 def sets_table(
