@@ -94,6 +94,28 @@ class AlertSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    daily: int = field(default=30, metadata=_key(doc="days with a kept daily backup"))
+    weekly: int = field(default=12, metadata=_key(doc="ISO weeks with a kept weekly backup"))
+    monthly: int = field(default=12, metadata=_key(doc="months with a kept monthly backup"))
+    yearly: int = field(default=7, metadata=_key(doc="years with a kept yearly backup"))
+    keep_last: int = field(default=1, metadata=_key(doc="newest backups always kept"))
+    prune_after_backup: bool = field(
+        default=True, metadata=_key(doc="prune after each scheduled run")
+    )
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    database: str = field(default="0 2 * * *", metadata=_key(doc="cron: database backup"))
+    full: str = field(default="0 3 * * 0", metadata=_key(doc="cron: full-system backup (--all)"))
+    archive: str = field(default="0 4 1 * *", metadata=_key(doc="cron: monthly archive copy"))
+    drill: str = field(default="0 5 2 * *", metadata=_key(doc="cron: restore drill"))
+    hourly: bool = field(default=False, metadata=_key(doc="also back up the database hourly"))
+    archive_location: str = field(default="", metadata=_key(doc="location the archive goes to"))
+
+
+@dataclass(frozen=True)
 class ObjectiveSettings:
     rpo_hours: float = field(default=24.0, metadata=_key(doc="newest backup may be this old"))
     rto_database_minutes: float = field(default=30.0, metadata=_key(doc="database restore"))
@@ -112,6 +134,8 @@ class Settings:
     volumes: VolumeSettings = field(default_factory=VolumeSettings)
     objectives: ObjectiveSettings = field(default_factory=ObjectiveSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     source: str = "defaults"  # where the file part came from, for messages
     password: str | None = field(default=None, repr=False)
 
@@ -152,6 +176,8 @@ SECTIONS: dict[str, type] = {
     "volumes": VolumeSettings,
     "objectives": ObjectiveSettings,
     "alerts": AlertSettings,
+    "retention": RetentionSettings,
+    "schedule": ScheduleSettings,
 }
 _INTERNAL = {*SECTIONS, "source", "password"}
 
