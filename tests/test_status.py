@@ -3,7 +3,9 @@ monitoring-plugin exit codes through the CLI."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -127,3 +129,32 @@ def test_status_cli_exit_codes_and_json(
     (target,) = json.loads(strict.stdout)["targets"]
     assert target["level"] == "critical" and target["last_backup"].startswith("db_backup_")
     assert datetime.fromisoformat(target["last_backup_at"]) <= datetime.now(UTC)
+
+
+def test_status_alerts_on_an_rpo_breach(run_cli: CliRunner, tmp_path: Path) -> None:
+    received: list[dict[str, object]] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(json.loads(body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/hook"
+        result = run_cli("status", env={"SAFEHOLD_ALERTS_WEBHOOK_URL": url})
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    assert result.returncode == 2
+    (alert,) = received
+    assert alert["what"] == "RPO breached" and "no good backup" in str(alert["message"])

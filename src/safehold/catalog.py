@@ -30,7 +30,7 @@ def read_manifest(storage: Storage, artifact: str) -> Manifest | None:
         return None
     try:
         return Manifest.from_json(json.loads(raw))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise IntegrityError(
             f"the manifest of {artifact} is unreadable: {exc}",
             hint="verify the repository; the artifact itself may still be restorable",

@@ -19,6 +19,7 @@ from ..errors import SafeholdError
 from .backup_cmd import backup
 from .config_cmd import config_cmd
 from .demo_cmd import demo
+from .doctor_cmd import doctor
 from .drill_cmd import drill_cmd
 from .list_cmd import list_cmd
 from .restore_cmd import restore
@@ -41,6 +42,7 @@ cli.add_command(restore)
 cli.add_command(list_cmd)
 cli.add_command(config_cmd)
 cli.add_command(demo)
+cli.add_command(doctor)
 cli.add_command(drill_cmd)
 cli.add_command(status_cmd)
 cli.add_command(verify)

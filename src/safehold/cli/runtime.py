@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,10 +14,16 @@ import click
 from rich.console import Console
 
 from .. import config
+from .._proc import redact
 from ..model import Event, EventSink
 from ..sinks import LogSink, ProgressSink, fan_out
+from ..sinks.alerts import Alert, RecentLines, send_alert
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# A failure of these commands is sent to the alert targets (an interrupt is not a failure);
+# `status` reports an RPO breach itself through Runtime.alert.
+ALERT_ON_FAILURE = frozenset({"backup", "verify", "drill", "prune", "restore"})
 
 # (option, dotted config key or runtime key, help)
 _SHARED: list[tuple[str, str, type | click.ParamType[Any], str]] = [
@@ -83,6 +90,41 @@ class Runtime:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
     file_log: LogSink | None = None
+    recent: RecentLines | None = None  # the last log lines, for an alert's excerpt
+    command: str = ""
+
+    def alert(
+        self,
+        what: str,
+        message: str,
+        *,
+        hint: str | None = None,
+        exit_code: int | None = None,
+        error_type: str | None = None,
+    ) -> list[str]:
+        """Notify the configured alert targets; returns the ones that failed. Never raises: a
+        failing target, or alerting itself failing, is a warning in the log."""
+        targets = self.settings.alerts
+        if not (targets.apprise_urls or targets.webhook_url):
+            return []
+        try:
+            alert = Alert(
+                what=what,
+                command=self.command,
+                host=socket.gethostname(),
+                repository=str(self.settings.backup_dir.absolute()),
+                message=message,
+                hint=hint,
+                exit_code=exit_code,
+                error_type=error_type,
+                log_excerpt=self.recent.lines() if self.recent else (),
+            ).redacted([self.settings.password])
+            t = targets
+            return send_alert(alert, t.apprise_urls, t.webhook_url, t.timeout, self.sink)
+        except Exception as exc:  # an alert must never change the run's outcome
+            why = redact(f"{type(exc).__name__}: {exc}", [self.settings.password])
+            self.sink(Event("alert", f"alerting failed: {why}", "warning"))
+            return ["alerting"]
 
     def close(self) -> None:
         for closer in self.closers:
@@ -94,11 +136,31 @@ class Runtime:
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         # The failure goes to LOG_FILE too: a cron log must say why a run failed, not only
         # that it started. stderr gets it from main(), the one place that reports errors.
-        if exc is not None and self.file_log is not None:
-            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            hint = getattr(exc, "hint", None)
-            self.file_log(Event("error", message + (f" (hint: {hint})" if hint else ""), "error"))
-        self.close()
+        try:
+            if exc is not None:
+                message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                hint = getattr(exc, "hint", None)
+                line = Event("error", message + (f" (hint: {hint})" if hint else ""), "error")
+                for log in (self.file_log, self.recent):
+                    if log is not None:
+                        log(line)
+                if self.command.partition(" ")[0] in ALERT_ON_FAILURE and _is_failure(exc):
+                    code = getattr(exc, "exit_code", 1)  # as main() maps it
+                    kind = type(exc).__name__
+                    self.alert(
+                        f"{self.command} failed",
+                        message,
+                        hint=hint,
+                        exit_code=code,
+                        error_type=kind,
+                    )
+        finally:
+            self.close()
+
+
+def _is_failure(exc: BaseException) -> bool:
+    # Ctrl-C (KeyboardInterrupt, click.Abort) and ctx.exit(code) are not failures to alert.
+    return isinstance(exc, Exception) and not isinstance(exc, click.Abort | click.exceptions.Exit)
 
 
 def runtime(ctx: click.Context, *, as_json: bool = False) -> Runtime:
@@ -118,8 +180,10 @@ def runtime(ctx: click.Context, *, as_json: bool = False) -> Runtime:
         closers.append(file_log.close)
     if progress:
         closers.insert(0, progress.close)
-    sink = fan_out(progress, stderr_log, file_log)
+    recent = RecentLines(secrets=[settings.password])
+    sink = fan_out(progress, stderr_log, file_log, recent)
     out = Console()
     if not out.is_terminal:
         out = Console(width=250)  # piped or in a log: never squeeze or cut columns
-    return Runtime(settings, sink, as_json, out, closers, file_log)
+    command = ctx.command_path.partition(" ")[2] or ctx.info_name or ""
+    return Runtime(settings, sink, as_json, out, closers, file_log, recent, command)

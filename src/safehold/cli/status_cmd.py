@@ -45,6 +45,15 @@ def status_cmd(ctx: click.Context, metrics_file: Path | None, as_json: bool) -> 
         )
         if metrics_file is not None:
             write_metrics(report, metrics_file)
+        breached = [
+            t for t in report.targets if t.age_s is None or t.age_s > report.objectives.rpo_s
+        ]
+        if breached:
+            rt.alert(
+                "RPO breached",
+                "; ".join(f"{t.kind} {t.target}: {', '.join(t.reasons)}" for t in breached),
+                hint="check the schedule and the last backup runs ('safehold list', the log)",
+            )
         if as_json:
             rt.emit_json(report.to_json())
         else:

@@ -1,0 +1,398 @@
+"""``safehold doctor``: the troubleshooting list as checks that each say OK, WARN, FAIL or SKIP,
+what was found and how to fix it.
+
+A check never raises: an expected failure (a ``SafeholdError``) becomes a FAIL carrying its
+message and hint, anything else a FAIL saying the check itself broke. Nothing here changes the
+setup, except the storage probe: a small hidden file written through the storage API and
+removed again. No password appears in any result: the target's password is redacted from every
+text and so is the password of a URL (user:secret@host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import socket
+import stat
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import docker
+
+from .. import _proc, catalog, naming
+from ..errors import AuthenticationFailed, DatabaseMissing, DatabaseUnreachable, SafeholdError
+from ..model import BackupRecord, Event, EventSink, null_sink
+from ..sinks.log import human_bytes
+from ..sources.postgres import PgTarget, connect, require_tool_for, tool_major
+from ..storage import LocalStorage, Storage
+from .engine import connect_docker, select_volumes, volume_mountpoint
+
+Result = Literal["OK", "WARN", "FAIL", "SKIP"]
+RESULTS: tuple[Result, ...] = ("OK", "WARN", "FAIL", "SKIP")
+FAIL_FACTOR = 1.2  # free space under the newest backups' size times this: the next may not fit
+WARN_FACTOR = 2.0
+SCRIPTS = ("backup.sh", "restore.sh", "_safehold")  # the seed's scripts and their launcher
+SHOWN = 5  # names listed in one detail before "and N more"
+_URL_PASSWORD = re.compile(r"(\w+://[^/:@\s]*):[^/@\s]*@")  # scheme://user:secret@host
+
+Step = Callable[[], list["Check"]]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report."""
+
+    check: str
+    result: Result
+    detail: str
+    fix: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "fix": self.fix or None}
+
+
+@dataclass(frozen=True)
+class DoctorSetup:
+    """What to check. ``storages`` defaults to the local repository at ``backup_dir``."""
+
+    target: PgTarget
+    backup_dir: Path
+    volume_include: tuple[str, ...] = ()
+    volume_labels: tuple[str, ...] = ()
+    volume_exclude: tuple[str, ...] = ()
+    script_dirs: tuple[Path, ...] = ()
+    docker_host: str | None = None
+    storages: tuple[Storage, ...] = ()
+
+
+@dataclass
+class _State:
+    server_version_num: int | None = None
+    docker_client: docker.DockerClient | None = None
+    docker_failed: bool = False
+
+
+def run_checks(setup: DoctorSetup, sink: EventSink = null_sink) -> list[Check]:
+    """Every check, in the order an operator would look. Never raises (but KeyboardInterrupt)."""
+    state = _State()
+    storages = setup.storages or (LocalStorage(setup.backup_dir),)
+    steps: list[tuple[str, Step]] = [
+        ("backup folder", _one(_backup_folder, setup.backup_dir)),
+        ("free space", _one(_free_space, setup.backup_dir)),
+        *[(_storage_name(s), _one(_storage, s)) for s in storages],
+        ("database server", lambda: _database(setup.target, state)),
+        ("pg_dump", _one(_tool, setup.target, "pg_dump", state)),
+        ("pg_restore", _one(_tool, setup.target, "pg_restore", state)),
+        ("scripts", _one(_scripts, setup.script_dirs)),
+        ("docker", _one(_docker, setup, state)),
+        ("volumes", lambda: _volumes(setup, state)),
+    ]
+    checks: list[Check] = []
+    try:
+        for name, step in steps:
+            sink(Event("doctor", f"checking {name}", "debug"))
+            checks += _guarded(name, step)
+    finally:
+        if state.docker_client is not None:
+            state.docker_client.close()
+    return [_clean(c, setup.target.password) for c in checks]
+
+
+def _guarded(name: str, step: Step) -> list[Check]:
+    try:
+        return step()
+    except SafeholdError as exc:
+        return [Check(name, "FAIL", exc.message, exc.hint or "")]
+    except Exception as exc:  # one broken check must not take the report down with it
+        detail = f"the check itself failed unexpectedly: {type(exc).__name__}: {exc}"
+        return [Check(name, "FAIL", detail, "please report this as a bug, with this line")]
+
+
+def _clean(check: Check, password: str | None) -> Check:
+    def scrub(text: str) -> str:
+        return _URL_PASSWORD.sub(r"\1:***@", _proc.redact(text, [password]))
+
+    return Check(check.check, check.result, scrub(check.detail), scrub(check.fix))
+
+
+def _one(check: Callable[..., Check], *args: Any) -> Step:
+    return lambda: [check(*args)]
+
+
+def _names(items: list[str]) -> str:
+    more = f" and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
+    return ", ".join(items[:SHOWN]) + more
+
+
+# --- the repository ---------------------------------------------------------------------------
+
+
+def _backup_folder(root: Path) -> Check:
+    name = "backup folder"
+    elsewhere = "or point BACKUP_DIR elsewhere"
+    if not root.exists():
+        parent = _existing_parent(root)
+        if _read_only(parent) or not os.access(parent, os.W_OK | os.X_OK):
+            detail = f"{root} does not exist and cannot be created: {parent} is not writable"
+            fix = f"create it (mkdir -m 700) as a user who may, {elsewhere}"
+            return Check(name, "FAIL", detail, fix)
+        fix = f"run 'safehold backup' (it creates the folder 0700), or mkdir -m 700 {root}"
+        return Check(name, "WARN", f"{root} does not exist yet (no backup was taken here)", fix)
+    if not root.is_dir():
+        detail = f"{root} is not a folder (a file is in the way)"
+        return Check(name, "FAIL", detail, f"move that file away, {elsewhere}")
+    if _read_only(root):
+        detail = f"{root} is not writable: it is on a read-only file system"
+        return Check(name, "FAIL", detail, f"remount it read-write, {elsewhere}")
+    if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
+        detail = f"{root} is not writable by this user (uid {os.geteuid()})"
+        return Check(name, "FAIL", detail, f"fix its owner or mode (chmod 700 {root}), {elsewhere}")
+    loose = [f"{p} ({stat.S_IMODE(m):04o})" for p, m in _repository_modes(root) if m & 0o077]
+    if loose:
+        detail = f"readable by group or others: {_names(loose)} (safehold writes 0600/0700)"
+        return Check(name, "WARN", detail, f"chmod -R go-rwx {root}")
+    mode = stat.S_IMODE(root.stat().st_mode)
+    detail = f"{root} is writable ({mode:04o}); no backup or manifest is readable by others"
+    return Check(name, "OK", detail)
+
+
+def _repository_modes(root: Path) -> list[tuple[Path, int]]:
+    """The folder, its artifacts and everything under .safehold (links are not followed)."""
+    found = [(root, root.stat().st_mode)]
+    with os.scandir(root) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if naming.parse(entry.name) and entry.is_file(follow_symlinks=False):
+                found.append((Path(entry.path), entry.stat(follow_symlinks=False).st_mode))
+    meta = root / ".safehold"
+    if meta.is_dir() and not meta.is_symlink():
+        for path in [meta, *sorted(meta.rglob("*"))]:
+            mode = path.lstat().st_mode
+            if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                found.append((path, mode))
+    return found
+
+
+def _free_space(root: Path) -> Check:
+    name = "free space"
+    usage = os.statvfs(root if root.is_dir() else _existing_parent(root))
+    free = usage.f_bavail * usage.f_frsize
+    newest = _newest_per_target(root) if root.is_dir() else []
+    if not newest:
+        return Check(name, "OK", f"{human_bytes(free)} free for {root}; no backup to size against")
+    total = sum(r.size or 0 for r in newest)
+    parts = []
+    for kind in ("database", "volume"):
+        sizes = [r.size or 0 for r in newest if r.kind == kind]
+        if sizes:
+            parts.append(f"{len(sizes)} {kind}{'s' * (len(sizes) > 1)} {human_bytes(sum(sizes))}")
+    need, comfort = int(total * FAIL_FACTOR), int(total * WARN_FACTOR)
+    detail = (
+        f"{human_bytes(free)} free for {root}; the newest backup of each target takes "
+        f"{human_bytes(total)} together ({', '.join(parts)}); the next run needs "
+        f"{human_bytes(need)} ({FAIL_FACTOR}x)"
+    )
+    fix = f"free space on the disk holding {root}, remove backups you no longer need "
+    fix += "('safehold list' shows them), or move BACKUP_DIR to a larger disk"
+    if free < need:
+        return Check(name, "FAIL", f"{detail}: the next backup will not fit", fix)
+    if free < comfort:
+        detail += f", {human_bytes(comfort)} recommended ({WARN_FACTOR}x)"
+        return Check(name, "WARN", detail, fix)
+    return Check(name, "OK", detail)
+
+
+def _newest_per_target(root: Path) -> list[BackupRecord]:
+    """The newest good backup of each database and volume: what the next full run writes."""
+    newest: dict[tuple[str, str], BackupRecord] = {}
+    for record in catalog.scan(LocalStorage(root)):  # oldest first
+        if record.status == "ok" and record.manifest is not None:
+            newest[(record.kind, record.manifest.target)] = record
+    return list(newest.values())
+
+
+def _storage_name(storage: Storage) -> str:
+    return f"storage {type(storage).__name__.removesuffix('Storage').lower() or 'location'}"
+
+
+def _storage(storage: Storage) -> Check:
+    name, where = _storage_name(storage), storage.description
+    if isinstance(storage, LocalStorage) and not storage.root.is_dir():
+        return Check(name, "SKIP", f"{where} not probed: it does not exist (see backup folder)")
+    key = f".safehold-doctor-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    body = b"safehold doctor probe\n"
+    storage.put_bytes(key, body)  # a failed put leaves nothing behind (the contract)
+    try:
+        back = storage.read_bytes(key)
+    finally:
+        storage.delete(key)
+    problem = "read back other bytes than were written" if back != body else ""
+    if not problem and storage.exists(key):
+        problem = "could not be removed"
+    if problem:
+        fix = "check the disk, its permissions, or the storage service behind it"
+        return Check(name, "FAIL", f"{where}: a probe file {problem}", fix)
+    return Check(name, "OK", f"{where}: wrote, read back and removed a probe file")
+
+
+def _existing_parent(path: Path) -> Path:
+    current = path.absolute()
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    return current
+
+
+def _read_only(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+
+
+def _database(target: PgTarget, state: _State) -> list[Check]:
+    """pg_isready's question (TCP, then the protocol), then the login, then the database."""
+    where = f"{target.host}:{target.port}"
+    server_ok = Check("database server", "OK", f"PostgreSQL answers at {where}")
+    login_ok = Check("database login", "OK", f"user {target.user!r} logged in")
+    skip = "not checked: the server was not reached"
+    try:
+        with connect(target, autocommit=True) as conn:
+            state.server_version_num = conn.info.server_version
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        size = human_bytes(int(row[0])) if row else "?"
+        database = Check("database", "OK", f"database {target.dbname!r} exists ({size})")
+    except DatabaseUnreachable as exc:
+        detail = f"server down or unreachable: {exc.message}{_tcp(target)}"
+        return [
+            Check("database server", "FAIL", detail, exc.hint or ""),
+            Check("database login", "SKIP", skip),
+            Check("database", "SKIP", skip),
+        ]
+    except AuthenticationFailed as exc:
+        return [
+            server_ok,
+            Check("database login", "FAIL", f"credentials rejected: {exc.message}", exc.hint or ""),
+            Check("database", "SKIP", "not checked: the login was refused"),
+        ]
+    except DatabaseMissing as exc:
+        # The server authenticates before it looks the database up: the login was accepted.
+        with contextlib.suppress(SafeholdError):  # the version only serves the tool checks
+            conn = connect(target, target.maintenance_db, autocommit=True)
+            with conn:
+                state.server_version_num = conn.info.server_version
+        database = Check("database", "FAIL", f"database missing: {exc.message}", exc.hint or "")
+    if state.server_version_num is not None:
+        num = state.server_version_num
+        detail = f"PostgreSQL {num // 10000}.{num % 10000} answers at {where}"
+        server_ok = Check("database server", "OK", detail)
+    return [server_ok, login_ok, database]
+
+
+def _tcp(target: PgTarget) -> str:
+    """pg_isready's first question: does anything accept TCP connections there at all?"""
+    if target.host.startswith("/"):
+        return ""  # a unix socket folder
+    try:
+        with socket.create_connection((target.host, target.port), timeout=5):
+            return " (its TCP port is open: something listens there, but not as PostgreSQL)"
+    except OSError:
+        return ""  # libpq's own words (refused, timeout, unknown host) already say it
+
+
+def _tool(target: PgTarget, name: str, state: _State) -> Check:
+    if state.server_version_num is None:
+        path = target.tool(name)
+        major, _ = tool_major(path)
+        detail = f"{name} {major} at {path}; not compared with the server (it was not reached)"
+        return Check(name, "OK", detail)
+    path, _ = require_tool_for(target, name, state.server_version_num)  # FAIL when older
+    major, _ = tool_major(path)
+    server = state.server_version_num // 10000
+    relation = "the same major version" if major == server else "newer tools read older servers"
+    return Check(name, "OK", f"{name} {major} at {path}, server {server}: {relation}")
+
+
+# --- seed scripts -----------------------------------------------------------------------------
+
+
+def _scripts(dirs: tuple[Path, ...]) -> Check:
+    name = "scripts"
+    found = [d / s for d in dirs for s in SCRIPTS if (d / s).exists()]
+    if not any(p.name != "_safehold" for p in found):
+        where = ", ".join(str(d) for d in dirs) or "nowhere"
+        detail = f"no backup.sh or restore.sh found (looked in {where})"
+        return Check(name, "SKIP", detail, "run doctor from the folder holding scripts/")
+    blocked = [str(p) for p in found if not (p.is_file() and os.access(p, os.X_OK))]
+    if blocked:
+        return Check(
+            name, "FAIL", f"not executable: {_names(blocked)}", f"chmod +x {' '.join(blocked)}"
+        )
+    writable = [str(p) for p in found if p.stat().st_mode & 0o022]
+    if writable:
+        detail = f"writable by group or others (cron runs them, often as root): {_names(writable)}"
+        return Check(name, "WARN", detail, f"chmod go-w {' '.join(writable)}")
+    return Check(name, "OK", f"executable: {', '.join(str(p) for p in found)}")
+
+
+# --- Docker -----------------------------------------------------------------------------------
+
+
+def _docker(setup: DoctorSetup, state: _State) -> Check:
+    if not (setup.volume_include or setup.volume_labels or setup.docker_host):
+        detail = "no volumes configured ([volumes] include/labels) and DOCKER_HOST not set"
+        return Check("docker", "SKIP", detail)
+    where = setup.docker_host or "the default socket"
+    try:
+        client = connect_docker()
+    except SafeholdError as exc:
+        state.docker_failed = True
+        return Check("docker", "FAIL", f"{exc.message} (DOCKER_HOST: {where})", exc.hint or "")
+    state.docker_client = client
+    version = client.version().get("Version", "?")
+    return Check("docker", "OK", f"Docker engine {version} answers at {where}")
+
+
+def _volumes(setup: DoctorSetup, state: _State) -> list[Check]:
+    if not (setup.volume_include or setup.volume_labels):
+        return []  # the docker check already said there is nothing to look at
+    client = state.docker_client
+    if client is None:
+        why = "the Docker engine was not reached" if state.docker_failed else "no Docker engine"
+        return [Check("volumes", "SKIP", f"not checked: {why}")]
+    present = {str(v.name) for v in client.volumes.list()}
+    missing = [
+        n
+        for n in setup.volume_include
+        if not any(c in n for c in "*?[") and n not in present and n not in setup.volume_exclude
+    ]
+    fix = "'docker volume ls' lists them; create it, or fix [volumes] include"
+    checks = [
+        Check(f"volume {n}", "FAIL", f"no Docker volume {n} on the engine ([volumes] include)", fix)
+        for n in missing
+    ]
+    include = tuple(n for n in setup.volume_include if n not in missing)
+    chosen = select_volumes(client, include, setup.volume_labels, setup.volume_exclude)
+    for volume in chosen:
+        checks += _guarded(f"volume {volume}", _one(_volume, client, volume))
+    if not chosen and not missing:
+        detail = "no volume matches [volumes] include/labels yet (patterns may match none)"
+        checks.append(Check("volumes", "OK", detail))
+    return checks
+
+
+def _volume(client: docker.DockerClient, name: str) -> Check:
+    mountpoint = volume_mountpoint(client, name)
+    try:
+        with os.scandir(mountpoint) as entries:
+            next(entries, None)
+    except OSError as exc:
+        detail = (
+            f"exists, but its folder {mountpoint} is not readable here ({exc.strerror}): the "
+            "helper-container path through the Docker API will be used"
+        )
+        fix = "run safehold on the Docker host as root to read the volume directly (faster)"
+        return Check(f"volume {name}", "WARN", detail, fix)
+    return Check(f"volume {name}", "OK", f"exists, readable at {mountpoint}")
