@@ -5,6 +5,7 @@
 #   zstd, file           operators' own tools, used by the tests to read backups as they would
 #   docker.io            dockerd (+ containerd, runc) for the throwaway engine of the tests/demo
 #   busybox-static       a static /bin/busybox: the whole rootfs of the local test image
+#   chromium             headless, renders the 'safehold report' page in the tests
 # No system Docker service is needed: the sandbox starts its own dockerd on a private socket.
 set -euo pipefail
 missing=()
@@ -18,6 +19,7 @@ have dockerd && have containerd && have runc || missing+=(docker.io)
 # The package, not the command: Debian's plain "busybox" is dynamic and useless in a bare image.
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" \
   || missing+=(busybox-static)
+have chromium || have chromium-browser || missing+=(chromium)
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "error: missing system packages: ${missing[*]}" >&2

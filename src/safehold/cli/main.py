@@ -22,6 +22,7 @@ from .demo_cmd import demo
 from .doctor_cmd import doctor
 from .drill_cmd import drill_cmd
 from .list_cmd import list_cmd
+from .report_cmd import report_cmd
 from .restore_cmd import restore
 from .status_cmd import status_cmd
 from .verify_cmd import verify
@@ -40,12 +41,14 @@ def cli() -> None:
 cli.add_command(backup)
 cli.add_command(restore)
 cli.add_command(list_cmd)
+cli.add_command(report_cmd)
 cli.add_command(config_cmd)
 cli.add_command(demo)
 cli.add_command(doctor)
 cli.add_command(drill_cmd)
 cli.add_command(status_cmd)
 cli.add_command(verify)
+cli.add_command(unpin_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,171 +15,43 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .model import Objectives
-from .operations.backup import COMPRESSIONS, BackupOptions
-from .operations.restore import RestoreOptions
-from .sources.postgres import PgTarget
+from ..errors import ConfigError
+from .schema import (
+    _INTERNAL,
+    DEFAULT_FILE,
+    SECTIONS,
+    AlertSettings,
+    BackupSettings,
+    DatabaseSettings,
+    EncryptionSettings,
+    LocationSettings,
+    ObjectiveSettings,
+    RestoreSettings,
+    RetentionSettings,
+    ScheduleSettings,
+    Settings,
+    VolumeSettings,
+)
 
-DEFAULT_FILE = Path("safehold.toml")
-
-
-def _key(*env: str, choices: tuple[str, ...] = (), doc: str = "") -> dict[str, Any]:
-    return {"env": env, "choices": choices, "doc": doc}
-
-
-@dataclass(frozen=True)
-class DatabaseSettings:
-    host: str = field(default="localhost", metadata=_key("DB_HOST", doc="server host"))
-    port: int = field(default=5432, metadata=_key("DB_PORT", doc="server port"))
-    name: str = field(default="container_app", metadata=_key("DB_NAME", doc="database"))
-    user: str = field(default="postgres", metadata=_key("DB_USER", doc="login role"))
-    password_file: Path | None = field(
-        default=None, metadata=_key("DB_PASSWORD_FILE", doc="file holding the password")
-    )
-    maintenance_db: str = field(default="postgres", metadata=_key(doc="db for CREATE/DROP"))
-    pg_bin_dir: Path | None = field(default=None, metadata=_key(doc="folder of pg_dump etc."))
-    connect_timeout: int = field(default=10, metadata=_key(doc="seconds"))
-
-
-@dataclass(frozen=True)
-class BackupSettings:
-    compress: str = field(
-        default="gzip",
-        metadata=_key("SAFEHOLD_COMPRESS", choices=COMPRESSIONS, doc="gzip (pg_dump's) or zstd"),
-    )
-    zstd_level: int = field(default=3, metadata=_key(doc="1-19"))
-    zstd_threads: int = field(default=0, metadata=_key(doc="0 = one per core"))
-    concurrency: int = field(
-        default=4, metadata=_key(doc="members of a --all backup written at once")
-    )
-
-
-@dataclass(frozen=True)
-class RestoreSettings:
-    jobs: int = field(default=0, metadata=_key(doc="pg_restore --jobs; 0 = one per core"))
-    project: str = field(
-        default="", metadata=_key(doc="compose project whose containers restore --all stops")
-    )
-    post_restore_cmds: tuple[str, ...] = field(
-        default=(), metadata=_key(doc="commands run (sh -c) after restore --all restored data")
-    )
-    health_url: str = field(default="", metadata=_key(doc="URL that must answer 200 afterwards"))
-    health_timeout: float = field(default=120.0, metadata=_key(doc="seconds to wait for it"))
-
-
-@dataclass(frozen=True)
-class VolumeSettings:
-    include: tuple[str, ...] = field(
-        default=(),
-        metadata=_key(doc="volume names or patterns (user-*) that backup --all takes"),
-    )
-    labels: tuple[str, ...] = field(
-        default=(), metadata=_key(doc="volumes with these labels (key or key=value) too")
-    )
-    exclude: tuple[str, ...] = field(default=(), metadata=_key(doc="names or patterns to skip"))
-
-
-@dataclass(frozen=True)
-class AlertSettings:
-    apprise_urls: tuple[str, ...] = field(
-        default=(), metadata=_key(doc="Apprise URLs notified on failures (slack://, mailto://...)")
-    )
-    webhook_url: str = field(default="", metadata=_key(doc="URL that gets a JSON POST on failures"))
-    timeout: float = field(default=10.0, metadata=_key(doc="seconds per alert target"))
-
-
-@dataclass(frozen=True)
-class RetentionSettings:
-    daily: int = field(default=30, metadata=_key(doc="days with a kept daily backup"))
-    weekly: int = field(default=12, metadata=_key(doc="ISO weeks with a kept weekly backup"))
-    monthly: int = field(default=12, metadata=_key(doc="months with a kept monthly backup"))
-    yearly: int = field(default=7, metadata=_key(doc="years with a kept yearly backup"))
-    keep_last: int = field(default=1, metadata=_key(doc="newest backups always kept"))
-    prune_after_backup: bool = field(
-        default=True, metadata=_key(doc="prune after each scheduled run")
-    )
-
-
-@dataclass(frozen=True)
-class ScheduleSettings:
-    database: str = field(default="0 2 * * *", metadata=_key(doc="cron: database backup"))
-    full: str = field(default="0 3 * * 0", metadata=_key(doc="cron: full-system backup (--all)"))
-    archive: str = field(default="0 4 1 * *", metadata=_key(doc="cron: monthly archive copy"))
-    drill: str = field(default="0 5 2 * *", metadata=_key(doc="cron: restore drill"))
-    hourly: bool = field(default=False, metadata=_key(doc="also back up the database hourly"))
-    archive_location: str = field(default="", metadata=_key(doc="location the archive goes to"))
-
-
-@dataclass(frozen=True)
-class ObjectiveSettings:
-    rpo_hours: float = field(default=24.0, metadata=_key(doc="newest backup may be this old"))
-    rto_database_minutes: float = field(default=30.0, metadata=_key(doc="database restore"))
-    rto_volumes_minutes: float = field(default=60.0, metadata=_key(doc="container data"))
-    rto_full_minutes: float = field(default=120.0, metadata=_key(doc="whole-system restore"))
-
-
-@dataclass(frozen=True)
-class Settings:
-    backup_dir: Path = field(default=Path("./backups"), metadata=_key("BACKUP_DIR"))
-    log_file: Path | None = field(default=None, metadata=_key("LOG_FILE"))
-    lock_timeout: float = field(default=300.0, metadata=_key(doc="seconds to wait for the lock"))
-    database: DatabaseSettings = field(default_factory=DatabaseSettings)
-    backup: BackupSettings = field(default_factory=BackupSettings)
-    restore: RestoreSettings = field(default_factory=RestoreSettings)
-    volumes: VolumeSettings = field(default_factory=VolumeSettings)
-    objectives: ObjectiveSettings = field(default_factory=ObjectiveSettings)
-    alerts: AlertSettings = field(default_factory=AlertSettings)
-    retention: RetentionSettings = field(default_factory=RetentionSettings)
-    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
-    source: str = "defaults"  # where the file part came from, for messages
-    password: str | None = field(default=None, repr=False)
-
-    def pg_target(self) -> PgTarget:
-        db = self.database
-        return PgTarget(
-            host=db.host,
-            port=db.port,
-            dbname=db.name,
-            user=db.user,
-            password=self.password,
-            bin_dir=db.pg_bin_dir,
-            maintenance_db=db.maintenance_db,
-            connect_timeout=db.connect_timeout,
-        )
-
-    def backup_options(self) -> BackupOptions:
-        b = self.backup
-        return BackupOptions(b.compress, b.zstd_level, b.zstd_threads, self.lock_timeout)  # type: ignore[arg-type]
-
-    def objectives_s(self) -> Objectives:
-        goals = self.objectives
-        return Objectives(
-            goals.rpo_hours * 3600,
-            goals.rto_database_minutes * 60,
-            goals.rto_volumes_minutes * 60,
-            goals.rto_full_minutes * 60,
-        )
-
-    def restore_options(self, **overrides: Any) -> RestoreOptions:
-        return RestoreOptions(jobs=self.restore.jobs, lock_timeout=self.lock_timeout, **overrides)
-
-
-SECTIONS: dict[str, type] = {
-    "database": DatabaseSettings,
-    "backup": BackupSettings,
-    "restore": RestoreSettings,
-    "volumes": VolumeSettings,
-    "objectives": ObjectiveSettings,
-    "alerts": AlertSettings,
-    "retention": RetentionSettings,
-    "schedule": ScheduleSettings,
-}
-_INTERNAL = {*SECTIONS, "source", "password"}
+__all__ = [
+    "AlertSettings",
+    "BackupSettings",
+    "DatabaseSettings",
+    "EncryptionSettings",
+    "LocationSettings",
+    "ObjectiveSettings",
+    "RestoreSettings",
+    "RetentionSettings",
+    "ScheduleSettings",
+    "Settings",
+    "VolumeSettings",
+    "all_keys",
+    "env_names",
+    "load",
+]
 
 
 def load(
@@ -198,8 +70,9 @@ def load(
     for name, value in (flags or {}).items():
         if value is not None:
             values[name] = value
+    locations = values.pop("@locations", ((), ""))[0]
     settings = _build(values, str(path) if path and path.exists() else "defaults")
-    return dataclasses.replace(settings, password=_password(settings, environ))
+    return dataclasses.replace(settings, password=_password(settings, environ), locations=locations)
 
 
 def all_keys() -> dict[str, dataclasses.Field[Any]]:
@@ -237,6 +110,7 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     flat: dict[str, Any] = {}
     known = all_keys()
+    locations = _locations(raw.pop("locations", {}), path)
     for key, value in raw.items():
         if key in SECTIONS and isinstance(value, dict):
             for sub, sub_value in value.items():
@@ -254,7 +128,38 @@ def _read_file(path: Path) -> dict[str, Any]:
     # Check every value now, so a bad one fails even when env or a flag overrides it today.
     for key, value in flat.items():
         _convert(known[key], value, f"{path}: key '{key}'")
-    return {key: (value, f"{path}: key '{key}'") for key, value in flat.items()}
+    found = {key: (value, f"{path}: key '{key}'") for key, value in flat.items()}
+    found["@locations"] = (locations, str(path))
+    return found
+
+
+def _locations(raw: Any, path: Path) -> tuple[LocationSettings, ...]:
+    """``[locations.NAME]`` tables: named, so they live in the file only (no env names)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: 'locations' must be tables like [locations.offsite]")
+    fields = {f.name: f for f in dataclasses.fields(LocationSettings) if f.name != "name"}
+    found = []
+    for name, table in raw.items():
+        where = f"{path}: [locations.{name}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} must be a table")
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in fields:
+                close = difflib.get_close_matches(key, list(fields), n=1)
+                raise ConfigError(
+                    f"{where}: unknown key '{key}'",
+                    hint=(f"did you mean '{close[0]}'? " if close else "")
+                    + f"expected one of: {', '.join(sorted(fields))}",
+                )
+            values[key] = _convert(fields[key], value, f"{where} key '{key}'")
+        location = LocationSettings(name=name, **values)
+        if location.kind != "s3":
+            raise ConfigError(f"{where}: kind {location.kind!r} is not known", hint="use 's3'")
+        if not location.bucket:
+            raise ConfigError(f"{where}: 'bucket' is missing")
+        found.append(location)
+    return tuple(found)
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -284,9 +189,8 @@ def _build(values: dict[str, Any], source: str) -> Settings:
 
 
 def _convert(field_: dataclasses.Field[Any], value: Any, origin: str) -> Any:
-    hints = typing.get_type_hints(
-        next(c for c in (Settings, *SECTIONS.values()) if field_ in dataclasses.fields(c))
-    )
+    owners = (Settings, LocationSettings, *SECTIONS.values())
+    hints = typing.get_type_hints(next(c for c in owners if field_ in dataclasses.fields(c)))
     wanted = hints[field_.name]
     optional = isinstance(wanted, types.UnionType) and type(None) in typing.get_args(wanted)
     base = next(a for a in typing.get_args(wanted) if a is not type(None)) if optional else wanted

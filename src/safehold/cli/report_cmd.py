@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from ..operations.report import DEFAULT_DAYS, gather_report
+from ..operations.report_page import render_html, write_html
+from ..storage import LocalStorage
+from .runtime import runtime, shared_options
+
+
+@click.command("report")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="write the report page here (one self-contained HTML file)",
+)
+@click.option(
+    "--days",
+    type=click.IntRange(min=0),
+    default=DEFAULT_DAYS,
+    show_default=True,
+    help="how far back the charts and tables go (0: the whole history)",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the gathered data as JSON")
+@shared_options
+@click.pass_context
+def report_cmd(ctx: click.Context, html_path: Path | None, days: int, as_json: bool) -> None:
+    """One page about the backups, to look at rather than read.
+
+    Backup sizes and durations over time per target, the RPO compliance timeline (periods when
+    the newest good backup was older than the RPO in red), drill recovery times against the RTO
+    lines, the latest failures and the newest backups, under the current status. Charts are
+    inline SVG: the page needs no network, script or font. With --json the same data is printed
+    (also when --html writes the page).
+    """
+    if html_path is None and not as_json:
+        raise UsageError(
+            "nothing to do: give --html FILE (the page) and/or --json (the data)",
+            hint="safehold report --html report.html",
+        )
+    with runtime(ctx, as_json=as_json) as rt:
+        settings = rt.settings
+        storage = LocalStorage(settings.backup_dir)
+        plain = tuple(v for v in settings.volumes.include if not any(c in v for c in "*?["))
+        report = gather_report(
+            storage,
+            now=datetime.now(UTC),
+            objectives=settings.objectives_s(),
+            database=settings.database.name,
+            volumes=plain,
+            days=days,
+        )
+        secrets = [settings.password]
+        written = None
+        if html_path is not None:
+            written = write_html(html_path, render_html(report, secrets))
+            rt.sink_info(
+                f"report of {len(report.backups)} backup(s), {len(report.drills)} drill(s) and "
+                f"{len(report.failures)} failure(s) written"
+            )
+        if as_json:
+            data = report.to_json() | {"html": str(written) if written else None}
+            rt.emit_json(_redacted(data, secrets))
+        elif written is not None:
+            click.echo(str(written))
+
+
+def _redacted(value: Any, secrets: list[str | None]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret:
+                value = value.replace(secret, "[redacted]")
+        return value
+    if isinstance(value, dict):
+        return {k: _redacted(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v, secrets) for v in value]
+    return value
