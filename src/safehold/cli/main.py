@@ -22,6 +22,8 @@ from .demo_cmd import demo
 from .doctor_cmd import doctor
 from .drill_cmd import drill_cmd
 from .list_cmd import list_cmd
+from .pin_cmd import pin_cmd, unpin_cmd
+from .prune_cmd import prune_cmd
 from .report_cmd import report_cmd
 from .restore_cmd import restore
 from .status_cmd import status_cmd
@@ -48,6 +50,8 @@ cli.add_command(doctor)
 cli.add_command(drill_cmd)
 cli.add_command(status_cmd)
 cli.add_command(verify)
+cli.add_command(prune_cmd)
+cli.add_command(pin_cmd)
 cli.add_command(unpin_cmd)
 
 

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from .. import catalog
+from ..operations.prune import pin, read_pins, unpin
+from ..storage import LocalStorage
+from .runtime import runtime, shared_options
+
+
+@click.command("pin")
+@click.argument("name", required=False)
+@click.option("--note", default="", help="why it is pinned (shown by 'safehold pin')")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@shared_options
+@click.pass_context
+def pin_cmd(ctx: click.Context, name: str | None, note: str, as_json: bool) -> None:
+    """Pin a backup so that prune never removes it; without NAME, list the pins.
+
+    NAME is a backup as 'safehold list' shows it, or a latest link name (the backup it points
+    at). The pin is .safehold/pins/NAME.json in the repository; 'safehold unpin NAME' removes it.
+    """
+    with runtime(ctx, as_json=as_json) as rt:
+        storage = LocalStorage(rt.settings.backup_dir)
+        if name is not None:
+            made = pin(
+                storage, name, note=note, lock_timeout=rt.settings.lock_timeout, sink=rt.sink
+            )
+            if as_json:
+                rt.emit_json(made.to_json())
+            return
+        pins = read_pins(storage) if storage.root.is_dir() else {}
+        present = {r.name for r in catalog.scan(storage)} if pins else set()
+        if as_json:
+            rt.emit_json([{**p.to_json(), "present": p.artifact in present} for p in pins.values()])
+            return
+        if not pins:
+            rt.out.print(f"no pinned backups in {storage.description}")
+            return
+        table = Table(
+            title=f"pinned in {storage.description}", title_justify="left", box=None, pad_edge=False
+        )
+        for column in ("NAME", "PINNED (UTC)", "BY", "NOTE"):
+            table.add_column(column, no_wrap=column != "NOTE")
+        for p in sorted(pins.values(), key=lambda p: p.artifact):
+            gone = "" if p.artifact in present else " (gone)"
+            table.add_row(p.artifact + gone, f"{p.pinned_at:%Y-%m-%d %H:%M}", p.by, p.note)
+        rt.out.print(table)
+
+
+@click.command("unpin")
+@click.argument("name")
+@shared_options
+@click.pass_context
+def unpin_cmd(ctx: click.Context, name: str) -> None:
+    """Remove the pin of a backup, so that prune applies the retention policy to it again.
+
+    Unpinning a backup that is not pinned is not an error (it says so).
+    """
+    with runtime(ctx) as rt:
+        storage = LocalStorage(rt.settings.backup_dir)
+        unpin(storage, name, lock_timeout=rt.settings.lock_timeout, sink=rt.sink)
