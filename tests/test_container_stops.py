@@ -14,8 +14,8 @@ from docker.models.volumes import Volume
 from safehold import catalog
 from safehold.errors import HookFailed, StorageError
 from safehold.model import Event
+from safehold.operations.docker_volume import backup_volume, restore_volume
 from safehold.operations.engine import POST_LABEL, PRE_LABEL, STOP_LABEL
-from safehold.operations.volume import backup_volume, restore_volume
 from safehold.storage import LocalStorage
 
 from .conftest import run_in

@@ -32,7 +32,7 @@ from safehold.operations.prune import (
     unpin,
 )
 from safehold.operations.verify import read_verify, verify_backup, verify_key
-from safehold.operations.volume import volume_artifact, write_tree_backup
+from safehold.operations.volume import folder_source, volume_artifact, write_tree_backup
 from safehold.retention import Policy
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
@@ -73,7 +73,7 @@ def old_backup(
     name = volume_artifact(target, when, compression)
     with repository_session(repo, lock_timeout=10, purpose="test", sink=null_sink):
         manifest = write_tree_backup(
-            folder, target, repo, name, when, compression, null_sink, set_id=set_id
+            folder_source(folder), target, repo, name, when, compression, null_sink, set_id=set_id
         )
         commit(repo, manifest, null_sink, "")
     return manifest

@@ -130,3 +130,29 @@ def test_volume_restore_dry_run_prints_the_plan_and_changes_nothing(
     assert any("safety backup" in s for s in steps["steps"])
     user.remove(force=True)
     assert run_in(client, image, volume.name, READ) == changed
+
+
+def test_volume_round_trip_through_the_engine_api(
+    run_cli: CliRunner,
+    repo: LocalStorage,
+    engine: SandboxDockerd,
+    client: docker.DockerClient,
+    image: Image,
+    volume: Volume,
+) -> None:
+    """backup.volume_access = api: what a remote engine gets (no host folder involved)."""
+    env = {"DOCKER_HOST": engine.base_url, "SAFEHOLD_BACKUP_VOLUME_ACCESS": "api"}
+    run_in(client, image, volume.name, FILL + " && ln -s sub/b.txt /data/link")
+    original = run_in(client, image, volume.name, READ + " && ls -l /data/link")
+
+    made = run_cli("backup", "--volume", volume.name, "--json", env=env)
+    assert made.returncode == 0, made.stderr
+    (manifest,) = json.loads(made.stdout)
+    assert manifest["facts"]["source"] == f"Docker volume {volume.name} (engine API)"
+    run_in(client, image, volume.name, "echo changed > /data/a.txt && touch /data/extra")
+    restored = run_cli("restore", "--volume", f"{volume.name}:latest", env=env)
+
+    assert restored.returncode == 0, restored.stderr
+    assert run_in(client, image, volume.name, READ + " && ls -l /data/link") == original
+    helpers = client.containers.list(all=True, filters={"label": "org.safehold.helper=true"})
+    assert helpers == []

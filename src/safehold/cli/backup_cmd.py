@@ -11,8 +11,9 @@ from ..errors import UsageError
 from ..model import Manifest
 from ..operations.backup import COMPRESSIONS, backup_database
 from ..operations.backup_set import SetOptions, backup_set
+from ..operations.docker_volume import backup_volume
 from ..operations.engine import connect_docker, select_volumes
-from ..operations.volume import backup_tree, backup_volume
+from ..operations.volume import backup_tree
 from ..storage import LocalStorage
 from .runtime import Runtime, runtime, shared_options
 
@@ -129,6 +130,7 @@ def backup(
                         compression=tree_compression,
                         lock_timeout=opts.lock_timeout,
                         sink=rt.sink,
+                        access=rt.settings.volume_access(),
                     )
                 )
         if as_json:
@@ -172,6 +174,7 @@ def _backup_all(
             database=options,
             volume_compression="zstd" if options.compression == "zstd" else "gzip",
             concurrency=settings.backup.concurrency,
+            volume_access=settings.volume_access(),
         ),
         sink=rt.sink,
     )

@@ -77,6 +77,7 @@ def restore_all(rt: Runtime, storage: LocalStorage, request: AllRequest) -> None
             database=settings.restore_options(),
             safety_backup=request.safety_backup,
             volume_compression="zstd" if settings.backup.compress == "zstd" else "gzip",
+            volume_access=settings.volume_access(),
             health_timeout=request.health_timeout or settings.restore.health_timeout,
             lock_timeout=settings.lock_timeout,
             objectives=settings.objectives_s(),

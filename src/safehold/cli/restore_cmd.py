@@ -4,9 +4,9 @@ import click
 
 from .. import catalog
 from ..errors import UsageError
+from ..operations.docker_volume import restore_volume
 from ..operations.engine import connect_docker, users_of
 from ..operations.restore import RestoreResult, restore_database
-from ..operations.volume import restore_volume
 from ..storage import LocalStorage
 from .list_cmd import show_backups
 from .restore_all import AllRequest, restore_all
@@ -262,6 +262,7 @@ def _restore_volumes(
             compression=compression,
             lock_timeout=rt.settings.lock_timeout,
             sink=rt.sink,
+            access=rt.settings.volume_access(),
         )
         kept = result.safety_backup.artifact if result.safety_backup else None
         done.append(

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..model import Objectives
 from ..operations.backup import COMPRESSIONS, BackupOptions
+from ..operations.docker_volume import Access
 from ..operations.restore import RestoreOptions
 from ..sources.postgres import PgTarget
 
@@ -43,6 +44,13 @@ class BackupSettings:
     zstd_threads: int = field(default=0, metadata=_key(doc="0 = one per core"))
     concurrency: int = field(
         default=4, metadata=_key(doc="members of a --all backup written at once")
+    )
+    volume_access: str = field(
+        default="auto",
+        metadata=_key(
+            choices=("auto", "direct", "api"),
+            doc="volumes: the host folder (direct), a helper container (api), or auto",
+        ),
     )
 
 
@@ -184,6 +192,9 @@ class Settings:
             goals.rto_volumes_minutes * 60,
             goals.rto_full_minutes * 60,
         )
+
+    def volume_access(self) -> Access:
+        return self.backup.volume_access  # type: ignore[return-value]  # checked by choices
 
     def restore_options(self, **overrides: Any) -> RestoreOptions:
         return RestoreOptions(jobs=self.restore.jobs, lock_timeout=self.lock_timeout, **overrides)

@@ -27,8 +27,15 @@ from ..sources.postgres import PgTarget
 from ..storage import LocalStorage
 from ._pipeline import commit, fresh_name, repository_session
 from .backup import BackupOptions, dump_database
-from .engine import check_target_name, quiesced, volume_mountpoint
-from .volume import VOLUME_COMPRESSIONS, readable, volume_artifact, write_tree_backup
+from .docker_volume import Access, volume_source
+from .engine import check_target_name, quiesced
+from .volume import (
+    VOLUME_COMPRESSIONS,
+    TreeSource,
+    folder_source,
+    volume_artifact,
+    write_tree_backup,
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,7 @@ class SetOptions:
     database: BackupOptions
     volume_compression: str = "gzip"
     concurrency: int = 4
+    volume_access: Access = "auto"
 
 
 def backup_set(
@@ -65,10 +73,11 @@ def backup_set(
     clash = sorted(set(folders) & set(volumes))
     if clash:
         raise UsageError(f"{', '.join(clash)} named both as a volume and as a folder")
-    roots = dict(folders)
+    roots: dict[str, TreeSource] = {name: folder_source(path) for name, path in folders.items()}
     if volumes:
         assert client is not None
-        roots.update({name: readable(volume_mountpoint(client, name), name) for name in volumes})
+        for name in volumes:
+            roots[name] = volume_source(client, name, options.volume_access)
     targets = sorted(roots)
     db_format = options.database.compression
     with repository_session(

@@ -28,10 +28,11 @@ from ..model import Event, EventSink, Objectives, null_sink
 from ..sources.postgres import PgTarget, connect
 from ..storage import LocalStorage
 from ._pipeline import Progress, check_digest, sha256_of
+from .docker_volume import Access, restore_volume
 from .engine import stopped
 from .restore import RestoreOptions, restore_database
 from .system_plan import Step, SystemPlan, folder_of
-from .volume import restore_tree, restore_volume
+from .volume import restore_tree
 
 HEALTH_POLL_S = 1.0
 POST_OUTPUT_LINES = 20
@@ -42,6 +43,7 @@ class SystemRestoreOptions:
     database: RestoreOptions = field(default_factory=RestoreOptions)
     safety_backup: bool = True
     volume_compression: str = "gzip"
+    volume_access: Access = "auto"
     health_timeout: float = 120.0
     lock_timeout: float = 300.0
     objectives: Objectives = field(default_factory=Objectives)
@@ -253,6 +255,7 @@ def _restore_one_volume(
         compression=options.volume_compression,
         lock_timeout=options.lock_timeout,
         sink=sink,
+        access=options.volume_access,
     )
     if done.safety_backup is not None:
         result.notes.append(

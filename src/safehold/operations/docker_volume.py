@@ -1,0 +1,189 @@
+"""Docker volumes: backup and restore through the host's folder when it is readable here (the
+faster path, measured in bench/bench_volume_paths.py), otherwise through the Docker Engine API
+with a helper container (any engine DOCKER_HOST names, also a remote one). ``access`` forces
+one: ``direct`` or ``api``; ``auto`` picks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import docker
+import docker.errors
+import requests
+
+from .. import catalog
+from ..errors import HookFailed, UsageError
+from ..model import Event, EventSink, Manifest, null_sink
+from ..storage import LocalStorage
+from .engine import (
+    check_target_name,
+    quiesced,
+    refuse_if_in_use,
+    stopped,
+    unavailable,
+    users_of,
+    volume_mountpoint,
+)
+from .volume import (
+    TreeSource,
+    Unpack,
+    VolumeRestore,
+    backup_source,
+    folder_source,
+    folder_unpack,
+    restore_into,
+)
+from .volume_api import read_volume_tar, replace_volume_content
+
+Access = Literal["auto", "direct", "api"]
+ACCESS_MODES: tuple[str, ...] = ("auto", "direct", "api")
+
+
+def volume_source(client: docker.DockerClient, name: str, access: Access = "auto") -> TreeSource:
+    root = _folder(client, name, access)
+    if root is not None:
+        return folder_source(root)
+    return TreeSource(
+        f"Docker volume {name} (engine API)",
+        lambda out, events: read_volume_tar(client, name, out, events=events),
+    )
+
+
+def volume_unpack(
+    client: docker.DockerClient, name: str, access: Access, sink: EventSink
+) -> tuple[Unpack, str]:
+    root = _folder(client, name, access)
+    if root is not None:
+        return folder_unpack(root, sink), str(root)
+    return (
+        lambda stream, check: replace_volume_content(
+            client, name, stream, events=sink, before_swap=check
+        ),
+        f"Docker volume {name} (engine API)",
+    )
+
+
+def _folder(client: docker.DockerClient, name: str, access: Access) -> Path | None:
+    """The volume's folder when it is used directly; None for the engine API."""
+    if access not in ACCESS_MODES:
+        raise UsageError(f"unknown volume access {access!r}", hint="use auto, direct or api")
+    if access == "api":
+        check_target_name(name)
+        return None
+    mountpoint = volume_mountpoint(client, name)
+    if mountpoint.is_dir() and os.access(mountpoint, os.R_OK | os.W_OK | os.X_OK):
+        return mountpoint
+    if access == "direct":
+        raise UsageError(
+            f"the folder of Docker volume {name} ({mountpoint}) is not readable here",
+            hint="run safehold on the Docker host as root, or use backup.volume_access = "
+            "'auto' or 'api' (a helper container through the engine API)",
+        )
+    return None
+
+
+def backup_volume(
+    client: docker.DockerClient,
+    name: str,
+    storage: LocalStorage,
+    *,
+    compression: str = "gzip",
+    lock_timeout: float = 300.0,
+    sink: EventSink = null_sink,
+    access: Access = "auto",
+) -> Manifest:
+    """Back up a volume. Running containers that use it run their safehold.pre-backup command
+    first (a failure stops the backup); those labelled safehold.stop-during-backup=true are
+    stopped for the copy and started again afterwards, also when the copy fails; then the
+    safehold.post-backup commands run."""
+    source = volume_source(client, name, access)
+    manifest: Manifest | None = None
+    try:
+        with quiesced(client, [name], sink, f"backup of volume {name}"):
+            manifest = backup_source(
+                source,
+                name,
+                storage,
+                compression=compression,
+                lock_timeout=lock_timeout,
+                sink=sink,
+            )
+    except HookFailed as exc:
+        if manifest is not None:
+            exc.message += f" (the backup {manifest.artifact} itself was written and is good)"
+        raise
+    return manifest
+
+
+def restore_volume(
+    client: docker.DockerClient,
+    name: str,
+    storage: LocalStorage,
+    ref: str = "latest",
+    *,
+    safety_backup: bool = True,
+    stop_containers: bool = False,
+    compression: str = "gzip",
+    lock_timeout: float = 300.0,
+    sink: EventSink = null_sink,
+    access: Access = "auto",
+) -> VolumeRestore:
+    """Replace a volume's content; refused while a running container uses it, unless
+    ``stop_containers``: then they are stopped, and started again afterwards."""
+    check_target_name(name)
+    # Resolve before the safety backup, or "latest" would name the safety backup itself.
+    source = catalog.resolve(storage, ref, "volume", name)
+    users = users_of(client, name) if stop_containers else []
+    with stopped(users, sink, f"restore of volume {name}"):
+        return _replace(
+            client, name, storage, source, safety_backup, compression, lock_timeout, sink, access
+        )
+
+
+def _replace(
+    client: docker.DockerClient,
+    name: str,
+    storage: LocalStorage,
+    source: catalog.Resolved,
+    safety_backup: bool,
+    compression: str,
+    lock_timeout: float,
+    sink: EventSink,
+    access: Access,
+) -> VolumeRestore:
+    refuse_if_in_use(client, name)
+    created = False
+    try:
+        client.volumes.get(name)
+    except docker.errors.NotFound:
+        client.volumes.create(name=name)
+        created = True
+        sink(Event("restore", f"created Docker volume {name}"))
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise unavailable(exc) from exc
+    safety: Manifest | None = None
+    if safety_backup and not created:
+        sink(Event("restore", f"safety backup of the current content of volume {name}"))
+        safety = backup_source(
+            volume_source(client, name, access),
+            name,
+            storage,
+            compression=compression,
+            lock_timeout=lock_timeout,
+            sink=sink,
+        )
+        sink(
+            Event(
+                "restore",
+                f"the current content of {name} is kept as {safety.artifact}; it is a normal "
+                "backup (listed, and the 'latest' link until the next backup)",
+                data={"safety_backup": safety.artifact},
+            )
+        )
+    # A container started meanwhile would see the swap happen under it; check again.
+    refuse_if_in_use(client, name)
+    unpack, where = volume_unpack(client, name, access, sink)
+    facts = restore_into(storage, str(source.path), unpack, where, name, sink, lock_timeout)
+    return VolumeRestore(facts, source.name, safety)
