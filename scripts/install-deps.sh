@@ -3,6 +3,7 @@
 # themselves, so any installed version counts; installs only what is missing:
 #   postgresql(-client)  pg_dump/pg_restore, and initdb/pg_ctl for the sandbox and test cluster
 #   zstd, file           operators' own tools, used by the tests to read backups as they would
+#   age                  the standard age CLI: encrypted backups must open with it
 #   docker.io            dockerd (+ containerd, runc) for the throwaway engine of the tests/demo
 #   busybox-static       a static /bin/busybox: the whole rootfs of the local test image
 #   chromium             headless, renders the 'safehold report' page in the tests
@@ -14,6 +15,7 @@ have pg_dump && have pg_restore || missing+=(postgresql-client)
 have initdb || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 have zstd || missing+=(zstd)
 have file || missing+=(file)
+have age && have age-keygen || missing+=(age)
 # An engine installed another way (Docker's docker-ce packages) counts; docker.io would conflict.
 have dockerd && have containerd && have runc || missing+=(docker.io)
 # The package, not the command: Debian's plain "busybox" is dynamic and useless in a bare image.

@@ -27,6 +27,10 @@ class ConfigError(SafeholdError):
     exit_code = 2
 
 
+class DecryptionKeyError(ConfigError):
+    """No key was given for an encrypted file, or the key given does not open it."""
+
+
 class UsageError(SafeholdError):
     """A request that cannot be carried out as asked (unknown backup name, bad target...)."""
 

@@ -29,6 +29,7 @@ class Manifest:
     tool_version: str
     facts: dict[str, Any] = field(default_factory=dict)
     set_id: str | None = None
+    encryption: dict[str, Any] | None = None  # age: mode and recipients (never a secret)
     format: int = MANIFEST_FORMAT
 
     @property
@@ -140,6 +141,7 @@ class BackupRecord:
             "sha256": self.sha256,
             "compression": self.manifest.compression if self.manifest else None,
             "set_id": self.manifest.set_id if self.manifest else None,
+            "encryption": self.manifest.encryption if self.manifest else None,
             "status": self.status,
         }
 

@@ -21,8 +21,11 @@ LOCK_FILE = ".safehold/lock"
 # Links the seed's commands rely on; they always point at the newest good backup.
 DB_LATEST_LINKS = ("db_backup_latest.sql", "latest_db_backup.sql")
 
-_DB = re.compile(r"^db_backup_(?P<stamp>\d{8}_\d{6})\.sql(?P<ext>\.zst)?$")
-_VOLUME = re.compile(r"^volume_(?P<target>.+)_(?P<stamp>\d{8}_\d{6})\.tar\.(?P<ext>gz|zst)$")
+_DB = re.compile(r"^db_backup_(?P<stamp>\d{8}_\d{6})\.sql(?P<ext>\.zst)?(?P<age>\.age)?$")
+_VOLUME = re.compile(
+    r"^volume_(?P<target>.+)_(?P<stamp>\d{8}_\d{6})\.tar\.(?P<ext>gz|zst)(?P<age>\.age)?$"
+)
+AGE_SUFFIX = ".age"  # encrypted artifacts: the plain name + .age
 
 DB_EXTENSIONS = {"gzip": ".sql", "none": ".sql", "zstd": ".sql.zst"}
 
@@ -34,25 +37,38 @@ class ArtifactName:
     created: datetime
     target: str | None  # volume name; database names are not part of the seed's file names
     zstd: bool
+    encrypted: bool = False
 
 
 def stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(STAMP_FORMAT)
 
 
-def database_artifact(moment: datetime, compression: str) -> str:
-    return f"db_backup_{stamp(moment)}{DB_EXTENSIONS[compression]}"
+def database_artifact(moment: datetime, compression: str, encrypted: bool = False) -> str:
+    return f"db_backup_{stamp(moment)}{DB_EXTENSIONS[compression]}" + (
+        AGE_SUFFIX if encrypted else ""
+    )
 
 
 def parse(name: str) -> ArtifactName | None:
     """Recognise an artifact name; ``None`` for anything that is not one (links, temp files...)."""
     if match := _DB.match(name):
         return ArtifactName(
-            name, "database", _created(match["stamp"]), None, zstd=bool(match["ext"])
+            name,
+            "database",
+            _created(match["stamp"]),
+            None,
+            zstd=bool(match["ext"]),
+            encrypted=bool(match["age"]),
         )
     if match := _VOLUME.match(name):
         return ArtifactName(
-            name, "volume", _created(match["stamp"]), match["target"], zstd=match["ext"] == "zst"
+            name,
+            "volume",
+            _created(match["stamp"]),
+            match["target"],
+            zstd=match["ext"] == "zst",
+            encrypted=bool(match["age"]),
         )
     return None
 
@@ -61,16 +77,23 @@ def manifest_key(artifact: str) -> str:
     return f"{MANIFEST_DIR}/{artifact}.json"
 
 
+REPOSITORY_KEY = ".safehold/keys/repository-key.age"  # passphrase mode: the wrapped identity
+
+
 def set_key(set_id: str) -> str:
     return f"{SETS_DIR}/{set_id}.json"
 
 
 def latest_links(artifact: ArtifactName) -> tuple[str, ...]:
-    """Names that point at the newest good backup of this kind and format."""
+    """Names that point at the newest good backup of this kind and format (an encrypted one has
+    its own, so the seed's ``pg_restore db_backup_latest.sql`` never meets ciphertext)."""
+    age = AGE_SUFFIX if artifact.encrypted else ""
     if artifact.kind == "database":
-        return DB_LATEST_LINKS if not artifact.zstd else ("db_backup_latest.sql.zst",)
+        if artifact.zstd:
+            return (f"db_backup_latest.sql.zst{age}",)
+        return DB_LATEST_LINKS if not age else (f"db_backup_latest.sql{age}",)
     ext = "tar.zst" if artifact.zstd else "tar.gz"
-    return (f"volume_{artifact.target}_latest.{ext}",)
+    return (f"volume_{artifact.target}_latest.{ext}{age}",)
 
 
 def _created(text: str) -> datetime:

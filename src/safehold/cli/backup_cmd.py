@@ -15,6 +15,7 @@ from ..operations.docker_volume import backup_volume
 from ..operations.engine import connect_docker, select_volumes
 from ..operations.volume import backup_tree
 from ..storage import LocalStorage
+from .locations import copy_after_backup
 from .runtime import Runtime, runtime, shared_options
 
 
@@ -117,6 +118,7 @@ def backup(
                     compression=tree_compression,
                     lock_timeout=opts.lock_timeout,
                     sink=rt.sink,
+                    encryption=opts.encryption,
                 )
             )
         if volumes:
@@ -131,8 +133,10 @@ def backup(
                         lock_timeout=opts.lock_timeout,
                         sink=rt.sink,
                         access=rt.settings.volume_access(),
+                        encryption=opts.encryption,
                     )
                 )
+        copy_after_backup(rt, storage, done)
         if as_json:
             only_db = len(done) == 1 and not (volumes or paths)
             rt.emit_json(done[0].to_json() if only_db else [m.to_json() for m in done])
@@ -178,8 +182,9 @@ def _backup_all(
         ),
         sink=rt.sink,
     )
+    manifests = [catalog.read_manifest(storage, name) for name in result.members]
+    copy_after_backup(rt, storage, [m for m in manifests if m is not None])
     if rt.as_json:
-        manifests = [catalog.read_manifest(storage, name) for name in result.members]
         rt.emit_json(
             {**result.to_json(), "manifests": [m.to_json() for m in manifests if m is not None]}
         )

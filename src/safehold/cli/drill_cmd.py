@@ -56,6 +56,7 @@ def drill_cmd(
                 where=where,
                 jobs=rt.settings.restore.jobs,
                 sink=rt.sink,
+                key=rt.settings.decryption_key(),
             )
         if as_json:
             rt.emit_json(record.to_json())

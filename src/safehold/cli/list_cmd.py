@@ -3,8 +3,10 @@ from __future__ import annotations
 import click
 
 from .. import catalog
+from ..operations.copy import holders
 from ..operations.verify import VerifyResult, read_verify
 from ..storage import LocalStorage
+from .locations import locations
 from .output import backups_table, sets_table
 from .runtime import runtime, shared_options
 
@@ -41,10 +43,19 @@ def show_backups(ctx: click.Context, as_json: bool, *, only_sets: bool = False) 
                 sets_table(sets, records, rt.out, storage.description)
             return
         checks = {r.name: read_verify(storage, r.name) for r in records}
+        held = holders(locations(rt.settings)) if rt.settings.locations else None
         if as_json:
-            rt.emit_json([_with_check(r.to_json(), checks[r.name]) for r in reversed(records)])
+            rt.emit_json(
+                [
+                    {
+                        **_with_check(r.to_json(), checks[r.name]),
+                        "locations": ["local", *(held or {}).get(r.name, [])],
+                    }
+                    for r in reversed(records)
+                ]
+            )
         else:
-            backups_table(records, rt.out, storage.description, sets, checks)
+            backups_table(records, rt.out, storage.description, sets, checks, held)
 
 
 def _with_check(record: dict[str, object], check: VerifyResult | None) -> dict[str, object]:

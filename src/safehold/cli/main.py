@@ -18,9 +18,11 @@ from .._version import __version__
 from ..errors import SafeholdError
 from .backup_cmd import backup
 from .config_cmd import config_cmd
+from .copy_cmd import copy_cmd
 from .demo_cmd import demo
 from .doctor_cmd import doctor
 from .drill_cmd import drill_cmd
+from .keygen_cmd import keygen_cmd
 from .list_cmd import list_cmd
 from .pin_cmd import pin_cmd, unpin_cmd
 from .prune_cmd import prune_cmd
@@ -45,9 +47,11 @@ cli.add_command(restore)
 cli.add_command(list_cmd)
 cli.add_command(report_cmd)
 cli.add_command(config_cmd)
+cli.add_command(copy_cmd)
 cli.add_command(demo)
 cli.add_command(doctor)
 cli.add_command(drill_cmd)
+cli.add_command(keygen_cmd)
 cli.add_command(status_cmd)
 cli.add_command(verify)
 cli.add_command(prune_cmd)

@@ -24,6 +24,7 @@ def backups_table(
     where: str,
     sets: list[BackupSet],
     checks: Mapping[str, VerifyResult | None] | None = None,
+    held: Mapping[str, list[str]] | None = None,
 ) -> None:
     """Newest first; members of a full-system set show its id, and "(incomplete)" when the set
     record is missing because a member failed; VERIFIED is the last verify of each backup."""
@@ -43,6 +44,7 @@ def backups_table(
         "SHA256",
         "STATUS",
         "VERIFIED",
+        *(["LOCATIONS"] if held is not None else []),
     ):
         table.add_column(column, no_wrap=column != "NAME")
     for record in reversed(records):
@@ -59,6 +61,7 @@ def backups_table(
             record.sha256[:12] if record.sha256 else "-",
             f"[{STATUS_STYLE[record.status]}]{record.status}[/]",
             _verified((checks or {}).get(record.name)),
+            *([",".join(["local", *held.get(record.name, [])])] if held is not None else []),
         )
     console.print(table)
 

@@ -78,6 +78,7 @@ def restore_all(rt: Runtime, storage: LocalStorage, request: AllRequest) -> None
             safety_backup=request.safety_backup,
             volume_compression="zstd" if settings.backup.compress == "zstd" else "gzip",
             volume_access=settings.volume_access(),
+            encryption=settings.encryption_key() if request.safety_backup else None,
             health_timeout=request.health_timeout or settings.restore.health_timeout,
             lock_timeout=settings.lock_timeout,
             objectives=settings.objectives_s(),

@@ -9,6 +9,7 @@ from ..operations.engine import connect_docker, users_of
 from ..operations.restore import RestoreResult, restore_database
 from ..storage import LocalStorage
 from .list_cmd import show_backups
+from .locations import local_ref
 from .restore_all import AllRequest, restore_all
 from .runtime import Runtime, runtime, shared_options
 
@@ -89,6 +90,13 @@ from .runtime import Runtime, runtime, shared_options
     default=1,
     help="--all: skip the restore steps before step N (to continue after a failure)",
 )
+@click.option(
+    "--from",
+    "source",
+    metavar="LOCATION",
+    help="read the backup from this location (a local copy that is missing or damaged is "
+    "fetched from the first good location anyway)",
+)
 @click.option("--dry-run", is_flag=True, help="print the plan and change nothing")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @shared_options
@@ -112,6 +120,7 @@ def restore(
     health_url: str | None,
     health_timeout: float | None,
     from_step: int,
+    source: str | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -168,8 +177,10 @@ def restore(
             }
             if jobs is not None:
                 overrides["jobs"] = jobs
+            target = rt.settings.pg_target()
+            database_ref = local_ref(rt, storage, database_ref, "database", target.dbname, source)
             db_result = restore_database(
-                rt.settings.pg_target(),
+                target,
                 storage,
                 database_ref,
                 rt.settings.restore_options(**overrides),
@@ -178,6 +189,7 @@ def restore(
             )
             if not as_json:
                 _show(db_result, None)
+        volumes = [(n, local_ref(rt, storage, r, "volume", n, source)) for n, r in volumes]
         if dry_run:
             restored = _plan_volumes(
                 rt, storage, volumes, safety=not no_safety_backup, stop=stop_containers
@@ -263,6 +275,8 @@ def _restore_volumes(
             lock_timeout=rt.settings.lock_timeout,
             sink=rt.sink,
             access=rt.settings.volume_access(),
+            encryption=rt.settings.encryption_key() if safety else None,
+            key=rt.settings.decryption_key(),
         )
         kept = result.safety_backup.artifact if result.safety_backup else None
         done.append(

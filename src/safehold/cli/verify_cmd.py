@@ -58,6 +58,8 @@ def verify(ctx: click.Context, name: str | None, every: bool, level: str, as_jso
         options: dict[str, Any] = {
             "lock_timeout": rt.settings.lock_timeout,
             "pg_bin_dir": rt.settings.database.pg_bin_dir,
+            # Only a full check decrypts; a quick one checks the ciphertext's sha256, no key.
+            "key": rt.settings.decryption_key() if level == "full" else None,
         }
         depth = cast(Level, level)
         if every:

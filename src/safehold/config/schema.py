@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..crypto import DecryptionKey, EncryptionKey, load_decryption_key, load_encryption_key
 from ..model import Objectives
 from ..operations.backup import COMPRESSIONS, BackupOptions
 from ..operations.docker_volume import Access
@@ -139,6 +140,11 @@ class LocationSettings:
     ca_bundle: Path | None = None
     copy_after_backup: bool = True  # copy every new backup here right after it is made
     archive: bool = False  # the monthly long-term archive: only the schedule copies to it
+    allow_http: bool = False  # plain http to a non-loopback endpoint (never for real data)
+    part_size_mb: int = 8
+    concurrency: int = 4
+    max_attempts: int = 5
+    retry_mode: str = "standard"
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,34 @@ class Settings:
 
     def backup_options(self) -> BackupOptions:
         b = self.backup
-        return BackupOptions(b.compress, b.zstd_level, b.zstd_threads, self.lock_timeout)  # type: ignore[arg-type]
+        return BackupOptions(
+            b.compress,  # type: ignore[arg-type]  # checked by choices
+            b.zstd_level,
+            b.zstd_threads,
+            self.lock_timeout,
+            encryption=self.encryption_key(),
+        )
+
+    def encryption_key(self) -> EncryptionKey | None:
+        """What new backups are encrypted to; None when encryption is not configured."""
+        e = self.encryption
+        return load_encryption_key(
+            e.recipients,
+            e.recipients_file,
+            e.passphrase_file,
+            e.passphrase_env or None,
+            e.passphrase_command or None,
+        )
+
+    def decryption_key(self) -> DecryptionKey | None:
+        """What opens encrypted backups (restore, verify --level full, drill)."""
+        e = self.encryption
+        return load_decryption_key(
+            e.identity_file,
+            e.passphrase_file,
+            e.passphrase_env or None,
+            e.passphrase_command or None,
+        )
 
     def objectives_s(self) -> Objectives:
         goals = self.objectives
@@ -197,7 +230,12 @@ class Settings:
         return self.backup.volume_access  # type: ignore[return-value]  # checked by choices
 
     def restore_options(self, **overrides: Any) -> RestoreOptions:
-        return RestoreOptions(jobs=self.restore.jobs, lock_timeout=self.lock_timeout, **overrides)
+        return RestoreOptions(
+            jobs=self.restore.jobs,
+            lock_timeout=self.lock_timeout,
+            decryption=self.decryption_key(),
+            **overrides,
+        )
 
 
 SECTIONS: dict[str, type] = {

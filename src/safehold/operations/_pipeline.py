@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 from typing import IO
 
 from .. import catalog, naming
-from ..errors import IntegrityError
+from ..crypto import AgeWriter, DecryptionKey, EncryptionKey
+from ..errors import DecryptionKeyError, IntegrityError
 from ..lock import repository_lock
 from ..model import ByteSink, Event, EventSink, Manifest
 from ..storage import LocalStorage
@@ -183,3 +184,47 @@ def commit(
             data={"artifact": name, "size": size, "duration_s": took},
         )
     )
+
+
+def bind_key(storage: LocalStorage, key: EncryptionKey | None) -> EncryptionKey | None:
+    """Passphrase mode, inside the writer's session: unlock the repository key, or create and
+    store it before the first encrypted artifact."""
+    if key is None or not key.needs_repository_key:
+        return key
+    try:
+        existing: bytes | None = storage.read_bytes(naming.REPOSITORY_KEY)
+    except FileNotFoundError:
+        existing = None
+    bound, created = key.bind(existing)
+    if created is not None:
+        storage.put_bytes(naming.REPOSITORY_KEY, created)
+    return bound
+
+
+def unlock_key(storage: LocalStorage, key: DecryptionKey | None, name: str) -> DecryptionKey:
+    """The key that opens the encrypted artifact ``name``; a clear error when there is none."""
+    if key is None:
+        raise DecryptionKeyError(
+            f"{name} is encrypted and no key is configured",
+            hint="set encryption.identity_file (X25519) or a passphrase source "
+            "(encryption.passphrase_file / passphrase_env / passphrase_command)",
+        )
+    if not key.needs_repository_key:
+        return key
+    try:
+        content = storage.read_bytes(naming.REPOSITORY_KEY)
+    except FileNotFoundError:
+        raise DecryptionKeyError(
+            f"{name} needs the repository key {naming.REPOSITORY_KEY}, which is missing",
+            hint="copy it back from another location or a key backup; the passphrase alone "
+            "cannot decrypt",
+        ) from None
+    return key.bind(content)
+
+
+def encrypting(out: ByteSink, key: EncryptionKey | None) -> tuple[ByteSink, AgeWriter | None]:
+    """``out`` behind an age writer when ``key`` is set (compress -> encrypt -> hash)."""
+    if key is None:
+        return out, None
+    writer = AgeWriter(out, key)
+    return writer, writer

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
 from .. import naming
 from .._version import __version__
 from ..compress import ZstdWriter
+from ..crypto import EncryptionKey
 from ..errors import UsageError
 from ..model import Event, EventSink, Manifest, null_sink
 from ..sources.postgres import DumpStream, PgTarget
 from ..storage import LocalStorage
-from ._pipeline import HashingWriter, Progress, commit, fresh_name, repository_session
+from ._pipeline import (
+    HashingWriter,
+    Progress,
+    bind_key,
+    commit,
+    encrypting,
+    fresh_name,
+    repository_session,
+)
 
 Compression = Literal["gzip", "zstd", "none"]
 COMPRESSIONS: tuple[str, ...] = ("gzip", "zstd", "none")
@@ -25,6 +34,7 @@ class BackupOptions:
     zstd_level: int = 3
     zstd_threads: int = 0  # 0: one per core
     lock_timeout: float = 300.0
+    encryption: EncryptionKey | None = None  # age; None: stored in the clear
 
 
 def backup_database(
@@ -43,8 +53,11 @@ def backup_database(
     with repository_session(
         storage, lock_timeout=opts.lock_timeout, purpose="safehold backup", sink=sink
     ):
+        opts = replace(opts, encryption=bind_key(storage, opts.encryption))
+        encrypted = opts.encryption is not None
         started, name = fresh_name(
-            storage, lambda moment: [naming.database_artifact(moment, opts.compression)]
+            storage,
+            lambda moment: [naming.database_artifact(moment, opts.compression, encrypted)],
         )
         sink(Event("backup", f"backing up database {target.where()} to {storage.path(name)}"))
         manifest = dump_database(target, storage, name, started, opts, sink)
@@ -67,20 +80,28 @@ def dump_database(
     level = None if opts.compression == "gzip" else 0
     with DumpStream(target, compress_level=level) as dump, storage.open_writer(name) as writer:
         hashed = HashingWriter(writer)
+        stored, age = encrypting(hashed, opts.encryption)
         zstd = (
-            ZstdWriter(hashed, opts.zstd_level, opts.zstd_threads)
+            ZstdWriter(stored, opts.zstd_level, opts.zstd_threads)
             if opts.compression == "zstd"
             else None
         )
-        out = zstd or hashed
+        out = zstd or stored
         # The database size bounds an uncompressed dump; pg_dump's gzip output has no estimate.
         estimate = dump.facts.get("database_size") if level == 0 else None
         progress = Progress(sink, f"dump {target.dbname}", estimate)
-        for chunk in dump:
-            out.write(chunk)
-            progress.advance(len(chunk))
-        if zstd is not None:
-            zstd.finish()
+        try:
+            for chunk in dump:
+                out.write(chunk)
+                progress.advance(len(chunk))
+            if zstd is not None:
+                zstd.finish()
+            if age is not None:
+                age.finish()
+        except BaseException:
+            if age is not None:
+                age.abort()
+            raise
         dump.finish()  # a failed pg_dump raises here, so the writer aborts instead of committing
         progress.close()
     return Manifest(
@@ -95,4 +116,5 @@ def dump_database(
         tool_version=__version__,
         facts={**dump.facts, "dump_bytes": progress.done},
         set_id=set_id,
+        encryption=opts.encryption.describe() if opts.encryption else None,
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from ..errors import SafeholdError, UsageError
 from ..model import BackupSet, Event, EventSink, Manifest, null_sink
 from ..sources.postgres import PgTarget
 from ..storage import LocalStorage
-from ._pipeline import commit, fresh_name, repository_session
+from ._pipeline import bind_key, commit, fresh_name, repository_session
 from .backup import BackupOptions, dump_database
 from .docker_volume import Access, volume_source
 from .engine import check_target_name, quiesced
@@ -86,11 +86,14 @@ def backup_set(
         purpose="safehold full-system backup",
         sink=sink,
     ):
+        key = bind_key(storage, options.database.encryption)
+        db_options = replace(options.database, encryption=key)
+        encrypted = key is not None
 
         def names_at(moment: datetime) -> list[str]:
-            names = [naming.database_artifact(moment, db_format)] if database else []
+            names = [naming.database_artifact(moment, db_format, encrypted)] if database else []
             return names + [
-                volume_artifact(v, moment, c)
+                volume_artifact(v, moment, c, encrypted)
                 for v in targets
                 for c in (options.volume_compression, *VOLUME_COMPRESSIONS)
             ]
@@ -102,7 +105,7 @@ def backup_set(
         members = _Members(storage, sink, len(targets) + bool(database))
 
         def copy(volume: str) -> Callable[[], Manifest]:
-            name = volume_artifact(volume, started, options.volume_compression)
+            name = volume_artifact(volume, started, options.volume_compression, encrypted)
             return lambda: write_tree_backup(
                 roots[volume],
                 volume,
@@ -112,19 +115,20 @@ def backup_set(
                 options.volume_compression,
                 sink,
                 set_id,
+                key,
             )
 
         try:
             with ThreadPoolExecutor(options.concurrency, thread_name_prefix="safehold") as pool:
                 jobs: list[Future[None]] = []
                 if database is not None:
-                    db_name = naming.database_artifact(started, db_format)
+                    db_name = naming.database_artifact(started, db_format, encrypted)
                     jobs.append(
                         pool.submit(
                             members.run,
                             "database",
                             lambda: dump_database(
-                                database, storage, db_name, _now(), options.database, sink, set_id
+                                database, storage, db_name, _now(), db_options, sink, set_id
                             ),
                         )
                     )

@@ -14,6 +14,7 @@ import docker.errors
 import requests
 
 from .. import catalog
+from ..crypto import DecryptionKey, EncryptionKey
 from ..errors import HookFailed, UsageError
 from ..model import Event, EventSink, Manifest, null_sink
 from ..storage import LocalStorage
@@ -93,6 +94,7 @@ def backup_volume(
     lock_timeout: float = 300.0,
     sink: EventSink = null_sink,
     access: Access = "auto",
+    encryption: EncryptionKey | None = None,
 ) -> Manifest:
     """Back up a volume. Running containers that use it run their safehold.pre-backup command
     first (a failure stops the backup); those labelled safehold.stop-during-backup=true are
@@ -109,6 +111,7 @@ def backup_volume(
                 compression=compression,
                 lock_timeout=lock_timeout,
                 sink=sink,
+                encryption=encryption,
             )
     except HookFailed as exc:
         if manifest is not None:
@@ -129,7 +132,10 @@ def restore_volume(
     lock_timeout: float = 300.0,
     sink: EventSink = null_sink,
     access: Access = "auto",
+    encryption: EncryptionKey | None = None,
+    key: DecryptionKey | None = None,
 ) -> VolumeRestore:
+    """``encryption``: for the safety backup; ``key``: opens an encrypted backup."""
     """Replace a volume's content; refused while a running container uses it, unless
     ``stop_containers``: then they are stopped, and started again afterwards."""
     check_target_name(name)
@@ -138,7 +144,16 @@ def restore_volume(
     users = users_of(client, name) if stop_containers else []
     with stopped(users, sink, f"restore of volume {name}"):
         return _replace(
-            client, name, storage, source, safety_backup, compression, lock_timeout, sink, access
+            client,
+            name,
+            storage,
+            source,
+            safety_backup,
+            compression,
+            lock_timeout,
+            sink,
+            access,
+            (encryption, key),
         )
 
 
@@ -152,6 +167,7 @@ def _replace(
     lock_timeout: float,
     sink: EventSink,
     access: Access,
+    keys: tuple[EncryptionKey | None, DecryptionKey | None],
 ) -> VolumeRestore:
     refuse_if_in_use(client, name)
     created = False
@@ -173,6 +189,7 @@ def _replace(
             compression=compression,
             lock_timeout=lock_timeout,
             sink=sink,
+            encryption=keys[0],
         )
         sink(
             Event(
@@ -185,5 +202,7 @@ def _replace(
     # A container started meanwhile would see the swap happen under it; check again.
     refuse_if_in_use(client, name)
     unpack, where = volume_unpack(client, name, access, sink)
-    facts = restore_into(storage, str(source.path), unpack, where, name, sink, lock_timeout)
+    facts = restore_into(
+        storage, str(source.path), unpack, where, name, sink, lock_timeout, keys[1]
+    )
     return VolumeRestore(facts, source.name, safety)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from .. import catalog, naming
 from .._version import __version__
+from ..crypto import DecryptionKey
 from ..errors import IntegrityError, SafeholdError, UsageError
 from ..model import Event, EventSink, Manifest, null_sink, parse_time
 from ..sources import pg_admin
@@ -143,6 +144,7 @@ def drill(
     where: str = "",
     jobs: int = 0,
     sink: EventSink = null_sink,
+    key: DecryptionKey | None = None,
 ) -> DrillRecord:
     """Restore ``subject``'s backups into scratch space and record the result. ``server``: where
     scratch databases go (needed when a database backup is drilled); ``live_database``: a name
@@ -154,7 +156,7 @@ def drill(
     error: SafeholdError | None = None
     for manifest in members:
         try:
-            results.append(_one(storage, manifest, server, live_database, jobs, sink))
+            results.append(_one(storage, manifest, server, live_database, jobs, sink, key))
         except SafeholdError as exc:
             error = exc
             results.append(
@@ -203,13 +205,14 @@ def _one(
     live_database: str | None,
     jobs: int,
     sink: EventSink,
+    key: DecryptionKey | None = None,
 ) -> dict[str, Any]:
     base = {"artifact": manifest.artifact, "kind": manifest.kind, "target": manifest.target}
     if manifest.kind == "database":
         if server is None:
             raise UsageError("drilling a database backup needs a server (or --sandbox)")
-        return base | _drill_database(storage, manifest, server, live_database, jobs, sink)
-    return base | _drill_volume(storage, manifest, sink)
+        return base | _drill_database(storage, manifest, server, live_database, jobs, sink, key)
+    return base | _drill_volume(storage, manifest, sink, key)
 
 
 def _drill_database(
@@ -219,6 +222,7 @@ def _drill_database(
     live_database: str | None,
     jobs: int,
     sink: EventSink,
+    key: DecryptionKey | None,
 ) -> dict[str, Any]:
     scratch = pg_admin.db_name_with_suffix(
         manifest.target, f"_safehold_drill_{naming.stamp(datetime.now(UTC))}"
@@ -235,7 +239,9 @@ def _drill_database(
             server,
             storage,
             manifest.artifact,
-            RestoreOptions(target_db=scratch, jobs=jobs, drop_previous=True, no_owner=True),
+            RestoreOptions(
+                target_db=scratch, jobs=jobs, drop_previous=True, no_owner=True, decryption=key
+            ),
             sink=sink,
         )
         seconds = time.monotonic() - began
@@ -258,7 +264,9 @@ def _drill_database(
     }
 
 
-def _drill_volume(storage: LocalStorage, manifest: Manifest, sink: EventSink) -> dict[str, Any]:
+def _drill_volume(
+    storage: LocalStorage, manifest: Manifest, sink: EventSink, key: DecryptionKey | None
+) -> dict[str, Any]:
     storage.ensure()
     scratch_root = storage.path(naming.TMP_DIR)
     scratch_root.mkdir(parents=True, exist_ok=True)
@@ -267,7 +275,7 @@ def _drill_volume(storage: LocalStorage, manifest: Manifest, sink: EventSink) ->
     began = time.monotonic()
     try:
         facts = restore_tree(
-            storage, manifest.artifact, scratch, target_name=manifest.target, sink=sink
+            storage, manifest.artifact, scratch, target_name=manifest.target, sink=sink, key=key
         )
         seconds = time.monotonic() - began
     finally:

@@ -18,13 +18,14 @@ from typing import Any
 
 from .. import catalog, naming
 from ..compress import ZstdError, zstd_reader
+from ..crypto import DecryptionKey, age_reader, is_age
 from ..errors import DatabaseError, IntegrityError, RestoreError, SafeholdError, UsageError
 from ..lock import repository_lock
 from ..model import Event, EventSink, null_sink
 from ..sources import pg_admin
 from ..sources.postgres import PgTarget, connect, count_rows
 from ..storage import LocalStorage
-from ._pipeline import HashingReader, Progress, check_digest, sha256_of
+from ._pipeline import HashingReader, Progress, check_digest, sha256_of, unlock_key
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -36,6 +37,7 @@ class RestoreOptions:
     drop_previous: bool = False
     no_owner: bool = False
     lock_timeout: float = 300.0
+    decryption: DecryptionKey | None = field(default=None, repr=False)  # for .age backups
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class RestorePlan:
     jobs: int
     drop_previous: bool
     zstd: bool
+    encrypted: bool = False
 
     def steps(self) -> list[str]:
         check = (
@@ -55,8 +58,13 @@ class RestorePlan:
             else ("no manifest: prove it is a dump with pg_restore --list (warning)")
         )
         steps = [f"verify {self.source.path} ({check})"]
-        if self.zstd:
-            steps.append("decompress zstd into a temporary file beside the repository")
+        if self.zstd or self.encrypted:
+            what = " and ".join(
+                w
+                for w, on in (("decrypt (age)", self.encrypted), ("decompress zstd", self.zstd))
+                if on
+            )
+            steps.append(f"{what} into a temporary file beside the repository")
         steps += [
             f"create staging database {self.staging!r}",
             f"pg_restore --jobs={self.jobs} into {self.staging!r}",
@@ -117,7 +125,8 @@ def plan_database_restore(
         else None,
         jobs=options.jobs or os.cpu_count() or 1,
         drop_previous=options.drop_previous,
-        zstd=_is_zstd(source.path),
+        zstd=_is_zstd(source.path) or ".sql.zst" in source.name,
+        encrypted=_is_age(source.path),
     )
 
 
@@ -149,7 +158,8 @@ def _execute(
     timings: dict[str, float] = {}
     warnings: list[str] = []
     clock = time.monotonic()
-    with pg_admin.admin(target) as conn, _seekable_dump(storage, plan, sink) as archive:
+    key = unlock_key(storage, opts.decryption, plan.source.name) if plan.encrypted else None
+    with pg_admin.admin(target) as conn, _seekable_dump(storage, plan, sink, key) as archive:
         timings["verify"] = time.monotonic() - clock
         server = conn.info.server_version
         if plan.source.manifest is None:
@@ -251,17 +261,20 @@ def _maybe_lock(root: Path | None, timeout: float) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _seekable_dump(storage: LocalStorage, plan: RestorePlan, sink: EventSink) -> Iterator[Path]:
+def _seekable_dump(
+    storage: LocalStorage, plan: RestorePlan, sink: EventSink, key: DecryptionKey | None = None
+) -> Iterator[Path]:
     """The verified archive as a seekable file (pg_restore --jobs needs one).
 
-    A plain dump is hashed in place. A zstd dump is hashed and decompressed in the same pass
-    into a temp file, which is removed afterwards.
+    A plain dump is hashed in place. A zstd or encrypted dump is hashed, decrypted and
+    decompressed in the same pass into a temp file, which is removed afterwards (age
+    authenticates every chunk up to the end of the stream, which this pass reads).
     """
     path = plan.source.path
     manifest = plan.source.manifest
     size = path.stat().st_size
     progress = Progress(sink, f"verify {plan.source.name}", size)
-    if not plan.zstd:
+    if not plan.zstd and not plan.encrypted:
         if manifest is not None:
             with path.open("rb") as fh:
                 digest, got = sha256_of(fh, progress)
@@ -276,9 +289,20 @@ def _seekable_dump(storage: LocalStorage, plan: RestorePlan, sink: EventSink) ->
         with path.open("rb") as raw, os.fdopen(fd, "wb") as out:
             hashed = HashingReader(raw, progress)
             try:
-                with zstd_reader(hashed) as plain:
+                clear = age_reader(hashed, key) if key is not None else hashed
+                with contextlib.ExitStack() as stack:
+                    plain = stack.enter_context(zstd_reader(clear)) if plan.zstd else clear
                     while chunk := plain.read(1 << 20):
                         out.write(chunk)
+                    if key is not None:
+                        while clear.read(1 << 20):  # to the end: the last chunk's tag too
+                            pass
+            except IntegrityError:
+                hashed.drain()
+                if manifest is not None:
+                    check_digest(plan.source.name, manifest.sha256, hashed.hexdigest(),
+                                 manifest.size, hashed.size)  # fmt: skip
+                raise
             except ZstdError as exc:
                 # Finish hashing first: a checksum mismatch is the more useful message.
                 hashed.drain()
@@ -311,6 +335,11 @@ def _scratch_dir(storage: LocalStorage) -> Path:
     except OSError:
         return Path(tempfile.gettempdir())
     return scratch if os.access(scratch, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def _is_age(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return is_age(fh.read(64))
 
 
 def _is_zstd(path: Path) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 import docker
 
 from .. import _proc
+from ..crypto import EncryptionKey
 from ..errors import HookFailed, RestoreError, SafeholdError
 from ..model import Event, EventSink, Objectives, null_sink
 from ..sources.postgres import PgTarget, connect
@@ -44,6 +45,7 @@ class SystemRestoreOptions:
     safety_backup: bool = True
     volume_compression: str = "gzip"
     volume_access: Access = "auto"
+    encryption: EncryptionKey | None = None  # safety backups are encrypted like backups
     health_timeout: float = 120.0
     lock_timeout: float = 300.0
     objectives: Objectives = field(default_factory=Objectives)
@@ -207,6 +209,7 @@ def _action(
             target_name=member.target,
             sink=sink,
             lock_timeout=options.lock_timeout,
+            key=options.database.decryption,
         )
     return lambda: _post_command(step.target, database, sink)
 
@@ -256,6 +259,8 @@ def _restore_one_volume(
         lock_timeout=options.lock_timeout,
         sink=sink,
         access=options.volume_access,
+        encryption=options.encryption,
+        key=options.database.decryption,
     )
     if done.safety_backup is not None:
         result.notes.append(

@@ -15,7 +15,6 @@ they say nothing about the backup and are not recorded.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import json
 import time
@@ -26,12 +25,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import catalog, naming
+from ..crypto import DecryptionKey, age_reader
 from ..errors import IntegrityError, StorageError, UsageError
 from ..lock import repository_lock
-from ..model import Event, EventSink, Kind, Manifest, null_sink, parse_time
+from ..model import ByteSource, Event, EventSink, Kind, Manifest, null_sink
 from ..sinks.log import human_bytes
-from ..storage import LocalStorage, Storage
-from ._pipeline import HashingReader, Progress, check_digest
+from ..storage import LocalStorage
+from ._pipeline import HashingReader, Progress, check_digest, unlock_key
 from ._verify_content import (
     ArchiveContent,
     DumpContent,
@@ -42,65 +42,32 @@ from ._verify_content import (
     pg_restore_tool,
     read_content,
 )
+from .verify_record import (
+    LEVELS,
+    RECORD_FORMAT,
+    VERIFY_DIR,
+    Level,
+    Outcome,
+    VerifyResult,
+    read_verify,
+    verify_key,
+)
 
-Level = Literal["quick", "full"]
-Outcome = Literal["ok", "failed", "unverifiable"]
-LEVELS: tuple[str, ...] = ("quick", "full")
-VERIFY_DIR = ".safehold/verify"
-RECORD_FORMAT = 1
 OLDER_HINT = "restore an older backup ('safehold list' shows them)"
 
-
-def verify_key(artifact: str) -> str:
-    return f"{VERIFY_DIR}/{artifact}.json"
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    """One verification of one artifact; also the record kept in the repository."""
-
-    artifact: str
-    kind: Kind
-    target: str | None
-    level: Level
-    outcome: Outcome
-    checked_at: datetime
-    duration_s: float
-    bytes_read: int
-    error: str | None = None
-    hint: str | None = None
-    found: dict[str, Any] = field(default_factory=dict)  # sha256; full: counts or TOC tables
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome == "ok"
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["checked_at"] = f"{self.checked_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
-        data["duration_s"] = round(self.duration_s, 3)
-        data["format"] = RECORD_FORMAT
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> VerifyResult:
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["checked_at"] = parse_time(values["checked_at"])
-        return cls(**values)
-
-
-def read_verify(storage: Storage, artifact: str) -> VerifyResult | None:
-    """The last recorded verification of ``artifact``; ``None`` when there is none (or it is
-    unreadable: a record is advice, never a reason to fail)."""
-    try:
-        raw = storage.read_bytes(verify_key(artifact))
-    except FileNotFoundError:
-        return None
-    try:
-        return VerifyResult.from_json(json.loads(raw))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
+__all__ = [
+    "LEVELS",
+    "RECORD_FORMAT",
+    "VERIFY_DIR",
+    "Level",
+    "Outcome",
+    "VerifyResult",
+    "read_verify",
+    "verify_all",
+    "verify_backup",
+    "verify_key",
+    "verify_newest",
+]
 
 
 def verify_backup(
@@ -111,6 +78,7 @@ def verify_backup(
     *,
     lock_timeout: float = 300.0,
     pg_bin_dir: Path | None = None,
+    key: DecryptionKey | None = None,
 ) -> VerifyResult:
     """Verify one artifact: its name in the repository, a ``latest`` link's name (the backup
     it points at), or a path to either inside the repository."""
@@ -122,7 +90,7 @@ def verify_backup(
         )
     with _session(storage, lock_timeout, sink) as entries:
         entry = _find(storage, entries, name)
-        return _verify(storage, entry, level, sink, pg_bin_dir)
+        return _verify(storage, entry, level, sink, pg_bin_dir, key)
 
 
 def verify_all(
@@ -132,13 +100,14 @@ def verify_all(
     *,
     lock_timeout: float = 300.0,
     pg_bin_dir: Path | None = None,
+    key: DecryptionKey | None = None,
 ) -> list[VerifyResult]:
     """Every artifact and orphaned manifest, oldest first; goes on after a failure."""
     _check_level(level)
     with _session(storage, lock_timeout, sink) as entries:
         if not entries:
             raise _nothing(storage, "no backups")
-        return [_verify(storage, entry, level, sink, pg_bin_dir) for entry in entries]
+        return [_verify(storage, entry, level, sink, pg_bin_dir, key) for entry in entries]
 
 
 def verify_newest(
@@ -148,6 +117,7 @@ def verify_newest(
     *,
     lock_timeout: float = 300.0,
     pg_bin_dir: Path | None = None,
+    key: DecryptionKey | None = None,
 ) -> list[VerifyResult]:
     """The newest backup of each target (database name, volume), whatever its state: a damaged
     or missing newest backup is reported, not skipped for an older good one. Files without a
@@ -161,7 +131,7 @@ def verify_newest(
         if not newest:
             raise _nothing(storage, f"no backups with a manifest ({len(entries)} without)")
         chosen = sorted(newest.values(), key=lambda e: (e.created, e.name))
-        return [_verify(storage, entry, level, sink, pg_bin_dir) for entry in chosen]
+        return [_verify(storage, entry, level, sink, pg_bin_dir, key) for entry in chosen]
 
 
 # --- what the repository holds ----------------------------------------------------------------
@@ -281,7 +251,12 @@ class _Tally:
 
 
 def _verify(
-    storage: LocalStorage, entry: _Entry, level: Level, sink: EventSink, bin_dir: Path | None
+    storage: LocalStorage,
+    entry: _Entry,
+    level: Level,
+    sink: EventSink,
+    bin_dir: Path | None,
+    key: DecryptionKey | None = None,
 ) -> VerifyResult:
     checked_at = datetime.now(UTC)
     clock = time.monotonic()
@@ -290,7 +265,7 @@ def _verify(
     outcome: Outcome = "ok"
     error = hint = None
     try:
-        foreign = _check(storage, entry, level, sink, bin_dir, tally)
+        foreign = _check(storage, entry, level, sink, bin_dir, tally, key)
         if foreign is not None:
             outcome, error, hint = "unverifiable", foreign, _FOREIGN_HINT
     except IntegrityError as exc:
@@ -316,6 +291,7 @@ def _check(
     sink: EventSink,
     bin_dir: Path | None,
     tally: _Tally,
+    key: DecryptionKey | None,
 ) -> str | None:
     """Raise IntegrityError for a failure; return why when unverifiable; None when ok."""
     name, manifest = entry.name, entry.manifest
@@ -349,7 +325,12 @@ def _check(
         hashed = HashingReader(raw, progress)
         try:
             if full:
-                content = read_content(name, entry.kind, compression, hashed, tool)
+                # Encrypted: decrypted on the fly, read to the end (age checks its last tag).
+                opened = unlock_key(storage, key, name) if name.endswith(".age") else None
+                clear: ByteSource = age_reader(hashed, opened) if opened else hashed
+                content = read_content(name, entry.kind, compression, clear, tool)
+                while clear.read(1 << 20):
+                    pass
                 tally.found.update(describe(content))
             hashed.drain()
         except IntegrityError:

@@ -18,6 +18,7 @@ from typing import IO
 from .. import catalog, naming
 from .._version import __version__
 from ..compress import SUFFIXES, open_compressor, open_decompressor
+from ..crypto import DecryptionKey, EncryptionKey, age_reader, is_age
 from ..errors import IntegrityError, UsageError
 from ..lock import repository_lock
 from ..model import ByteSink, ByteSource, Event, EventSink, Manifest, null_sink
@@ -27,14 +28,15 @@ from ._pipeline import (
     HashingReader,
     HashingWriter,
     Progress,
+    bind_key,
     check_digest,
     commit,
+    encrypting,
     fresh_name,
     repository_session,
+    unlock_key,
 )
-from .engine import (
-    check_target_name,
-)
+from .engine import check_target_name
 from .extract import ExtractFacts, extract_tree
 
 VOLUME_COMPRESSIONS = ("gzip", "zstd")
@@ -70,8 +72,11 @@ def folder_unpack(target: Path, sink: EventSink) -> Unpack:
     return lambda stream, check: extract_tree(stream, target, events=sink, before_swap=check)
 
 
-def volume_artifact(target_name: str, moment: datetime, compression: str) -> str:
-    return f"volume_{target_name}_{naming.stamp(moment)}{SUFFIXES[compression]}"
+def volume_artifact(
+    target_name: str, moment: datetime, compression: str, encrypted: bool = False
+) -> str:
+    age = naming.AGE_SUFFIX if encrypted else ""
+    return f"volume_{target_name}_{naming.stamp(moment)}{SUFFIXES[compression]}{age}"
 
 
 def backup_tree(
@@ -82,6 +87,7 @@ def backup_tree(
     compression: str = "gzip",
     lock_timeout: float = 300.0,
     sink: EventSink = null_sink,
+    encryption: EncryptionKey | None = None,
 ) -> Manifest:
     """Archive the folder ``root`` as a backup of the volume ``target_name``."""
     root = Path(root)
@@ -94,6 +100,7 @@ def backup_tree(
         compression=compression,
         lock_timeout=lock_timeout,
         sink=sink,
+        encryption=encryption,
     )
 
 
@@ -105,6 +112,7 @@ def backup_source(
     compression: str = "gzip",
     lock_timeout: float = 300.0,
     sink: EventSink = null_sink,
+    encryption: EncryptionKey | None = None,
 ) -> Manifest:
     """Back up ``source`` as the volume ``target_name``: session, fresh name, write, commit."""
     check_target_name(target_name)
@@ -116,14 +124,21 @@ def backup_source(
     with repository_session(
         storage, lock_timeout=lock_timeout, purpose="safehold volume backup", sink=sink
     ):
-        # A backup in the other format in the same second would share the stamp: wait too.
+        key = bind_key(storage, encryption)
+        # A backup in another format in the same second would share the stamp: wait too.
         started, name = fresh_name(
             storage,
-            lambda moment: [
-                volume_artifact(target_name, moment, c) for c in (compression, *VOLUME_COMPRESSIONS)
-            ],
+            lambda moment: (
+                [
+                    volume_artifact(target_name, moment, c, key is not None)
+                    for c in (compression, *VOLUME_COMPRESSIONS)
+                ]
+                + [volume_artifact(target_name, moment, compression, key is None)]
+            ),
         )
-        manifest = write_tree_backup(source, target_name, storage, name, started, compression, sink)
+        manifest = write_tree_backup(
+            source, target_name, storage, name, started, compression, sink, encryption=key
+        )
         commit(storage, manifest, sink, f"{manifest.facts['files']} files, ")
     return manifest
 
@@ -137,6 +152,7 @@ def write_tree_backup(
     compression: str,
     sink: EventSink,
     set_id: str | None = None,
+    encryption: EncryptionKey | None = None,
 ) -> Manifest:
     """Write the artifact ``name`` (the caller holds the repository session) and return its
     manifest, not yet committed."""
@@ -144,15 +160,20 @@ def write_tree_backup(
     sink(Event("backup", f"backing up {source.description} (volume {target_name}) to {where}"))
     with storage.open_writer(name) as writer:
         hashed = HashingWriter(writer)
-        compressor = open_compressor(compression, hashed)
+        stored, age = encrypting(hashed, encryption)
+        compressor = open_compressor(compression, stored)
         try:
             facts = source.write(compressor, sink)
             # Finish inside the writer block: a failure aborts instead of committing.
             compressor.finish()
+            if age is not None:
+                age.finish()
         except BaseException:
             abort = getattr(compressor, "abort", None)
             if abort is not None:
                 abort()  # stop gzip's worker threads; the writer drops the partial file
+            if age is not None:
+                age.abort()
             raise
     return Manifest(
         artifact=name,
@@ -166,6 +187,7 @@ def write_tree_backup(
         tool_version=__version__,
         facts={**facts.to_json(), "source": source.description},
         set_id=set_id,
+        encryption=encryption.describe() if encryption else None,
     )
 
 
@@ -177,10 +199,11 @@ def restore_tree(
     target_name: str | None = None,
     sink: EventSink = null_sink,
     lock_timeout: float = 300.0,
+    key: DecryptionKey | None = None,
 ) -> ExtractFacts:
     """Replace the content of ``target_dir`` with a volume backup, verified on the way."""
     unpack = folder_unpack(Path(target_dir), sink)
-    return restore_into(storage, ref, unpack, str(target_dir), target_name, sink, lock_timeout)
+    return restore_into(storage, ref, unpack, str(target_dir), target_name, sink, lock_timeout, key)
 
 
 def restore_into(
@@ -191,31 +214,48 @@ def restore_into(
     target_name: str | None,
     sink: EventSink,
     lock_timeout: float = 300.0,
+    key: DecryptionKey | None = None,
 ) -> ExtractFacts:
     """Verify and unpack a volume backup with ``unpack`` (a folder here, or a volume through
     the engine), holding the repository lock shared when the backup is in the repository."""
     source = catalog.resolve(storage, ref, "volume", target_name)
     if source.manifest is not None and source.manifest.kind != "volume":
         raise UsageError(f"{source.name} is not a volume backup")
+    with source.path.open("rb") as fh:
+        encrypted = is_age(fh.read(64))
+    opened = unlock_key(storage, key, source.name) if encrypted else None
     if not source.in_repository:
-        return _restore_file(source, unpack, where, sink)
+        return _restore_file(source, unpack, where, sink, opened)
     with repository_lock(
         storage.root, exclusive=False, timeout=lock_timeout, purpose="safehold volume restore"
     ):
-        return _restore_file(source, unpack, where, sink)
+        return _restore_file(source, unpack, where, sink, opened)
 
 
 def _restore_file(
-    source: catalog.Resolved, unpack: Unpack, where: str, sink: EventSink
+    source: catalog.Resolved,
+    unpack: Unpack,
+    where: str,
+    sink: EventSink,
+    key: DecryptionKey | None,
 ) -> ExtractFacts:
     manifest = source.manifest
     with source.path.open("rb") as raw:
-        kind = manifest.compression if manifest is not None else _sniff(raw)
         progress = Progress(sink, f"restore {source.name}", source.path.stat().st_size)
         hashed = HashingReader(raw, progress)
+        clear: ByteSource = age_reader(hashed, key) if key is not None else hashed
+        if manifest is not None:
+            kind = manifest.compression
+        elif key is not None:
+            kind = "zstd" if ".tar.zst" in source.name else "gzip"
+        else:
+            kind = _sniff(raw)
 
         def before_swap(facts: ExtractFacts) -> None:
-            # The decompressor may stop at the end of its frame; the digest covers every byte.
+            # The decompressor may stop at the end of its frame; the digest covers every byte,
+            # and age authenticates its last chunk only at the end of the stream.
+            while clear.read(1 << 20):
+                pass
             hashed.drain()
             if manifest is None:
                 return
@@ -226,7 +266,7 @@ def _restore_file(
 
         sink(Event("restore", f"restoring {source.name} into {where}"))
         try:
-            facts = unpack(open_decompressor(kind, hashed), before_swap)
+            facts = unpack(open_decompressor(kind, clear), before_swap)
         except IntegrityError:
             # A damaged stream usually fails decompression first; a checksum mismatch is the
             # clearer message, so report that when it applies.

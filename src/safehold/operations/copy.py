@@ -1,0 +1,185 @@
+"""Copies between locations: the local repository (primary) and any number of other storages
+(S3-compatible buckets). Keys are the same everywhere, so a location is a mirror.
+
+A copy streams the artifact once (read -> sha256 -> writer), checks the digest against the
+manifest before the writer commits, then writes the manifest: like a backup, a copy without its
+manifest is not a backup there, and a half upload is never visible (the writer aborts). Set
+records follow their members. Copies are idempotent: an artifact already present with the
+manifest's size and a manifest is skipped.
+
+``fetch`` is the way back: when the local copy of a backup is missing or damaged, the first
+location holding a good copy is read into the local repository (verified the same way), so
+restore, verify and drill can fall back to another location.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .. import catalog, naming
+from ..errors import IntegrityError, SafeholdError, UsageError
+from ..model import Event, EventSink, Manifest, null_sink
+from ..storage import LocalStorage, Storage
+from ._pipeline import HashingWriter, Progress, check_digest, sha256_of
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Location:
+    name: str
+    storage: Storage
+    copy_after_backup: bool = True
+    archive: bool = False
+
+
+@dataclass
+class CopyResult:
+    location: str
+    copied: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    bytes: int = 0
+    sets: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "location": self.location,
+            "copied": self.copied,
+            "skipped": self.skipped,
+            "bytes": self.bytes,
+            "sets": self.sets,
+        }
+
+
+def copy_backups(
+    source: Storage, destination: Location, names: Sequence[str], sink: EventSink = null_sink
+) -> CopyResult:
+    """Copy the named artifacts (with manifests) and the records of sets they complete."""
+    result = CopyResult(destination.name)
+    for name in names:
+        manifest = catalog.read_manifest(source, name)
+        if manifest is None:
+            raise UsageError(
+                f"{name} has no manifest: only backups are copied",
+                hint="'safehold list' shows the backups and their status",
+            )
+        if _present(destination.storage, manifest):
+            result.skipped.append(name)
+            continue
+        sink(Event("copy", f"copying {name} to {destination.name}"))
+        _transfer(source, destination.storage, manifest, sink, f"copy {name}")
+        catalog.write_manifest(destination.storage, manifest)
+        result.copied.append(name)
+        result.bytes += manifest.size
+    there = set(names) | {
+        k.rsplit("/", 1)[1].removesuffix(".json")
+        for k in destination.storage.list(naming.MANIFEST_DIR)
+    }
+    for backup_set in catalog.read_sets(source):
+        if set(backup_set.members) <= there and not destination.storage.exists(
+            naming.set_key(backup_set.id)
+        ):
+            catalog.write_set(destination.storage, backup_set)
+            result.sets.append(backup_set.id)
+    sink(
+        Event(
+            "copy",
+            f"{destination.name}: {len(result.copied)} copied ({result.bytes} bytes), "
+            f"{len(result.skipped)} already there",
+            data=result.to_json(),
+        )
+    )
+    return result
+
+
+def fetch(
+    local: LocalStorage,
+    locations: Sequence[Location],
+    name: str,
+    sink: EventSink = null_sink,
+    *,
+    force: bool = False,
+) -> str:
+    """Make the local repository hold a good copy of ``name``; returns where it came from
+    ("local" when it was already good there). ``force``: read it from ``locations`` anyway."""
+    manifest = catalog.read_manifest(local, name)
+    if not force and manifest is not None and _good_locally(local, manifest):
+        return "local"
+    problems = []
+    for location in locations:
+        try:
+            remote = catalog.read_manifest(location.storage, name)
+            if remote is None:
+                problems.append(f"{location.name}: no copy")
+                continue
+            sink(Event("fetch", f"{name}: reading the copy in {location.name}"))
+            local.ensure()
+            _transfer(location.storage, local, remote, sink, f"fetch {name}")
+            catalog.write_manifest(local, remote)
+            catalog.update_latest_links(local, catalog.scan(local))
+            return location.name
+        except SafeholdError as exc:
+            problems.append(f"{location.name}: {exc.message}")
+            sink(
+                Event(
+                    "fetch", f"{name}: the copy in {location.name} failed: {exc.message}", "warning"
+                )
+            )
+    raise IntegrityError(
+        f"no good copy of {name}: " + ("; ".join(problems) or "no other location configured"),
+        hint="'safehold list' shows which locations hold each backup",
+    )
+
+
+def holders(locations: Sequence[Location]) -> dict[str, list[str]]:
+    """Backup name -> the locations holding a manifest for it (one listing per location)."""
+    found: dict[str, list[str]] = {}
+    for location in locations:
+        try:
+            keys = location.storage.list(naming.MANIFEST_DIR)
+        except SafeholdError:
+            continue
+        for key in keys:
+            name = key.rsplit("/", 1)[1].removesuffix(".json")
+            found.setdefault(name, []).append(location.name)
+    return found
+
+
+def _present(storage: Storage, manifest: Manifest) -> bool:
+    try:
+        there = catalog.read_manifest(storage, manifest.artifact)
+        return (
+            there is not None
+            and there.sha256 == manifest.sha256
+            and storage.size(manifest.artifact) == manifest.size
+        )
+    except FileNotFoundError:
+        return False
+
+
+def _good_locally(local: LocalStorage, manifest: Manifest) -> bool:
+    if not local.exists(manifest.artifact) or local.size(manifest.artifact) != manifest.size:
+        return False
+    with local.open_reader(manifest.artifact) as raw:
+        digest, _ = sha256_of(raw)
+    return digest == manifest.sha256
+
+
+def _transfer(
+    source: Storage, destination: Storage, manifest: Manifest, sink: EventSink, task: str
+) -> None:
+    progress = Progress(sink, task, manifest.size)
+    with (
+        source.open_reader(manifest.artifact) as raw,
+        destination.open_writer(manifest.artifact) as writer,
+    ):
+        hashed = HashingWriter(writer)
+        while chunk := raw.read(CHUNK):
+            hashed.write(chunk)
+            progress.advance(len(chunk))
+        # Inside the writer block: a mismatch aborts the upload instead of committing it.
+        check_digest(
+            manifest.artifact, manifest.sha256, hashed.hexdigest(), manifest.size, hashed.size
+        )
+    progress.close()
