@@ -84,6 +84,13 @@ def test_backups_are_copied_listed_and_restored_from_the_copy(
     assert named.returncode == 0, named.stderr
     assert fingerprint(db, "from_named") == before
 
+    # Retention runs per location: the bucket's copy is judged on its own.
+    pruned = run_cli("prune", "--dry-run", "--json", env=offsite)
+    assert pruned.returncode == 0, pruned.stderr
+    local, bucket = json.loads(pruned.stdout)
+    assert bucket["location"].startswith("s3://")
+    assert [b["name"] for b in bucket["backups"] if b["keep"]] == [name]
+
 
 def test_unknown_location_and_copy_of_nothing(run_cli: CliRunner, offsite: dict[str, str]) -> None:
     unknown = run_cli("copy", "--to", "nowhere", env=offsite)

@@ -19,6 +19,7 @@ from ..errors import SafeholdError
 from .backup_cmd import backup
 from .config_cmd import config_cmd
 from .copy_cmd import copy_cmd
+from .daemon_cmd import daemon_cmd
 from .demo_cmd import demo
 from .doctor_cmd import doctor
 from .drill_cmd import drill_cmd
@@ -28,6 +29,7 @@ from .pin_cmd import pin_cmd, unpin_cmd
 from .prune_cmd import prune_cmd
 from .report_cmd import report_cmd
 from .restore_cmd import restore
+from .schedule_cmd import schedule_cmd
 from .status_cmd import status_cmd
 from .verify_cmd import verify
 
@@ -54,6 +56,8 @@ cli.add_command(drill_cmd)
 cli.add_command(keygen_cmd)
 cli.add_command(status_cmd)
 cli.add_command(verify)
+cli.add_command(schedule_cmd)
+cli.add_command(daemon_cmd)
 cli.add_command(prune_cmd)
 cli.add_command(pin_cmd)
 cli.add_command(unpin_cmd)

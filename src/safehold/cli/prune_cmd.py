@@ -7,11 +7,30 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import RetentionSettings
-from ..operations.prune import PruneResult, prune
+from ..operations.copy import Location
+from ..operations.prune import PruneResult, prune, prune_location
 from ..retention import Policy
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage
-from .runtime import runtime, shared_options
+from .locations import locations
+from .runtime import Runtime, runtime, shared_options
+
+
+def prune_remote(
+    rt: Runtime, location: Location, policy: Policy, now: datetime, dry_run: bool
+) -> PruneResult:
+    from ..storage.s3 import S3Storage
+    from ..storage.s3_lock import S3Lock
+
+    storage = location.storage
+    assert isinstance(storage, S3Storage)
+    storage.ensure()
+    with S3Lock(storage, purpose="safehold prune").hold(timeout=rt.settings.lock_timeout):
+        result = prune_location(storage, policy, now, dry_run=dry_run, sink=rt.sink)
+        if not dry_run:
+            for upload in storage.abort_stale_uploads():
+                rt.sink_info(f"{location.name}: aborted the unfinished upload {upload}")
+    return result
 
 
 def policy_of(settings: RetentionSettings) -> Policy:
@@ -40,19 +59,20 @@ def prune_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     """
     with runtime(ctx, as_json=as_json) as rt:
         policy = policy_of(rt.settings.retention)
-        locations = [LocalStorage(rt.settings.backup_dir)]  # S3 locations join this list
         now = datetime.now(UTC)
         results = [
             prune(
-                storage,
+                LocalStorage(rt.settings.backup_dir),
                 policy,
                 now=now,
                 dry_run=dry_run,
                 sink=rt.sink,
                 lock_timeout=rt.settings.lock_timeout,
             )
-            for storage in locations
         ]
+        # Every other location by the same policy, under its bucket lock.
+        for location in locations(rt.settings):
+            results.append(prune_remote(rt, location, policy, now, dry_run))
         if as_json:
             rt.emit_json([result.to_json() for result in results])
             return

@@ -1,0 +1,130 @@
+"""What ``safehold schedule show`` reports: each job, its schedule, its crontab line, whether
+that line is installed, and its next runs. A pure function of settings, crontab and ``now``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+
+from ..config import Settings
+from ..errors import ToolError
+from .crontab import CrontabRef, Installed, cron_line, ours
+from .invocation import Invocation, invocation
+from .jobs import Schedule, next_runs, plan, zone_name
+
+
+def describe(
+    settings: Settings,
+    ref: CrontabRef,
+    *,
+    now: datetime,
+    zone: tzinfo,
+    count: int = 3,
+    how: Invocation | None = None,
+) -> dict[str, Any]:
+    schedule: Schedule = plan(settings)
+    warnings: list[str] = []
+    if how is None:
+        how, warnings = invocation(settings, for_crontab=True)
+    error: str | None = None
+    found: list[Installed] = []
+    try:
+        found = ours(ref.read())
+    except ToolError as exc:
+        error = exc.message
+    jobs = []
+    for job in schedule.jobs:
+        line = cron_line(job, how)
+        mine = [entry for entry in found if entry.job == job.name]
+        jobs.append(
+            {
+                "job": job.name,
+                "schedule": job.expression,
+                "what": job.what,
+                "commands": [how.argv(step) for step in job.steps],
+                "cron_line": line,
+                "installed": _state(line, mine, error),
+                "installed_line": mine[0].line if mine else None,
+                "next_runs": [
+                    {
+                        "local": t.isoformat(),
+                        "utc": t.astimezone(UTC).isoformat(),
+                        "zone": t.tzname(),
+                    }
+                    for t in next_runs(job.expression, now, count, zone)
+                ],
+            }
+        )
+    configured = {job.name for job in schedule.jobs}
+    if not settings.log_file:
+        warnings.append(
+            "log_file is not set: scheduled runs log nothing (their warnings and errors go to "
+            "cron's mail; safehold list/status show what ran)"
+        )
+    return {
+        "crontab": ref.describe(),
+        "crontab_error": error,
+        "timezone": zone_name(zone, now),
+        "now": now.isoformat(),
+        "log_file": str(settings.log_file) if settings.log_file else None,
+        "jobs": jobs,
+        "not_scheduled": [{"job": s.name, "reason": s.reason} for s in schedule.not_scheduled],
+        "stale": [
+            {"job": entry.job, "line": entry.line} for entry in found if entry.job not in configured
+        ],
+        "warnings": warnings,
+    }
+
+
+def _state(line: str, mine: list[Installed], error: str | None) -> str:
+    if error is not None:
+        return "unknown"
+    if not mine:
+        return "no"
+    if len(mine) == 1 and mine[0].line == line:
+        return "yes"
+    if not any(entry.enabled for entry in mine):
+        return "disabled"
+    return "differs"
+
+
+def render_text(report: dict[str, Any]) -> list[str]:
+    """The report as lines for a terminal or a log."""
+    lines = [f"schedule in the {report['crontab']}; times in {report['timezone']} (cron's zone)"]
+    if report["crontab_error"]:
+        lines.append(f"  the crontab cannot be read: {report['crontab_error']}")
+    state = {
+        "yes": "installed",
+        "no": "not installed (safehold schedule install)",
+        "differs": "installed line differs (safehold schedule install updates it)",
+        "disabled": "commented out in the crontab",
+        "unknown": "crontab unreadable",
+    }
+    width = max((len(j["job"]) for j in report["jobs"]), default=8)
+    cron_width = max((len(j["schedule"]) for j in report["jobs"]), default=9)
+    for job in report["jobs"]:
+        lines.append(
+            f"{job['job']:<{width}}  {job['schedule']:<{cron_width}}  {state[job['installed']]}"
+        )
+        lines.append(f"{'':<{width}}  what:     {job['what']}")
+        lines.append(f"{'':<{width}}  crontab:  {job['cron_line']}")
+        times = [_when(t) for t in job["next_runs"]]
+        for number, when in enumerate(times):
+            lines.append(f"{'':<{width}}  {'next:' if number == 0 else '':<10}{when}")
+    for skipped in report["not_scheduled"]:
+        lines.append(f"{skipped['job']:<{width}}  not scheduled: {skipped['reason']}")
+    for stale in report["stale"]:
+        lines.append(
+            f"{stale['job']:<{width}}  in the crontab but no longer configured "
+            f"(safehold schedule install removes it): {stale['line']}"
+        )
+    lines.extend(f"note: {warning}" for warning in report["warnings"])
+    return lines
+
+
+def _when(run: dict[str, str]) -> str:
+    moment = datetime.fromisoformat(run["local"])
+    text = f"{moment:%a %Y-%m-%d %H:%M} {run['zone']}"
+    if moment.utcoffset():
+        text += f" ({datetime.fromisoformat(run['utc']):%Y-%m-%d %H:%M} UTC)"
+    return text
