@@ -88,7 +88,7 @@ def test_backups_are_copied_listed_and_restored_from_the_copy(
     pruned = run_cli("prune", "--dry-run", "--json", env=offsite)
     assert pruned.returncode == 0, pruned.stderr
     local, bucket = json.loads(pruned.stdout)
-    assert bucket["location"].startswith("s3://")
+    assert not local["location"].startswith("s3://") and bucket["location"].startswith("s3://")
     assert [b["name"] for b in bucket["backups"] if b["keep"]] == [name]
 
 

@@ -40,6 +40,8 @@ _SHARED: list[tuple[str, str, type | click.ParamType[Any], str]] = [
 
 def _remember(key: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        if isinstance(value, Path) and str(value) == ".":
+            value = ""  # click turns --log-file '' into Path("."): the user means "none"
         if value is not None and value is not False:
             ctx.ensure_object(dict)[key] = value
         return value
