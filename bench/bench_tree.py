@@ -1,177 +1,280 @@
-"""Folder (volume) backup: safehold's tar + gzip/zstd against `tar czf` and `tar | pigz`.
+"""Volume/folder backup and restore: safehold against tar, pigz and restic on the same tree.
 
 Run from the project root::
 
-    .venv/bin/python -m bench.bench_tree [--size-mb 300] [--repeat 3] [--levels 1,2,3]
+    .venv/bin/python -m bench.bench_tree [--size-mb 2048] [--repeat 3] [--in-volume] [--diag]
 
-It builds a mixed tree once (cached in .bench/tree-<size>mb, git-ignored): media-like random
-files, text and logs, many small JSON files, database-like pages, gzip'd files, symlinks,
-hardlinks and empty folders. Each repetition runs every method once (order rotated), writing
-to a file on the same disk; the page cache is warm for all of them (a volume being backed up
-usually is not, but the tree is read the same way by every method, so the comparison holds).
-It prints medians, sizes, ratios and PASS/FAIL against the targets, and writes the numbers to
-bench/results/tree-<UTC timestamp>.json.
+It builds a mixed tree once (bench/_tree_data.py; cached in .bench/tree-v2-<size>mb,
+git-ignored). With ``--in-volume`` it starts a private Docker engine
+(``safehold.sandbox.SandboxDockerd``), copies the tree into a volume of it and backs up the
+volume, the way ``safehold backup --volume`` runs for real; without it, the tree is a plain
+folder backed up with ``safehold backup --path``.
+
+Each repetition runs every backup method once, then every restore method once (order rotated
+per repetition); each one's output is its own. safehold runs as a user runs it: the CLI in a
+new process (Python start-up included) for backups, ``safehold restore --volume`` for
+restores into a new volume, or for a plain folder ``restore_tree`` in a process of its own
+(the CLI has no folder restore). Peak RSS of every command comes from GNU time. After each
+timed operation ``sync`` is timed separately: safehold fsyncs its artifact, tar does not.
+It prints medians, sizes, peak memory, ratios and PASS/FAIL against issue 3's targets, and
+writes everything to bench/results/tree-<UTC timestamp>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
-import gzip
 import json
 import os
-import random
 import shutil
+import signal
 import statistics
-import struct
 import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+from safehold import naming
 from safehold.compress import ZstdWriter
-from safehold.compress.gzip import DEFAULT_GZIP_LEVEL, GzipWriter, open_decompressor
+from safehold.compress.gzip import DEFAULT_GZIP_LEVEL, GzipWriter
 from safehold.operations._pipeline import HashingWriter
 from safehold.sources.tree import write_tree
+
+from . import _timed
+from ._timed import Timed
+from ._tree_data import GENERATOR_VERSION, MB, TreeStats, build_tree, tree_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 CORES = len(os.sched_getaffinity(0))
-MB = 1_000_000
-
-
-@dataclass(frozen=True)
-class Method:
-    key: str
-    label: str
-    run: Callable[[Path, Path], None]  # (tree, output file)
-    diagnostic: bool = False
+SAFEHOLD_CLI = Path(sys.executable).parent / "safehold"
+VOLUME = "bench-tree"
+RESTIC_PASSWORD = "bench-not-secret"  # noqa: S105 - a throwaway local repository
+PEAK_RSS_LIMIT_MB = 150
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-# ---- the tree ---------------------------------------------------------------------------
+@dataclass
+class Sample:
+    seconds: float
+    sync_s: float = 0.0
+    size: int | None = None
+    rss_kb: int | None = None  # peak RSS (GNU time); None for in-process diagnostics
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seconds": round(self.seconds, 3),
+            "sync_s": round(self.sync_s, 3),
+            "size": self.size,
+            "max_rss_kb": self.rss_kb,
+            "detail": self.detail,
+        }
 
 
-def build_tree(root: Path, size_mb: int, seed: int = 7) -> None:
-    """About ``size_mb`` MB of content that compresses like a real app's data volume."""
-    rng = random.Random(seed)
-    words = [
-        "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 10)))
-        for _ in range(5000)
-    ]
-    weights = [1 / (rank + 1) for rank in range(len(words))]  # Zipf-like word frequencies
-    corpus = " ".join(rng.choices(words, weights, k=1_500_000)).encode()
-    budget = size_mb * MB
-    shares = {"media": 0.27, "text": 0.28, "json": 0.12, "db": 0.25, "gz": 0.08}
-    for kind, share in shares.items():
-        made, index = 0, 0
-        while made < budget * share:
-            folder = root / kind / f"user{index % 40:02d}" / f"part{index % 7}"
-            folder.mkdir(parents=True, exist_ok=True)
-            data = _content(kind, rng, corpus, index)
-            (folder / f"{kind}-{index:05d}.{_SUFFIX[kind]}").write_bytes(data)
-            made += len(data)
-            index += 1
-    for index in range(60):
-        (root / "empty" / f"e{index:02d}").mkdir(parents=True)
-    media = sorted((root / "media").rglob("*.bin"))
-    for index, path in enumerate(media[:150]):
-        os.symlink(os.path.relpath(path, root / "text"), root / "text" / f"link{index:03d}")
-    for index, path in enumerate(sorted((root / "json").rglob("*.json"))[:100]):
-        os.link(path, root / "json" / f"hard{index:03d}.json")
+@dataclass
+class Rep:
+    """One repetition: the source tree, a scratch folder, and what the backups produced."""
+
+    source: Path
+    work: Path
+    stats: TreeStats
+    engine: Engine | None
+    artifacts: dict[str, Path] = field(default_factory=dict)
 
 
-_SUFFIX = {"media": "bin", "text": "log", "json": "json", "db": "db", "gz": "gz"}
+@dataclass(frozen=True)
+class Engine:
+    """The private Docker engine of ``--in-volume``."""
+
+    docker_host: str
+    mountpoint: Callable[[str], Path]
+    remove_volume: Callable[[str], None]
 
 
-def _content(kind: str, rng: random.Random, corpus: bytes, index: int) -> bytes:
-    if kind == "media":
-        return rng.randbytes(int(rng.lognormvariate(13.5, 1.0)) % (8 * MB) + 50_000)
-    if kind == "text":
-        return _text(rng, corpus, int(rng.lognormvariate(11, 1.5)) % (4 * MB) + 2_000)
-    if kind == "json":
-        fields = ", ".join(
-            f'"{rng.choice(["id", "name", "email", "note", "tags", "score"])}{n}": '
-            f'"{rng.getrandbits(64):x} {_text(rng, corpus, rng.randint(20, 400)).decode()}"'
-            for n in range(rng.randint(3, 30))
-        )
-        return f'{{"index": {index}, {fields}}}\n'.encode()
-    if kind == "db":
-        pages = []
-        for _ in range(rng.randint(16, 1024)):
-            rows = b"".join(
-                struct.pack("<QIId", rng.getrandbits(40), rng.randint(0, 999), 17, rng.random())
-                + _text(rng, corpus, rng.randint(8, 120))
-                for _ in range(rng.randint(5, 30))
-            )
-            pages.append(rows[:4096].ljust(4096, b"\0"))
-        return b"".join(pages)
-    return gzip.compress(_text(rng, corpus, rng.randint(50_000, 2 * MB)), 6, mtime=0)
+@dataclass(frozen=True)
+class Method:
+    key: str
+    label: str
+    phase: str  # "backup" or "restore"
+    run: Callable[[Rep], Sample]
+    diagnostic: bool = False
+    needs: str = ""  # restore: the backup method whose output it restores
+    safehold: bool = False  # counts toward the peak-memory target
 
 
-def _text(rng: random.Random, corpus: bytes, size: int) -> bytes:
-    out, got = [], 0
-    while got < size:
-        start = rng.randrange(len(corpus) - 70_000)
-        piece = corpus[start : start + rng.randint(200, 60_000)]
-        line = f"\n{1_700_000_000 + rng.getrandbits(24)} req={rng.getrandbits(32):08x} ".encode()
-        out += [line, piece]
-        got += len(piece) + len(line)
-    return b"".join(out)[:size]
+# ---- backups --------------------------------------------------------------------------------
 
 
-def tree_size(root: Path) -> tuple[int, int]:
-    files = {
-        p.lstat().st_ino: p.lstat().st_size
-        for p in root.rglob("*")
-        if p.is_file() and not p.is_symlink()
+def _sample(timed: Timed, size: int | None = None, **detail: Any) -> Sample:
+    return Sample(timed.seconds, size=size, rss_kb=timed.max_rss_kb, detail=detail)
+
+
+def tar_czf(rep: Rep) -> Sample:
+    out = rep.work / "tar_czf.tar.gz"
+    timed = _timed.run(["tar", "czf", str(out), "-C", str(rep.source), "."])
+    rep.artifacts["tar_czf"] = out
+    return _sample(timed, out.stat().st_size)
+
+
+def tar_pigz(rep: Rep) -> Sample:
+    out = rep.work / "tar_pigz.tar.gz"
+    timed = _timed.pipeline(
+        ["tar", "cf", "-", "-C", str(rep.source), "."], ["pigz", "-p", str(CORES)], out
+    )
+    rep.artifacts["tar_pigz"] = out
+    return _sample(timed, out.stat().st_size)
+
+
+def cli_env(rep: Rep) -> dict[str, str]:
+    """The environment a user's shell would have, minus anything that points safehold
+    elsewhere (a config, a repository, another Docker engine)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DB_", "PG", "SAFEHOLD_", "DOCKER_"))
+        and k not in ("BACKUP_DIR", "LOG_FILE")
     }
-    return sum(files.values()), len(files)
+    if rep.engine is not None:
+        env["DOCKER_HOST"] = rep.engine.docker_host
+    return env
 
 
-# ---- the methods --------------------------------------------------------------------------
+def safehold_backup(compression: str) -> Callable[[Rep], Sample]:
+    def run(rep: Rep) -> Sample:
+        repo = rep.work / f"repo-{compression}"
+        what = ["--volume", VOLUME] if rep.engine else ["--path", str(rep.source)]
+        argv = [str(SAFEHOLD_CLI), "backup", "-q", "--no-database", *what]
+        argv += ["--compress", compression, "--backup-dir", str(repo)]
+        timed = _timed.run(argv, env=cli_env(rep), cwd=rep.work)
+        artifact = _artifact(repo)
+        rep.artifacts[f"sh_{compression}"] = artifact
+        return _sample(timed, artifact.stat().st_size, argv=" ".join(argv[1:]))
+
+    return run
 
 
-def _pipe(producer: list[str], consumer: list[str], out: Path) -> None:
-    with out.open("wb") as sink:
-        first = subprocess.Popen(producer, stdout=subprocess.PIPE)
-        assert first.stdout is not None
-        second = subprocess.run(consumer, stdin=first.stdout, stdout=sink, check=False)
-        first.stdout.close()
-        if first.wait() != 0 or second.returncode != 0:
-            raise RuntimeError(f"{producer} | {consumer} failed")
+def _artifact(repo: Path) -> Path:
+    found = [p for p in repo.iterdir() if not p.is_symlink() and naming.parse(p.name)]
+    if len(found) != 1:
+        raise RuntimeError(f"expected one backup in {repo}, found {found}")
+    return found[0]
 
 
-def tar_czf(tree: Path, out: Path) -> None:
-    subprocess.run(["tar", "czf", str(out), "-C", str(tree), "."], check=True)
+def restic_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+    env["RESTIC_PASSWORD"] = RESTIC_PASSWORD
+    return env
 
 
-def tar_pigz(tree: Path, out: Path) -> None:
-    _pipe(["tar", "cf", "-", "-C", str(tree), "."], ["pigz", "-p", str(CORES)], out)
+def restic_args(rep: Rep) -> list[str]:
+    return ["restic", "-r", str(rep.work / "restic-repo"), "--cache-dir", str(rep.work / "rc")]
 
 
-def tar_cf(tree: Path, out: Path) -> None:
-    subprocess.run(["tar", "cf", str(out), "-C", str(tree), "."], check=True)
+def restic_backup(rep: Rep) -> Sample:
+    """First backup into a new repository (created off the clock), default settings."""
+    subprocess.run(
+        [*restic_args(rep), "init", "-q"], env=restic_env(), check=True, capture_output=True
+    )
+    timed = _timed.run([*restic_args(rep), "backup", "-q", "."], env=restic_env(), cwd=rep.source)
+    rep.artifacts["restic"] = rep.work / "restic-repo"
+    return _sample(timed, _du(rep.work / "restic-repo"))
 
 
-def safehold(make: Callable[[HashingWriter], Any]) -> Callable[[Path, Path], None]:
-    """tree -> tar -> compressor -> sha256 -> file, as a volume backup would run."""
+def _du(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
-    def run(tree: Path, out: Path) -> None:
+
+# ---- restores -------------------------------------------------------------------------------
+
+
+def tar_xzf(rep: Rep) -> Sample:
+    target = _empty(rep, "restore-tar")
+    timed = _timed.run(["tar", "xzf", str(rep.artifacts["tar_czf"]), "-C", str(target)])
+    _check_restore(rep, "tar_xzf", target)
+    return _sample(timed)
+
+
+def safehold_restore(compression: str) -> Callable[[Rep], Sample]:
+    def run(rep: Rep) -> Sample:
+        artifact = rep.artifacts[f"sh_{compression}"]
+        repo = artifact.parent
+        if rep.engine is not None:
+            volume = f"bench-restore-{compression}"
+            argv = [str(SAFEHOLD_CLI), "restore", "-q", "--no-safety-backup"]
+            argv += ["--volume", f"{volume}:{artifact.name}", "--backup-dir", str(repo)]
+            timed = _timed.run(argv, env=cli_env(rep), cwd=rep.work)
+            _check_restore(rep, f"sh_restore_{compression}", rep.engine.mountpoint(volume))
+            rep.engine.remove_volume(volume)
+        else:
+            target = _empty(rep, f"restore-{compression}")
+            argv = [sys.executable, "-m", "bench._tree_child", "restore"]
+            argv += [str(repo), artifact.name, str(target)]
+            timed = _timed.run(argv, cwd=ROOT)
+            _check_restore(rep, f"sh_restore_{compression}", target)
+        return _sample(timed, argv=" ".join(argv[1:]))
+
+    return run
+
+
+def restic_restore(rep: Rep) -> Sample:
+    target = _empty(rep, "restore-restic")
+    argv = [*restic_args(rep), "restore", "-q", "latest", "--target", str(target)]
+    timed = _timed.run(argv, env=restic_env())
+    _check_restore(rep, "restic_restore", target, strict=False)
+    return _sample(timed)
+
+
+def _empty(rep: Rep, name: str) -> Path:
+    target = rep.work / name
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    return target
+
+
+def _check_restore(rep: Rep, key: str, target: Path, *, strict: bool = True) -> None:
+    """Off the clock: the restored tree must hold what the source holds; then it goes."""
+    if not rep.artifacts.get("_checked_" + key):
+        got = tree_stats(target)
+        if got != rep.stats:
+            message = f"{key}: restored {got}, source has {rep.stats}"
+            if strict:
+                raise RuntimeError(message)
+            log("  warning: " + message)
+        rep.artifacts["_checked_" + key] = target
+    if rep.engine is None or target.parent == rep.work:
+        shutil.rmtree(target)
+
+
+# ---- in-process diagnostics (--diag): the engine alone, no CLI, no repository ----------------
+
+
+def in_process(make: Callable[[HashingWriter], Any]) -> Callable[[Rep], Sample]:
+    """tree -> tar -> compressor -> sha256 -> file, in this process."""
+
+    def run(rep: Rep) -> Sample:
+        out = rep.work / "diag.out"
+        started = time.perf_counter()
         with out.open("wb", buffering=0) as raw:
             hashing = HashingWriter(raw)
             compressor = make(hashing)
-            write_tree(tree, compressor)
+            write_tree(rep.source, compressor)
             compressor.finish()
             hashing.hexdigest()
+        seconds = time.perf_counter() - started
+        size = out.stat().st_size
+        out.unlink()
+        return Sample(seconds, size=size)
 
     return run
 
@@ -202,167 +305,447 @@ class Plain:
         return None
 
 
+def tar_cf(rep: Rep) -> Sample:
+    out = rep.work / "diag.tar"
+    timed = _timed.run(["tar", "cf", str(out), "-C", str(rep.source), "."])
+    size = out.stat().st_size
+    out.unlink()
+    return _sample(timed, size)
+
+
 def methods(levels: list[int]) -> list[Method]:
-    found = [
-        Method("tar_czf", "tar czf (GNU tar + gzip -6, baseline)", tar_czf),
-        Method("tar_pigz", f"tar cf - | pigz -p {CORES}", tar_pigz),
+    main = [
+        Method("tar_czf", "tar czf (GNU tar + gzip -6, baseline)", "backup", tar_czf),
+        Method("tar_pigz", f"tar cf - | pigz -p {CORES}", "backup", tar_pigz),
+        Method(
+            "sh_gzip",
+            "safehold backup (CLI, gzip = default)",
+            "backup",
+            safehold_backup("gzip"),
+            safehold=True,
+        ),
+        Method(
+            "sh_zstd",
+            "safehold backup --compress zstd (CLI)",
+            "backup",
+            safehold_backup("zstd"),
+            safehold=True,
+        ),
+        Method("restic", "restic backup (first, new local repo)", "backup", restic_backup),
+        Method(
+            "tar_xzf",
+            "tar xzf into an empty folder (baseline)",
+            "restore",
+            tar_xzf,
+            needs="tar_czf",
+        ),
+        Method(
+            "sh_restore_gzip",
+            "safehold restore of the gzip backup",
+            "restore",
+            safehold_restore("gzip"),
+            needs="sh_gzip",
+            safehold=True,
+        ),
+        Method(
+            "sh_restore_zstd",
+            "safehold restore of the zstd backup",
+            "restore",
+            safehold_restore("zstd"),
+            needs="sh_zstd",
+            safehold=True,
+        ),
+        Method(
+            "restic_restore",
+            "restic restore latest into an empty folder",
+            "restore",
+            restic_restore,
+            needs="restic",
+        ),
     ]
-    for level in levels:
-        mark = " (default)" if level == DEFAULT_GZIP_LEVEL else ""
-        found.append(
-            Method(
-                f"sh_gzip{level}",
-                f"safehold tar + isal gzip L{level}, {CORES} threads{mark}",
-                safehold(functools.partial(GzipWriter, level=level)),
-                diagnostic=level != DEFAULT_GZIP_LEVEL,
-            )
+    diag = [
+        Method(
+            f"api_gzip{level}",
+            f"library write_tree + isal gzip L{level}, {CORES} threads",
+            "backup",
+            in_process(functools.partial(GzipWriter, level=level)),
+            diagnostic=True,
         )
-    found += [
-        Method("sh_zstd", "safehold tar + zstd -3", safehold(lambda sink: ZstdWriter(sink, 3))),
-        Method(
-            "sh_gzip_1t",
-            f"safehold tar + isal gzip L{DEFAULT_GZIP_LEVEL}, 1 thread",
-            safehold(lambda sink: GzipWriter(sink, DEFAULT_GZIP_LEVEL, threads=1)),
-            True,
-        ),
-        Method(
-            "sh_zlib6", "safehold tar + stdlib zlib -6", safehold(lambda s: StdlibGzip(s, 6)), True
-        ),
-        Method(
-            "sh_zlib1", "safehold tar + stdlib zlib -1", safehold(lambda s: StdlibGzip(s, 1)), True
-        ),
-        Method("sh_tar", "safehold tar only (no compression)", safehold(Plain), True),
-        Method("tar_cf", "tar cf (no compression)", tar_cf, True),
+        for level in levels
     ]
-    return found
+    diag += [
+        Method(
+            "api_gzip_1t",
+            f"library write_tree + isal gzip L{DEFAULT_GZIP_LEVEL}, 1 thread",
+            "backup",
+            in_process(lambda sink: GzipWriter(sink, DEFAULT_GZIP_LEVEL, threads=1)),
+            diagnostic=True,
+        ),
+        Method(
+            "api_zstd",
+            "library write_tree + zstd -3",
+            "backup",
+            in_process(lambda sink: ZstdWriter(sink, 3)),
+            diagnostic=True,
+        ),
+        Method(
+            "api_zlib6",
+            "library write_tree + stdlib zlib -6, 1 thread",
+            "backup",
+            in_process(lambda sink: StdlibGzip(sink, 6)),
+            diagnostic=True,
+        ),
+        Method(
+            "api_tar",
+            "library write_tree, no compression",
+            "backup",
+            in_process(Plain),
+            diagnostic=True,
+        ),
+        Method("tar_cf", "tar cf, no compression", "backup", tar_cf, diagnostic=True),
+    ]
+    return main + diag
 
 
-def check_archive(path: Path, key: str, entries: int) -> None:
-    """Every output must list with GNU tar and hold the same number of entries."""
-    if key in ("sh_tar", "tar_cf"):
-        flag = "-tf"
-    elif key == "sh_zstd":
-        flag = "--zstd -tf" if shutil.which("zstd") else ""
+# ---- the run --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    numerator: str
+    denominator: str
+    limit: float
+    at_most: bool  # True: value <= limit passes (strict < when ``strict``); False: value >= limit
+    field: str = "seconds"
+    strict: bool = False
+
+
+TARGETS = [
+    Target("tar czf time / safehold gzip time", "tar_czf", "sh_gzip", 3.0, False),
+    Target("safehold gzip size / tar czf size", "sh_gzip", "tar_czf", 1.10, True, "size"),
+    Target("safehold gzip time / pigz time", "sh_gzip", "tar_pigz", 1.0, True),
+    Target("safehold zstd time / restic first backup", "sh_zstd", "restic", 1.0, True, strict=True),
+]
+INFO = [
+    ("safehold zstd size / tar czf size", "sh_zstd", "tar_czf", "size"),
+    ("restic repo size / tar czf size", "restic", "tar_czf", "size"),
+    ("safehold zstd time / tar czf time", "sh_zstd", "tar_czf", "seconds"),
+    ("safehold gzip restore / tar xzf", "sh_restore_gzip", "tar_xzf", "seconds"),
+    ("safehold zstd restore / tar xzf", "sh_restore_zstd", "tar_xzf", "seconds"),
+    ("restic restore / tar xzf", "restic_restore", "tar_xzf", "seconds"),
+    ("safehold zstd restore / restic restore", "sh_restore_zstd", "restic_restore", "seconds"),
+    ("tar czf time+sync / safehold gzip time+sync", "tar_czf", "sh_gzip", "total"),
+    ("safehold gzip time+sync / pigz time+sync", "sh_gzip", "tar_pigz", "total"),
+    ("safehold zstd time+sync / restic time+sync", "sh_zstd", "restic", "total"),
+    ("safehold gzip restore+sync / tar xzf+sync", "sh_restore_gzip", "tar_xzf", "total"),
+]
+
+
+def median(samples: list[Sample], field_name: str) -> float | None:
+    if field_name == "total":
+        values: list[float] = [s.seconds + s.sync_s for s in samples]
     else:
-        flag = "-tzf"
-    if not flag:
-        with path.open("rb") as raw:
-            reader = open_decompressor("zstd", raw)
-            while reader.read(1 << 20):
-                pass
-        return
-    listing = subprocess.run(["tar", *flag.split(), str(path)], capture_output=True, check=True)
-    count = len(listing.stdout.splitlines())
-    if count != entries:
-        raise RuntimeError(f"{key}: tar lists {count} entries, expected {entries}")
+        values = [v for s in samples if (v := getattr(s, field_name)) is not None]
+    return float(statistics.median(values)) if values else None
 
 
-# ---- timing and report ---------------------------------------------------------------------
+def ratio(runs: dict[str, list[Sample]], num: str, den: str, field_name: str) -> float | None:
+    top = median(runs.get(num, []), field_name)
+    bottom = median(runs.get(den, []), field_name)
+    return None if top is None or not bottom else top / bottom
+
+
+def verdicts(runs: dict[str, list[Sample]], chosen: list[Method], idle_kb: int) -> dict[str, Any]:
+    targets: list[dict[str, Any]] = []
+    for target in TARGETS:
+        value = ratio(runs, target.numerator, target.denominator, target.field)
+        passed = None
+        if value is not None:
+            if target.at_most:
+                passed = value < target.limit if target.strict else value <= target.limit
+            else:
+                passed = value >= target.limit
+        limit = (
+            "< " if target.strict else "<= " if target.at_most else ">= "
+        ) + f"{target.limit:g}"
+        targets.append({"name": target.name, "value": value, "limit": limit, "pass": passed})
+    peaks = {
+        m.key: max(s.rss_kb or 0 for s in runs[m.key]) for m in chosen if m.safehold and runs[m.key]
+    }
+    if peaks:
+        worst = max(peaks.values())
+        targets.append(
+            {
+                "name": f"safehold peak RSS, MB (max of {len(peaks)} commands x repeats)",
+                "value": worst / 1024,
+                "limit": f"< {PEAK_RSS_LIMIT_MB}",
+                "pass": worst / 1024 < PEAK_RSS_LIMIT_MB,
+                "per_method_kb": peaks,
+                "growth_over_idle_cli_mb": (worst - idle_kb) / 1024,
+            }
+        )
+    info = {name: ratio(runs, num, den, f) for name, num, den, f in INFO}
+    return {"targets": targets, "info": info}
+
+
+def render(
+    chosen: list[Method], runs: dict[str, list[Sample]], stats: TreeStats, result: dict[str, Any]
+) -> str:
+    head = f"  {'method':<56} {'median s':>8} {'min':>6} {'max':>6} {'+sync':>6} {'MB/s':>5}"
+    head += f" {'size MB':>8} {'RSS MB':>7} {'x faster':>8} {'size/base':>9}"
+    lines: list[str] = []
+    for phase, base_key in (("backup", "tar_czf"), ("restore", "tar_xzf")):
+        rows = [m for m in chosen if m.phase == phase and runs.get(m.key)]
+        if not rows:
+            continue
+        base = runs.get(base_key)
+        base_s = median(base, "seconds") if base else None
+        base_size = median(base, "size") if base else None
+        lines += [f"  {phase.upper()}", head]
+        for m in rows:
+            samples = runs[m.key]
+            seconds = median(samples, "seconds") or 0.0
+            times = [s.seconds for s in samples]
+            size = median(samples, "size")
+            rss = max((s.rss_kb or 0) for s in samples)
+            label = ("[diag] " if m.diagnostic else "") + m.label
+            lines.append(
+                f"  {label:<56} {seconds:8.2f} {min(times):6.2f} {max(times):6.2f} "
+                f"{median(samples, 'total') or 0:6.2f} {stats.bytes / MB / seconds:5.0f} "
+                + (f"{size / MB:8.1f}" if size else f"{'':8}")
+                + (f" {rss / 1024:7.1f}" if rss else f" {'':7}")
+                + (f" {base_s / seconds:8.2f}" if base_s else f" {'':8}")
+                + (f" {size / base_size:9.3f}" if size and base_size else "")
+            )
+        lines.append("")
+    lines.append("  TARGETS (ratios of medians; time = the command's wall time, without the sync)")
+    for target in result["targets"]:
+        verdict = {True: "PASS", False: "FAIL", None: "n/a"}[target["pass"]]
+        value = "n/a" if target["value"] is None else f"{target['value']:.3f}"
+        lines.append(f"  {target['name']:<58} {value:>9} {target['limit']:>7}  {verdict}")
+    lines.append("  other ratios (information)")
+    for name, value in result["info"].items():
+        lines.append(f"  {name:<58} {'n/a' if value is None else f'{value:.3f}':>9}")
+    lines += ["", "  raw per repetition (seconds, +sync, MB, peak RSS MB)"]
+    for key, samples in runs.items():
+        for number, sample in enumerate(samples, 1):
+            size_text = "" if sample.size is None else f"{sample.size / MB:.1f}"
+            rss_text = "" if sample.rss_kb is None else f"{sample.rss_kb / 1024:.1f}"
+            lines.append(
+                f"    {key:<16} #{number} {sample.seconds:8.2f} {sample.sync_s:6.2f} "
+                f"{size_text:>8} {rss_text:>7}"
+            )
+    return "\n".join(lines)
+
+
+def cached_tree(size_mb: int) -> Path:
+    work = ROOT / ".bench" / f"tree-v{GENERATOR_VERSION}-{size_mb}mb"
+    tree = work / "tree"
+    if not (work / "complete").exists():
+        shutil.rmtree(work, ignore_errors=True)
+        log(f"building a {size_mb} MB tree in {tree} (cached for the next runs)")
+        started = time.perf_counter()
+        build_tree(tree, size_mb * MB)
+        (work / "complete").write_text("ok\n")
+        log(f"  built in {time.perf_counter() - started:.0f}s")
+    return tree
+
+
+@contextlib.contextmanager
+def in_volume(tree: Path, work: Path) -> Iterator[tuple[Path, Engine, str]]:
+    """A private engine with the tree copied into its volume ``bench-tree``."""
+    from safehold.sandbox.dockerd import SandboxDockerd, engine_version
+
+    with SandboxDockerd() as sandbox, contextlib.closing(sandbox.client()) as client:
+
+        def mountpoint(name: str) -> Path:
+            return Path(str(client.volumes.get(name).attrs["Mountpoint"]))
+
+        def remove_volume(name: str) -> None:
+            client.volumes.get(name).remove(force=True)
+
+        client.volumes.create(name=VOLUME)
+        source = mountpoint(VOLUME)
+        log(f"private Docker engine at {sandbox.base_url}; copying the tree into volume {VOLUME}")
+        subprocess.run(["cp", "-a", f"{tree}/.", str(source)], check=True)
+        dockerd = shutil.which("dockerd", path=os.environ.get("PATH", "") + ":/usr/sbin") or ""
+        version = ".".join(map(str, engine_version(dockerd))) if dockerd else "?"
+        yield source, Engine(sandbox.base_url, mountpoint, remove_volume), version
+
+
+def environment() -> dict[str, str]:
+    import isal
+    import zstandard
+
+    from safehold._version import __version__
+
+    versions = {
+        "safehold": __version__,
+        "python": sys.version.split()[0],
+        "isal": getattr(isal, "__version__", "?"),
+        "zstandard": zstandard.__version__,
+        "libzstd": ".".join(map(str, zstandard.ZSTD_VERSION)),
+        "tar": _timed.tool_version(["tar", "--version"]),
+        "gzip": _timed.tool_version(["gzip", "--version"]),
+        "pigz": _timed.tool_version(["pigz", "--version"]),
+        "restic": _timed.tool_version(["restic", "version"]),
+    }
+    return {k: str(v) for k, v in versions.items()}
+
+
+def restic_settings(work: Path) -> dict[str, Any]:
+    """What ``restic init`` makes by default here: repository version and compression."""
+    probe = Rep(work, work, TreeStats(0, 0, 0, 0, 0), None)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run(
+            [*restic_args(probe), "init", "-q"], env=restic_env(), check=True, capture_output=True
+        )
+        config = subprocess.run(
+            [*restic_args(probe), "cat", "config"],
+            env=restic_env(),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        version = json.loads(config.stdout).get("version")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "repository_version": version,
+        "compression": "auto (the default; zstd, skipped for data that does not compress)"
+        if version == 2
+        else "none (repository v1)",
+        "flags": "restic -r REPO --cache-dir FRESH backup -q . (defaults otherwise)",
+        "gomaxprocs": os.environ.get("GOMAXPROCS", f"default ({CORES} cores)"),
+    }
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_tree", description=__doc__)
-    parser.add_argument("--size-mb", type=int, default=300, help="tree content size (MB, 1e6)")
+    parser.add_argument("--size-mb", type=int, default=2048, help="tree content size (MB, 1e6)")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions; medians reported")
-    parser.add_argument("--levels", default="1,2,3", help="isal gzip levels to time (0-3)")
+    parser.add_argument(
+        "--in-volume", action="store_true", help="put the tree in a volume of a private engine"
+    )
+    parser.add_argument("--diag", action="store_true", help="also time the in-process variants")
+    parser.add_argument("--levels", default="1,2,3", help="isal gzip levels for --diag (0-3)")
     parser.add_argument("--only", default="", help="comma list of method keys to run")
     args = parser.parse_args(argv)
-    levels = sorted({int(x) for x in args.levels.split(",")} | {DEFAULT_GZIP_LEVEL})
-    chosen = [m for m in methods(levels) if not args.only or m.key in args.only.split(",")]
+    if not _timed.have_gnu_time():
+        parser.error("needs GNU time at /usr/bin/time (apt-get install time)")
+    for tool in ("pigz", "restic"):
+        if shutil.which(tool) is None:
+            parser.error(f"needs {tool} (apt-get install {tool})")
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    levels = sorted({int(x) for x in args.levels.split(",")})
+    every = methods(levels)
+    chosen = [m for m in every if args.diag or not m.diagnostic]
+    if args.only:
+        keys = set(args.only.split(","))
+        chosen = [m for m in chosen if m.key in keys]
+    keys = {m.key for m in chosen}
+    chosen = [m for m in chosen if not m.needs or m.needs in keys]
 
-    work = ROOT / ".bench" / f"tree-{args.size_mb}mb"
-    tree = work / "tree"
-    if not (work / "complete").exists():
-        shutil.rmtree(work, ignore_errors=True)
-        log(f"building a {args.size_mb} MB tree in {tree}")
-        build_tree(tree, args.size_mb)
-        (work / "complete").write_text("ok\n")
-    content, files = tree_size(tree)
-    entries = sum(1 for _ in tree.rglob("*")) + 1
-    log(f"tree: {content / MB:.0f} MB in {files} files, {entries} entries; cores {CORES}")
-    load_start = os.getloadavg()
-    out = work / "out"
-    samples: dict[str, list[tuple[float, int]]] = {m.key: [] for m in chosen}
-    for rep in range(args.repeat):
-        shift = rep % len(chosen)
-        for method in chosen[shift:] + chosen[:shift]:
-            subprocess.run(["sync"], check=True)
-            started = time.perf_counter()
-            method.run(tree, out)
-            seconds = time.perf_counter() - started
-            size = out.stat().st_size
-            if rep == 0:
-                check_archive(out, method.key, entries)
-            out.unlink()
-            samples[method.key].append((seconds, size))
-            log(f"rep {rep + 1} {method.key:11s} {seconds:7.2f} s {size / MB:8.1f} MB")
-    report = render(chosen, samples, content)
-    print(report)
-    print(
-        f"load average {load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end, {CORES} cores"
+    tree = cached_tree(args.size_mb)
+    scratch = ROOT / ".bench" / "tree-work"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    versions = environment()
+    restic = restic_settings(scratch / "probe")
+    idle = _timed.run(
+        [str(SAFEHOLD_CLI), "backup", "--help"],
+        env=cli_env(Rep(tree, scratch, TreeStats(0, 0, 0, 0, 0), None)),
     )
+    log(f"restic: {versions['restic']}; {restic}")
+    log(
+        f"safehold CLI idle (backup --help): {idle.max_rss_kb / 1024:.1f} MB RSS, "
+        f"{idle.seconds:.2f}s"
+    )
+    stack = contextlib.ExitStack()
+    try:
+        if args.in_volume:
+            source, engine, engine_ver = stack.enter_context(in_volume(tree, scratch))
+            versions["dockerd"] = engine_ver
+        else:
+            source, engine = tree, None
+        stats = tree_stats(source)
+        log(
+            f"source {source}: {stats.bytes / MB:.0f} MB in {stats.files} files, "
+            f"{stats.hardlinks} hardlinks, {stats.symlinks} symlinks, {stats.dirs} folders; "
+            f"{CORES} cores"
+        )
+        load_start = os.getloadavg()
+        runs: dict[str, list[Sample]] = {m.key: [] for m in chosen}
+        for rep_number in range(args.repeat):
+            work = scratch / f"rep{rep_number + 1}"
+            work.mkdir()
+            rep = Rep(source, work, stats, engine)
+            for phase in ("backup", "restore"):
+                group = [m for m in chosen if m.phase == phase]
+                shift = rep_number % len(group) if group else 0
+                for method in group[shift:] + group[:shift]:
+                    os.sync()
+                    sample = method.run(rep)
+                    sample.sync_s = _timed.timed_sync()
+                    runs[method.key].append(sample)
+                    size = "" if sample.size is None else f" {sample.size / MB:8.1f} MB"
+                    rss = "" if sample.rss_kb is None else f" RSS {sample.rss_kb / 1024:6.1f} MB"
+                    log(
+                        f"rep {rep_number + 1} {method.key:16s} {sample.seconds:7.2f} s "
+                        f"(+sync {sample.sync_s:5.2f}){size}{rss}"
+                    )
+            shutil.rmtree(work)
+        load_end = os.getloadavg()
+    finally:
+        stack.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    result = verdicts(runs, chosen, idle.max_rss_kb)
+    mode = (
+        f"Docker volume of a private engine (dockerd {versions.get('dockerd')}, vfs)"
+        if args.in_volume
+        else "plain folder"
+    )
+    title = (
+        f"tree of {stats.bytes / MB:.0f} MB, {stats.files} files ({mode}); {CORES} cores; "
+        f"medians of {args.repeat}; safehold CLI idle RSS {idle.max_rss_kb / 1024:.1f} MB"
+    )
+    print(title)
+    print(render(chosen, runs, stats, result))
+    print(f"  load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end")
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"tree-{stamp}.json").write_text(
+    path = RESULTS / f"tree-{stamp}.json"
+    path.write_text(
         json.dumps(
             {
                 "size_mb": args.size_mb,
-                "content_bytes": content,
-                "files": files,
+                "mode": mode,
+                "generator_version": GENERATOR_VERSION,
+                "tree": stats.to_json(),
                 "cores": CORES,
+                "repeat": args.repeat,
                 "loadavg_start": load_start,
-                "loadavg_end": os.getloadavg(),
-                "python": sys.version.split()[0],
-                "samples": {
-                    k: [{"seconds": round(s, 3), "size": z} for s, z in v]
-                    for k, v in samples.items()
-                },
+                "loadavg_end": load_end,
+                "versions": versions,
+                "restic": restic,
+                "safehold_cli_idle": {"max_rss_kb": idle.max_rss_kb, "seconds": idle.seconds},
+                "methods": {m.key: m.label for m in chosen},
+                "samples": {k: [s.to_json() for s in v] for k, v in runs.items()},
+                "result": result,
             },
             indent=2,
+            default=str,
         )
     )
+    print(f"  results: {path.relative_to(ROOT)}")
     return 0
-
-
-def render(chosen: list[Method], samples: dict[str, list[tuple[float, int]]], content: int) -> str:
-    med = {
-        k: (statistics.median(s for s, _ in v), statistics.median(z for _, z in v))
-        for k, v in samples.items()
-        if v
-    }
-    base = med.get("tar_czf")
-    head = ("median s", "min", "max", "MB/s", "size MB", "x faster", "size/base")
-    lines = [f"{'method':52s} " + " ".join(f"{h:>{max(6, len(h))}s}" for h in head)]
-    for m in chosen:
-        seconds, size = med[m.key]
-        times = [s for s, _ in samples[m.key]]
-        faster = f"{base[0] / seconds:8.2f}" if base else "       -"
-        ratio = f"{size / base[1]:9.3f}" if base else "        -"
-        label = ("[diag] " if m.diagnostic else "") + m.label
-        lines.append(
-            f"{label:52s} {seconds:8.2f} {min(times):6.2f} {max(times):6.2f} "
-            f"{content / MB / seconds:6.0f} {size / MB:7.1f} {faster} {ratio}"
-        )
-    key = f"sh_gzip{DEFAULT_GZIP_LEVEL}"
-    if base and key in med:
-        lines.append("")
-        targets = [
-            ("tar czf time / safehold gzip time >= 3", base[0] / med[key][0], 3.0, False),
-            ("safehold gzip size / tar czf size <= 1.10", med[key][1] / base[1], 1.10, True),
-        ]
-        if "tar_pigz" in med:
-            targets.append(
-                (
-                    "safehold gzip time / pigz time <= 1.0",
-                    med[key][0] / med["tar_pigz"][0],
-                    1.0,
-                    True,
-                )
-            )
-        for name, value, limit, at_most in targets:
-            ok = value <= limit if at_most else value >= limit
-            lines.append(f"{name:52s} {value:6.2f}  {'PASS' if ok else 'FAIL'}")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
