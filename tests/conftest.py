@@ -26,6 +26,7 @@ from safehold.errors import ToolError
 from safehold.sandbox import SandboxCluster, load_sample
 from safehold.sandbox.dockerd import SandboxDockerd
 from safehold.sandbox.images import ensure_busybox_image
+from safehold.sandbox.s3server import SandboxS3
 from safehold.sources.postgres import PgTarget, connect, sequence_values, table_fingerprints
 from safehold.storage import LocalStorage
 
@@ -186,6 +187,29 @@ def run_in(client: docker.DockerClient, image: Image, volume: str, script: str) 
         container.remove(force=True)
 
 
+# ---- a private S3 server (SeaweedFS), started once per session when a test asks for it ----
+
+
+def start_s3(**options: Any) -> SandboxS3:
+    """A running sandbox server, or a test failure (never a skip, in CI or not)."""
+    server = SandboxS3(**options)
+    try:
+        server.start()
+    except ToolError as exc:
+        server.remove()
+        pytest.fail(f"the sandbox S3 server (SeaweedFS) did not start: {exc}", pytrace=False)
+    return server
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[SandboxS3]:
+    server = start_s3()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
 __all__ = [
     "ROOT",
     "CliRunner",
@@ -196,4 +220,5 @@ __all__ = [
     "fingerprint",
     "run_in",
     "seed_env",
+    "start_s3",
 ]

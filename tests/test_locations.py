@@ -4,7 +4,6 @@ and used by restore when the local copy is missing or damaged, or with --from.""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,6 @@ from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
 
 from .conftest import CliRunner, fingerprint
-from .test_storage_conformance import start_s3
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[SandboxS3]:
-    server = start_s3()
-    try:
-        yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture

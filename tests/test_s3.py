@@ -18,34 +18,16 @@ from typing import Any
 
 import pytest
 
-from safehold.errors import ConfigError, LockBusy, StorageError, ToolError
+from safehold.errors import ConfigError, LockBusy, StorageError
 from safehold.sandbox.s3server import SandboxS3, free_ports
 from safehold.storage import S3Storage
 from safehold.storage.s3_lock import S3Lock
 
+from .conftest import start_s3
+
 MIB = 1024 * 1024
 PART = 5 * MIB
 FAST_FAIL: dict[str, Any] = {"max_attempts": 2, "part_retries": 0, "connect_timeout": 2}
-
-
-def start_s3(**options: Any) -> SandboxS3:
-    """A running sandbox server, or a test failure (never a skip, in CI or not)."""
-    server = SandboxS3(**options)
-    try:
-        server.start()
-    except ToolError as exc:
-        server.remove()
-        pytest.fail(f"the sandbox S3 server (SeaweedFS) did not start: {exc}", pytrace=False)
-    return server
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[SandboxS3]:
-    server = start_s3()
-    try:
-        yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture(scope="module")

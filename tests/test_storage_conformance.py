@@ -15,14 +15,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from safehold.errors import StorageError, ToolError
+from safehold.errors import StorageError
 from safehold.sandbox.s3server import SandboxS3
 from safehold.storage import LocalStorage, S3Storage, Storage
 from safehold.storage.local import PARTIAL_MARK
@@ -41,29 +41,9 @@ class Backend:
     spec: dict[str, str]  # how a child process opens the same repository
 
 
-def start_s3() -> SandboxS3:
-    """A running sandbox server, or a test failure (never a skip, in CI or not)."""
-    server = SandboxS3()
-    try:
-        server.start()
-    except ToolError as exc:
-        server.remove()
-        pytest.fail(f"the sandbox S3 server (SeaweedFS) did not start: {exc}", pytrace=False)
-    return server
-
-
 @pytest.fixture(scope="module")
-def s3_server() -> Iterator[SandboxS3]:
-    server = start_s3()
-    try:
-        yield server
-    finally:
-        server.remove()
-
-
-@pytest.fixture(scope="module")
-def s3_bucket(s3_server: SandboxS3) -> str:
-    return s3_server.bucket()
+def s3_bucket(s3: SandboxS3) -> str:
+    return s3.bucket()
 
 
 def local_backend(root: Path) -> Backend:
@@ -102,7 +82,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "local":
         return local_backend(tmp_path / "repo")
     # Only the S3 cases start the server: ``-k local`` needs no SeaweedFS.
-    server: SandboxS3 = request.getfixturevalue("s3_server")
+    server: SandboxS3 = request.getfixturevalue("s3")
     return s3_backend(server, request.getfixturevalue("s3_bucket"))
 
 
