@@ -48,6 +48,20 @@ def test_backups_are_copied_listed_and_restored_from_the_copy(
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)[0]["skipped"] == [name]
 
+    # Verify and drill read the bucket's copy (into scratch space), not the local one.
+    checked = run_cli("verify", "--from", "offsite", "--level", "full", "--json", env=offsite)
+    assert checked.returncode == 0, checked.stderr
+    assert [(r["artifact"], r["outcome"]) for r in json.loads(checked.stdout)] == [(name, "ok")]
+    drilled = run_cli("drill", "--from", "offsite", "--json", env=offsite)
+    assert drilled.returncode == 0, drilled.stderr
+    assert json.loads(drilled.stdout)["subject"].endswith("(from offsite)")
+    assert len(list(repo.path(".safehold/drills").iterdir())) == 1
+    good = remote.read_bytes(name)
+    remote.put_bytes(name, good[:100] + bytes([good[100] ^ 1]) + good[101:])
+    bad = run_cli("verify", "--from", "offsite", name, env=offsite)
+    assert bad.returncode == 6 and "sha256" in bad.stderr
+    remote.put_bytes(name, good)
+
     # The local copy is damaged: restore falls back to the copy in the bucket.
     path = repo.path(name)
     data = bytearray(path.read_bytes())

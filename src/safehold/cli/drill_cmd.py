@@ -1,15 +1,19 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+import json
+from collections.abc import Callable, Iterator
 
 import click
 
 from ..errors import UsageError
-from ..operations.drill import DrillRecord, drill
+from ..model import BackupRecord
+from ..operations.drill import DRILLS_DIR, DrillRecord, drill
 from ..sandbox import SandboxCluster
 from ..sources.postgres import PgTarget
 from ..storage import LocalStorage
+from .locations import mirrored
 from .runtime import runtime, shared_options
 
 
@@ -22,6 +26,12 @@ from .runtime import runtime, shared_options
     is_flag=True,
     help="restore databases into a throwaway local cluster instead of the configured server",
 )
+@click.option(
+    "--from",
+    "source",
+    metavar="LOCATION",
+    help="drill the copies in this location ([locations.NAME]) instead of the local ones",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the drill record as JSON")
 @shared_options
 @click.pass_context
@@ -31,6 +41,7 @@ def drill_cmd(
     latest: bool,
     set_ref: str | None,
     sandbox: bool,
+    source: str | None,
     as_json: bool,
 ) -> None:
     """Restore backups into scratch space, check them, time them, clean up.
@@ -44,8 +55,10 @@ def drill_cmd(
     if sum(bool(x) for x in (name, latest, set_ref)) > 1:
         raise UsageError("give one of NAME, --latest or --set")
     subject = name or (f"set:{set_ref}" if set_ref else "latest")
-    with runtime(ctx, as_json=as_json) as rt:
+    with runtime(ctx, as_json=as_json) as rt, contextlib.ExitStack() as stack:
         storage = LocalStorage(rt.settings.backup_dir)
+        if source is not None:
+            storage = stack.enter_context(mirrored(rt, source, _picker(name, set_ref)))
         live = rt.settings.pg_target()
         with _server(live, sandbox) as (server, where):
             record = drill(
@@ -58,6 +71,12 @@ def drill_cmd(
                 sink=rt.sink,
                 key=rt.settings.decryption_key(),
             )
+        if source is not None:
+            # The scratch copy goes away; the drill's record belongs to the local repository.
+            record = dataclasses.replace(record, subject=f"{record.subject} (from {source})")
+            local = LocalStorage(rt.settings.backup_dir)
+            body = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+            local.put_bytes(f"{DRILLS_DIR}/{record.id}.json", body)
         if as_json:
             rt.emit_json(record.to_json())
         else:
@@ -75,6 +94,22 @@ def _server(live: PgTarget, sandbox: bool) -> Iterator[tuple[PgTarget, str]]:
         yield server, f"throwaway cluster on 127.0.0.1:{server.port}"
     finally:
         cluster.remove()
+
+
+def _picker(name: str | None, set_ref: str | None) -> Callable[[list[BackupRecord]], list[str]]:
+    """Which artifacts of a location a --from drill reads."""
+
+    def pick(records: list[BackupRecord]) -> list[str]:
+        if name:
+            return [name]
+        if set_ref:
+            ids = sorted({r.manifest.set_id for r in records if r.manifest and r.manifest.set_id})
+            wanted = ids[-1] if set_ref == "latest" and ids else set_ref
+            return [r.name for r in records if r.manifest and r.manifest.set_id == wanted]
+        newest = {(r.kind, r.manifest.target): r.name for r in records if r.manifest}
+        return list(newest.values())
+
+    return pick
 
 
 def _show(record: DrillRecord) -> None:

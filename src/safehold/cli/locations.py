@@ -3,13 +3,17 @@ share: after a backup, and before a restore that reads from another location."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
-from .. import catalog
+from .. import catalog, naming
 from ..config import LocationSettings, Settings
 from ..errors import StorageError, UsageError
-from ..model import Kind, Manifest
-from ..operations.copy import CopyResult, Location, copy_backups, fetch
+from ..model import BackupRecord, Kind, Manifest
+from ..operations.copy import CopyResult, Location, copy_backups, fetch, mirror
 from ..storage import LocalStorage
 from .runtime import Runtime
 
@@ -115,3 +119,23 @@ def local_ref(
         name = newest.name
     ensure_local(rt, storage, name, source)
     return name
+
+
+@contextlib.contextmanager
+def mirrored(
+    rt: Runtime, source: str, pick: Callable[[list[BackupRecord]], list[str]]
+) -> Iterator[LocalStorage]:
+    """A scratch local repository holding location ``source``'s manifests and the artifacts
+    ``pick`` chooses from its records, for verify and drill ``--from``; removed afterwards."""
+    (location,) = locations(rt.settings, [source])
+    scratch = Path(rt.settings.backup_dir) / naming.TMP_DIR
+    scratch.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"from-{source}-", dir=scratch))
+    try:
+        local = LocalStorage(folder)
+        names = pick(catalog.scan(location.storage))
+        rt.sink_info(f"reading {len(names)} backup(s) from location {source}")
+        mirror(location.storage, local, names)
+        yield local
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any, cast
 
@@ -9,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import IntegrityError, UsageError
+from ..model import BackupRecord
 from ..operations.verify import (
     LEVELS,
     Level,
@@ -19,6 +22,7 @@ from ..operations.verify import (
 )
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage
+from .locations import mirrored
 from .runtime import runtime, shared_options
 
 OUTCOME_STYLE = {"ok": "green", "unverifiable": "yellow", "failed": "red"}
@@ -39,10 +43,23 @@ OUTCOME_STYLE = {"ok": "green", "unverifiable": "yellow", "failed": "red"}
     "(pg_restore reads a dump's every block and its table list must match the manifest; an "
     "archive's every file is read and counted)",
 )
+@click.option(
+    "--from",
+    "source",
+    metavar="LOCATION",
+    help="verify the copies in this location ([locations.NAME]) instead of the local ones",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @shared_options
 @click.pass_context
-def verify(ctx: click.Context, name: str | None, every: bool, level: str, as_json: bool) -> None:
+def verify(
+    ctx: click.Context,
+    name: str | None,
+    every: bool,
+    level: str,
+    source: str | None,
+    as_json: bool,
+) -> None:
     """Check that backups are intact, without restoring them.
 
     With no NAME (or NAME 'latest'): the newest backup of each database and volume, whatever
@@ -50,11 +67,16 @@ def verify(ctx: click.Context, name: str | None, every: bool, level: str, as_jso
     'safehold list' shows it, or a 'latest' link name. Each result is recorded in the repository
     (.safehold/verify/NAME.json). Exit code 0 when every backup verified, 6 when any failed or
     has no manifest (unverified/foreign: there is no checksum to check it against).
+
+    --from LOCATION reads the chosen backups from that location into a scratch folder and
+    verifies those bytes (results are shown, not recorded).
     """
     if name and every:
         raise UsageError("give a backup NAME or --all, not both")
-    with runtime(ctx, as_json=as_json) as rt:
+    with runtime(ctx, as_json=as_json) as rt, contextlib.ExitStack() as stack:
         storage = LocalStorage(rt.settings.backup_dir)
+        if source is not None:
+            storage = stack.enter_context(mirrored(rt, source, _picker(name, every)))
         options: dict[str, Any] = {
             "lock_timeout": rt.settings.lock_timeout,
             "pg_bin_dir": rt.settings.database.pg_bin_dir,
@@ -105,6 +127,20 @@ class _ReportedFailure(click.ClickException):
         click.echo(f"{prefix}error: {self.message}", err=True)
         if self.hint:
             click.echo(f"{prefix}hint: {self.hint}", err=True)
+
+
+def _picker(name: str | None, every: bool) -> Callable[[list[BackupRecord]], list[str]]:
+    """Which artifacts of a location a --from verify reads."""
+
+    def pick(records: list[BackupRecord]) -> list[str]:
+        if every:
+            return [r.name for r in records]
+        if name not in (None, "latest"):
+            return [str(name)]
+        newest = {(r.kind, r.manifest.target): r.name for r in records if r.manifest}
+        return list(newest.values())
+
+    return pick
 
 
 def _table(results: list[VerifyResult], console: Console, where: str) -> None:

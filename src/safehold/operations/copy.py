@@ -72,6 +72,7 @@ def copy_backups(
         catalog.write_manifest(destination.storage, manifest)
         result.copied.append(name)
         result.bytes += manifest.size
+    _copy_repository_key(source, destination.storage)
     there = set(names) | {
         k.rsplit("/", 1)[1].removesuffix(".json")
         for k in destination.storage.list(naming.MANIFEST_DIR)
@@ -183,3 +184,31 @@ def _transfer(
             manifest.artifact, manifest.sha256, hashed.hexdigest(), manifest.size, hashed.size
         )
     progress.close()
+
+
+def _copy_repository_key(source: Storage, destination: Storage) -> None:
+    """Passphrase mode: the copies are useless without the (passphrase-wrapped) repository key,
+    so it travels with them; it is never replaced once there."""
+    try:
+        key = source.read_bytes(naming.REPOSITORY_KEY)
+    except FileNotFoundError:
+        return
+    if not destination.exists(naming.REPOSITORY_KEY):
+        destination.put_bytes(naming.REPOSITORY_KEY, key)
+
+
+def mirror(source: Storage, destination: LocalStorage, names: Sequence[str]) -> None:
+    """Copy manifests, set records, the repository key and the artifacts ``names`` as they are
+    (no digest check: what is read is what a verify or drill of ``source`` must judge)."""
+    destination.ensure()
+    for key in source.list(naming.MANIFEST_DIR) + source.list(naming.SETS_DIR):
+        destination.put_bytes(key, source.read_bytes(key))
+    _copy_repository_key(source, destination)
+    for name in names:
+        try:
+            raw = source.open_reader(name)
+        except FileNotFoundError:
+            continue  # the manifest stays: verify reports the copy as missing
+        with raw, destination.open_writer(name) as writer:
+            while chunk := raw.read(CHUNK):
+                writer.write(chunk)
