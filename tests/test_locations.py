@@ -42,6 +42,8 @@ def test_backups_are_copied_listed_and_restored_from_the_copy(
     assert remote.size(name) == repo.size(name)
     assert remote.exists(f".safehold/manifests/{name}.json")
 
+    status = json.loads(run_cli("status", "--json", env=offsite).stdout)
+    assert status["targets"][0]["reasons"] == [] and status["level"] == "ok"
     listed = json.loads(run_cli("list", "--json", env=offsite).stdout)
     assert listed[0]["locations"] == ["local", "offsite"]
     again = run_cli("copy", "--to", "offsite", "--json", env=offsite)
@@ -61,6 +63,12 @@ def test_backups_are_copied_listed_and_restored_from_the_copy(
     bad = run_cli("verify", "--from", "offsite", name, env=offsite)
     assert bad.returncode == 6 and "sha256" in bad.stderr
     remote.put_bytes(name, good)
+
+    remote.delete(f".safehold/manifests/{name}.json")  # as if never copied
+    remote.delete(name)
+    behind = json.loads(run_cli("status", "--json", env=offsite).stdout)
+    assert behind["targets"][0]["reasons"] == ["newest backup not copied to offsite"]
+    assert run_cli("copy", "--to", "offsite", env=offsite).returncode == 0
 
     # The local copy is damaged: restore falls back to the copy in the bucket.
     path = repo.path(name)

@@ -7,10 +7,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ..operations.copy import holders
 from ..operations.status import StatusReport, read_status
 from ..operations.status_metrics import write_metrics
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage
+from .locations import locations
 from .runtime import runtime, shared_options
 
 STYLE = {"ok": "green", "warning": "yellow", "critical": "red"}
@@ -36,12 +38,15 @@ def status_cmd(ctx: click.Context, metrics_file: Path | None, as_json: bool) -> 
         settings = rt.settings
         storage = LocalStorage(settings.backup_dir)
         plain = tuple(v for v in settings.volumes.include if not any(c in v for c in "*?["))
+        targets = locations(settings) if settings.locations else []
         report = read_status(
             storage,
             now=datetime.now(UTC),
             objectives=settings.objectives_s(),
             database=settings.database.name,
             volumes=plain,
+            copies=holders(targets) if targets else None,
+            expected=tuple(t.name for t in targets if t.copy_after_backup and not t.archive),
         )
         if metrics_file is not None:
             write_metrics(report, metrics_file)

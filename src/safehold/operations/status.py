@@ -6,6 +6,7 @@ The rules, per target:
 - no good backup at all: critical;
 - newest good backup older than the RPO: warning; older than twice the RPO: critical;
 - its last verify failed, or the newest backup file is damaged or missing: critical;
+- the newest backup is missing from a location that should get every backup: warning;
 - the last drill that covered it failed: critical; it took longer than the target's RTO, or is
   older than ``DRILL_MAX_AGE``: warning; never drilled: a note (recoverability unproven).
 A reading is a pure function of the repository and ``now``, so tests control the clock.
@@ -104,6 +105,8 @@ def read_status(
     objectives: Objectives,
     database: str | None,
     volumes: tuple[str, ...] = (),
+    copies: dict[str, list[str]] | None = None,
+    expected: tuple[str, ...] = (),
 ) -> StatusReport:
     """``database`` and ``volumes`` are the targets that must have backups (configured); every
     target with backups in the repository is reported too."""
@@ -118,7 +121,8 @@ def read_status(
         if record.manifest is not None:
             wanted[(record.kind, record.manifest.target)] = None
     targets = [
-        _judge(storage, kind, target, records, drills, now, objectives) for kind, target in wanted
+        _judge(storage, kind, target, records, drills, now, objectives, copies or {}, expected)
+        for kind, target in wanted
     ]
     notes = []
     if not targets:
@@ -134,6 +138,8 @@ def _judge(
     drills: list[DrillRecord],
     now: datetime,
     goals: Objectives,
+    copies: dict[str, list[str]],
+    expected: tuple[str, ...],
 ) -> TargetStatus:
     mine = [r for r in records if r.kind == kind and r.manifest and r.manifest.target == target]
     good = [r for r in mine if r.status == "ok"]
@@ -153,6 +159,10 @@ def _judge(
         )
     if mine and mine[-1].status in ("damaged", "missing"):
         reasons.append(("critical", f"the newest backup file {mine[-1].name} is {mine[-1].status}"))
+    if newest is not None:
+        lacking = [loc for loc in expected if loc not in copies.get(newest.name, [])]
+        if lacking:
+            reasons.append(("warning", f"newest backup not copied to {', '.join(lacking)}"))
     verify = read_verify(storage, newest.name) if newest else None
     if verify is not None and not verify.ok:
         reasons.append(("critical", f"verify of {verify.artifact} failed: {verify.error}"))
