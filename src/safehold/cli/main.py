@@ -26,12 +26,14 @@ from .drill_cmd import drill_cmd
 from .keygen_cmd import keygen_cmd
 from .list_cmd import list_cmd
 from .pin_cmd import pin_cmd, unpin_cmd
+from .pitr_cmd import pitr_cmd
 from .prune_cmd import prune_cmd
 from .report_cmd import report_cmd
 from .restore_cmd import restore
 from .schedule_cmd import schedule_cmd
 from .status_cmd import status_cmd
 from .verify_cmd import verify
+from .wal_cmd import wal_fetch_cmd, wal_push_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -61,6 +63,9 @@ cli.add_command(daemon_cmd)
 cli.add_command(prune_cmd)
 cli.add_command(pin_cmd)
 cli.add_command(unpin_cmd)
+cli.add_command(pitr_cmd)
+cli.add_command(wal_push_cmd)
+cli.add_command(wal_fetch_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

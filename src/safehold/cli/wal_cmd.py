@@ -1,0 +1,52 @@
+"""``wal-push`` and ``wal-fetch``: PostgreSQL's archive_command and restore_command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..operations import wal
+from ..storage import LocalStorage
+from .runtime import runtime, shared_options
+
+
+@click.command("wal-push")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@shared_options
+@click.pass_context
+def wal_push_cmd(ctx: click.Context, path: Path) -> None:
+    """Archive one WAL segment (or .history/.backup file): archive_command = '... wal-push %p'.
+
+    Stores it zstd-compressed under wal/<name>.zst in BACKUP_DIR with its sha256, and exits 0
+    only once both are on disk (fsynced). Pushing a file the archive already holds is fine when
+    the content is identical, and an error when it differs. The repository folder must be
+    writable by the user the server runs as.
+    """
+    with runtime(ctx) as rt:
+        result = wal.push(LocalStorage(rt.settings.backup_dir), path)
+        if result.already:
+            rt.sink_info(f"wal-push {result.name}: already archived (identical)")
+
+
+@click.command("wal-fetch")
+@click.argument("name")
+@click.argument("dest", type=click.Path(path_type=Path, dir_okay=False))
+@shared_options
+@click.pass_context
+def wal_fetch_cmd(ctx: click.Context, name: str, dest: Path) -> None:
+    """Restore one archived WAL file: restore_command = '... wal-fetch %f %p'.
+
+    Decompresses and checks the sha256 before the file appears at DEST. A file the archive does
+    not have exits 1 with a one-line note (the normal end of recovery); a damaged one exits 6.
+    """
+    with runtime(ctx) as rt:
+        try:
+            wal.fetch(LocalStorage(rt.settings.backup_dir), name, dest)
+        except wal.WalMissing as exc:
+            click.echo(f"wal-fetch: {exc.message}", err=True)
+            missing = True
+        else:
+            missing = False
+    if missing:
+        ctx.exit(1)
