@@ -15,7 +15,14 @@ from safehold.cli.main import cli
 from .conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
-COMMANDS = sorted(cli.commands)
+CONTEXT = click.Context(cli)
+COMMANDS = cli.list_commands(CONTEXT)
+
+
+def command_named(name: str) -> click.Command:
+    command = cli.get_command(CONTEXT, name)
+    assert command is not None, name
+    return command
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -29,13 +36,13 @@ def test_every_command_has_help_and_is_documented(name: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Usage: safehold" in result.stdout
-    command = cli.commands[name]
+    command = command_named(name)
     assert command.help and len(command.help) > 20
     assert f"### `safehold {name}`" in README
 
 
 def test_every_option_has_help() -> None:
-    for command in cli.commands.values():
+    for command in map(command_named, COMMANDS):
         for param in command.params:
             if isinstance(param, click.Option) and param.name != "help":
                 assert param.help, f"{command.name} {param.opts} has no help text"

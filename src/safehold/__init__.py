@@ -11,14 +11,46 @@ Library use needs no config file::
     safehold.restore_database(target, repo, "latest", target_db="container_app_copy")
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .catalog import scan as list_backups
-from .errors import SafeholdError
-from .model import BackupRecord, Event, Manifest
-from .operations.backup import BackupOptions, backup_database
-from .operations.restore import RestoreOptions, RestoreResult, restore_database
-from .sources.postgres import PgTarget
-from .storage import LocalStorage
+
+# The public names, imported on first use: a command line run (e.g. wal-push, started once per
+# WAL segment) should not pay for psycopg and the whole backup machinery it does not touch.
+_LAZY = {
+    "BackupOptions": "operations.backup",
+    "BackupRecord": "model",
+    "Event": "model",
+    "LocalStorage": "storage",
+    "Manifest": "model",
+    "PgTarget": "sources.postgres",
+    "RestoreOptions": "operations.restore",
+    "RestoreResult": "operations.restore",
+    "SafeholdError": "errors",
+    "backup_database": "operations.backup",
+    "list_backups": "catalog:scan",
+    "restore_database": "operations.restore",
+}
+
+if TYPE_CHECKING:
+    from .catalog import scan as list_backups
+    from .errors import SafeholdError
+    from .model import BackupRecord, Event, Manifest
+    from .operations.backup import BackupOptions, backup_database
+    from .operations.restore import RestoreOptions, RestoreResult, restore_database
+    from .sources.postgres import PgTarget
+    from .storage import LocalStorage
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'safehold' has no attribute {name!r}")
+    module, _, attr = target.partition(":")
+    from importlib import import_module
+
+    return getattr(import_module(f"{__name__}.{module}"), attr or name)
+
 
 __all__ = [
     "BackupOptions",

@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 unexpected failure; 2 usage/config; 3 database; 4 exter
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import traceback
@@ -16,27 +17,51 @@ import click
 
 from .._version import __version__
 from ..errors import SafeholdError
-from .backup_cmd import backup
-from .config_cmd import config_cmd
-from .copy_cmd import copy_cmd
-from .daemon_cmd import daemon_cmd
-from .demo_cmd import demo
-from .doctor_cmd import doctor
-from .drill_cmd import drill_cmd
-from .keygen_cmd import keygen_cmd
-from .list_cmd import list_cmd
-from .pin_cmd import pin_cmd, unpin_cmd
-from .pitr_cmd import pitr_cmd
-from .prune_cmd import prune_cmd
-from .report_cmd import report_cmd
-from .restore_cmd import restore
-from .schedule_cmd import schedule_cmd
-from .status_cmd import status_cmd
-from .verify_cmd import verify
-from .wal_cmd import wal_fetch_cmd, wal_push_cmd
+
+# Command name -> module:attribute, imported only when that command runs: PostgreSQL's
+# archive_command starts `safehold wal-push` once per WAL segment, so start-up time counts.
+COMMANDS = {
+    "backup": "backup_cmd:backup",
+    "config": "config_cmd:config_cmd",
+    "copy": "copy_cmd:copy_cmd",
+    "daemon": "daemon_cmd:daemon_cmd",
+    "demo": "demo_cmd:demo",
+    "doctor": "doctor_cmd:doctor",
+    "drill": "drill_cmd:drill_cmd",
+    "keygen": "keygen_cmd:keygen_cmd",
+    "list": "list_cmd:list_cmd",
+    "pin": "pin_cmd:pin_cmd",
+    "pitr": "pitr_cmd:pitr_cmd",
+    "prune": "prune_cmd:prune_cmd",
+    "report": "report_cmd:report_cmd",
+    "restore": "restore_cmd:restore",
+    "schedule": "schedule_cmd:schedule_cmd",
+    "status": "status_cmd:status_cmd",
+    "unpin": "pin_cmd:unpin_cmd",
+    "verify": "verify_cmd:verify",
+    "wal-fetch": "wal_cmd:wal_fetch_cmd",
+    "wal-push": "wal_cmd:wal_push_cmd",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        command = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="safehold")
 def cli() -> None:
     """Backup and disaster recovery for PostgreSQL + Docker volume applications.
@@ -44,28 +69,6 @@ def cli() -> None:
     Configuration comes from flags, then environment (BACKUP_DIR DB_HOST DB_PORT DB_NAME DB_USER,
     SAFEHOLD_*), then the config file (--config, SAFEHOLD_CONFIG or ./safehold.toml), then defaults.
     """
-
-
-cli.add_command(backup)
-cli.add_command(restore)
-cli.add_command(list_cmd)
-cli.add_command(report_cmd)
-cli.add_command(config_cmd)
-cli.add_command(copy_cmd)
-cli.add_command(demo)
-cli.add_command(doctor)
-cli.add_command(drill_cmd)
-cli.add_command(keygen_cmd)
-cli.add_command(status_cmd)
-cli.add_command(verify)
-cli.add_command(schedule_cmd)
-cli.add_command(daemon_cmd)
-cli.add_command(prune_cmd)
-cli.add_command(pin_cmd)
-cli.add_command(unpin_cmd)
-cli.add_command(pitr_cmd)
-cli.add_command(wal_push_cmd)
-cli.add_command(wal_fetch_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

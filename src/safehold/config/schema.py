@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..crypto import DecryptionKey, EncryptionKey, load_decryption_key, load_encryption_key
 from ..model import Objectives
 from ..operations.backup import COMPRESSIONS, BackupOptions
-from ..operations.docker_volume import Access
 from ..operations.restore import RestoreOptions
 from ..sources.postgres import PgTarget
+
+if TYPE_CHECKING:  # the docker SDK is slow to import and only volume commands need it
+    from ..operations.docker_volume import Access
 
 DEFAULT_FILE = Path("safehold.toml")
 
