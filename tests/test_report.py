@@ -238,10 +238,10 @@ def chromium() -> str:
         None,
     )
     if found is None:
-        message = "chromium is not installed (scripts/install-deps.sh installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        # A missing browser is a missing service: fail, never skip (install-deps installs it).
+        pytest.fail(
+            "chromium is not installed (scripts/install-deps.sh installs it)", pytrace=False
+        )
     return found
 
 

@@ -41,7 +41,7 @@ def scan(storage: Storage) -> list[BackupRecord]:
     """Every artifact and every orphaned manifest, oldest first."""
     artifacts = {n.name: n for key in storage.list() if (n := naming.parse(key)) is not None}
     manifests = {
-        key.rsplit("/", 1)[1].removesuffix(".json")
+        naming.artifact_of(key)
         for key in storage.list(naming.MANIFEST_DIR)
         if key.endswith(".json")
     }
@@ -109,6 +109,18 @@ def set_status(backup_set: BackupSet, by_name: dict[str, BackupRecord]) -> str:
 
 def _parseable(names: Iterable[str]) -> set[str]:
     return {name for name in names if naming.parse(name) is not None}
+
+
+def newest_by_target(
+    records: Iterable[BackupRecord], *, good_only: bool = True
+) -> dict[tuple[Kind, str], BackupRecord]:
+    """The newest record of each (kind, target) among ``records`` (oldest first, as ``scan``
+    returns them); only good backups unless ``good_only`` is false."""
+    newest: dict[tuple[Kind, str], BackupRecord] = {}
+    for record in records:
+        if record.manifest is not None and (record.status == "ok" or not good_only):
+            newest[(record.kind, record.manifest.target)] = record
+    return newest
 
 
 def latest(

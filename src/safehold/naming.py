@@ -77,6 +77,16 @@ def manifest_key(artifact: str) -> str:
     return f"{MANIFEST_DIR}/{artifact}.json"
 
 
+def artifact_of(record_key: str) -> str:
+    """The artifact a per-artifact record (``.safehold/<kind>/<artifact>.json``) is about."""
+    return record_key.rsplit("/", 1)[-1].removesuffix(".json")
+
+
+def is_pattern(text: str) -> bool:
+    """A volume selector with glob characters (``user-*``); Docker names never have them."""
+    return any(char in text for char in "*?[")
+
+
 REPOSITORY_KEY = ".safehold/keys/repository-key.age"  # passphrase mode: the wrapped identity
 
 

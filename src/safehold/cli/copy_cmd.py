@@ -41,8 +41,7 @@ def copy_cmd(
         targets = locations(rt.settings, to)
         records = [r for r in catalog.scan(storage) if r.status == "ok"]
         if latest:
-            newest = {(r.kind, r.manifest.target if r.manifest else ""): r.name for r in records}
-            chosen = sorted(newest.values())
+            chosen = sorted(r.name for r in catalog.newest_by_target(records).values())
         else:
             chosen = list(names) or [r.name for r in records]
         if not chosen:

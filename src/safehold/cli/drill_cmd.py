@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import click
 
+from .. import catalog
 from ..errors import UsageError
 from ..model import BackupRecord
 from ..operations.drill import DRILLS_DIR, DrillRecord, drill
@@ -106,8 +107,7 @@ def _picker(name: str | None, set_ref: str | None) -> Callable[[list[BackupRecor
             ids = sorted({r.manifest.set_id for r in records if r.manifest and r.manifest.set_id})
             wanted = ids[-1] if set_ref == "latest" and ids else set_ref
             return [r.name for r in records if r.manifest and r.manifest.set_id == wanted]
-        newest = {(r.kind, r.manifest.target): r.name for r in records if r.manifest}
-        return list(newest.values())
+        return [r.name for r in catalog.newest_by_target(records).values()]
 
     return pick
 

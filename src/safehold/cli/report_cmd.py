@@ -47,13 +47,12 @@ def report_cmd(ctx: click.Context, html_path: Path | None, days: int, as_json: b
     with runtime(ctx, as_json=as_json) as rt:
         settings = rt.settings
         storage = LocalStorage(settings.backup_dir)
-        plain = tuple(v for v in settings.volumes.include if not any(c in v for c in "*?["))
         report = gather_report(
             storage,
             now=datetime.now(UTC),
             objectives=settings.objectives_s(),
             database=settings.database.name,
-            volumes=plain,
+            volumes=settings.volumes.names(),
             days=days,
         )
         secrets = [settings.password]

@@ -37,14 +37,13 @@ def status_cmd(ctx: click.Context, metrics_file: Path | None, as_json: bool) -> 
     with runtime(ctx, as_json=as_json) as rt:
         settings = rt.settings
         storage = LocalStorage(settings.backup_dir)
-        plain = tuple(v for v in settings.volumes.include if not any(c in v for c in "*?["))
         targets = locations(settings) if settings.locations else []
         report = read_status(
             storage,
             now=datetime.now(UTC),
             objectives=settings.objectives_s(),
             database=settings.database.name,
-            volumes=plain,
+            volumes=settings.volumes.names(),
             copies=holders(targets) if targets else None,
             expected=tuple(t.name for t in targets if t.copy_after_backup and not t.archive),
         )

@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .. import catalog
 from ..errors import IntegrityError, UsageError
 from ..model import BackupRecord
 from ..operations.verify import (
@@ -137,8 +138,8 @@ def _picker(name: str | None, every: bool) -> Callable[[list[BackupRecord]], lis
             return [r.name for r in records]
         if name not in (None, "latest"):
             return [str(name)]
-        newest = {(r.kind, r.manifest.target): r.name for r in records if r.manifest}
-        return list(newest.values())
+        # Like verify_newest: the newest of each target whatever its state.
+        return [r.name for r in catalog.newest_by_target(records, good_only=False).values()]
 
     return pick
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import naming
 from ..crypto import DecryptionKey, EncryptionKey, load_decryption_key, load_encryption_key
 from ..model import Objectives
 from ..operations.backup import COMPRESSIONS, BackupOptions
@@ -80,6 +81,10 @@ class VolumeSettings:
         default=(), metadata=_key(doc="volumes with these labels (key or key=value) too")
     )
     exclude: tuple[str, ...] = field(default=(), metadata=_key(doc="names or patterns to skip"))
+
+    def names(self) -> tuple[str, ...]:
+        """The volumes named outright (not patterns): they must have backups."""
+        return tuple(v for v in self.include if not naming.is_pattern(v))
 
 
 @dataclass(frozen=True)

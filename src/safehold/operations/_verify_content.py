@@ -23,6 +23,7 @@ from ..compress import ZstdError, open_decompressor, zstd_reader
 from ..errors import IntegrityError, SafeholdError, ToolError
 from ..model import ByteSource, Kind, Manifest
 from ..sources.postgres import PgTarget, require_tool_for
+from .extract import ExtractFacts
 
 CHUNK = 1 << 20
 DUMP_COMPRESSIONS = ("pg_dump-gzip", "none", "zstd")
@@ -252,21 +253,10 @@ def _some(names: list[str], limit: int = 5) -> str:
 # --- volume archives --------------------------------------------------------------------------
 
 
-@dataclass
-class ArchiveContent:
-    """Counted like ``ExtractFacts``: folders include the root ``./``, each listed once."""
-
-    files: int = 0
-    dirs: int = 0
-    symlinks: int = 0
-    hardlinks: int = 0
-    bytes: int = 0
-
-
-def read_archive(stream: ByteSource, name: str) -> ArchiveContent:
+def read_archive(stream: ByteSource, name: str) -> ExtractFacts:
     """Read every member of a (decompressed) tar stream, then the stream to its end."""
     source = Guarded(stream, name)
-    content = ArchiveContent()
+    content = ExtractFacts()
     dirs: set[str] = set()
     try:
         with tarfile.open(
@@ -301,7 +291,7 @@ def read_archive(stream: ByteSource, name: str) -> ArchiveContent:
     return content
 
 
-def compare_counts(name: str, expected: dict[str, object], content: ArchiveContent) -> None:
+def compare_counts(name: str, expected: dict[str, object], content: ExtractFacts) -> None:
     found = asdict(content)
     wrong = [
         f"{key}: {found[key]}, expected {expected[key]}"
@@ -357,7 +347,7 @@ def compression_of(path: Path, kind: Kind, manifest: Manifest | None) -> str:
 
 def read_content(
     name: str, kind: Kind, compression: str, stream: ByteSource, tool: str
-) -> DumpContent | ArchiveContent:
+) -> DumpContent | ExtractFacts:
     if compression == "zstd":
         with zstd_reader(ZstdFrameWatch(stream)) as plain:
             if kind == "database":
@@ -368,14 +358,14 @@ def read_content(
     return read_archive(open_decompressor(compression, stream), name)
 
 
-def describe(content: DumpContent | ArchiveContent) -> dict[str, Any]:
+def describe(content: DumpContent | ExtractFacts) -> dict[str, Any]:
     """What a full read found, for the record."""
     if isinstance(content, DumpContent):
         return {"toc_entries": content.toc_entries, "tables": len(content.table_data)}
-    return asdict(content)
+    return content.to_json()
 
 
-def compare_content(name: str, manifest: Manifest, content: DumpContent | ArchiveContent) -> None:
+def compare_content(name: str, manifest: Manifest, content: DumpContent | ExtractFacts) -> None:
     facts = manifest.facts
     if isinstance(content, DumpContent):
         if not isinstance(facts.get("tables"), dict):

@@ -74,8 +74,7 @@ def copy_backups(
         result.bytes += manifest.size
     _copy_repository_key(source, destination.storage)
     there = set(names) | {
-        k.rsplit("/", 1)[1].removesuffix(".json")
-        for k in destination.storage.list(naming.MANIFEST_DIR)
+        naming.artifact_of(k) for k in destination.storage.list(naming.MANIFEST_DIR)
     }
     for backup_set in catalog.read_sets(source):
         if set(backup_set.members) <= there and not destination.storage.exists(
@@ -142,7 +141,7 @@ def holders(locations: Sequence[Location]) -> dict[str, list[str]]:
         except SafeholdError:
             continue
         for key in keys:
-            name = key.rsplit("/", 1)[1].removesuffix(".json")
+            name = naming.artifact_of(key)
             found.setdefault(name, []).append(location.name)
     return found
 

@@ -207,11 +207,7 @@ def _free_space(root: Path) -> Check:
 
 def _newest_per_target(root: Path) -> list[BackupRecord]:
     """The newest good backup of each database and volume: what the next full run writes."""
-    newest: dict[tuple[str, str], BackupRecord] = {}
-    for record in catalog.scan(LocalStorage(root)):  # oldest first
-        if record.status == "ok" and record.manifest is not None:
-            newest[(record.kind, record.manifest.target)] = record
-    return list(newest.values())
+    return list(catalog.newest_by_target(catalog.scan(LocalStorage(root))).values())
 
 
 def _storage_name(storage: Storage) -> str:
@@ -366,7 +362,7 @@ def _volumes(setup: DoctorSetup, state: _State) -> list[Check]:
     missing = [
         n
         for n in setup.volume_include
-        if not any(c in n for c in "*?[") and n not in present and n not in setup.volume_exclude
+        if not naming.is_pattern(n) and n not in present and n not in setup.volume_exclude
     ]
     fix = "'docker volume ls' lists them; create it, or fix [volumes] include"
     checks = [

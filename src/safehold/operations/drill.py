@@ -116,16 +116,13 @@ def drill_members(storage: LocalStorage, subject: str) -> tuple[list[Manifest], 
         manifests = [catalog.read_manifest(storage, m) for m in chosen.members]
         return [m for m in manifests if m is not None], chosen.id
     if subject == "latest":
-        newest: dict[tuple[str, str], Manifest] = {}
-        for record in records:
-            if record.status == "ok" and record.manifest is not None:
-                newest[(record.kind, record.manifest.target)] = record.manifest
+        newest = [r.manifest for r in catalog.newest_by_target(records).values() if r.manifest]
         if not newest:
             raise UsageError(
                 f"no good backup to drill in {storage.description}",
                 hint="run 'safehold backup' first",
             )
-        return sorted(newest.values(), key=lambda m: (m.kind != "database", m.target)), None
+        return sorted(newest, key=lambda m: (m.kind != "database", m.target)), None
     named = next((r.manifest for r in records if r.name == subject), None)
     if named is None:
         raise UsageError(

@@ -15,6 +15,7 @@ import docker.errors
 import requests
 from docker.models.containers import Container
 
+from .. import naming
 from ..errors import DockerUnavailable, HookFailed, SafeholdError, TargetInUse, UsageError
 from ..model import Event, EventSink
 
@@ -138,7 +139,7 @@ def select_volumes(
         raise unavailable(exc) from exc
     chosen = set(labelled)
     for pattern in include:
-        if _is_pattern(pattern):
+        if naming.is_pattern(pattern):
             chosen.update(fnmatch.filter(present, pattern))
             continue
         check_target_name(pattern)
@@ -149,10 +150,6 @@ def select_volumes(
             )
         chosen.add(pattern)
     return sorted(n for n in chosen if not any(fnmatch.fnmatchcase(n, x) for x in exclude))
-
-
-def _is_pattern(text: str) -> bool:
-    return any(char in text for char in "*?[")
 
 
 def refuse_if_in_use(client: docker.DockerClient, name: str) -> None:

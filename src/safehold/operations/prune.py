@@ -74,7 +74,7 @@ def read_pins(storage: Storage) -> dict[str, Pin]:
     """Every pin by artifact name. An unreadable pin record still pins: when in doubt, keep."""
     pins: dict[str, Pin] = {}
     for key in _records(storage, PINS_DIR):
-        artifact = _artifact_of(key)
+        artifact = naming.artifact_of(key)
         try:
             data = json.loads(storage.read_bytes(key))
             at = parse_time(str(data["pinned_at"]))
@@ -231,7 +231,7 @@ def _orphans(
     orphaned: dict[str, int] = {}
     keys: list[str] = []
     for key in _records(storage, PRUNING_DIR):
-        name = _artifact_of(key)
+        name = naming.artifact_of(key)
         record = by_name.get(name)
         if record is not None and record.status == "unverified/foreign" and record.size is not None:
             if record.size == _recorded_size(storage, key) and name not in pins:
@@ -243,7 +243,7 @@ def _orphans(
         keys.append(key)
     present = set(by_name) - set(orphaned)
     for folder in (VERIFY_DIR, PINS_DIR):
-        keys += [k for k in _records(storage, folder) if _artifact_of(k) not in present]
+        keys += [k for k in _records(storage, folder) if naming.artifact_of(k) not in present]
     return orphaned, keys
 
 
@@ -390,7 +390,3 @@ def _records(storage: Storage, folder: str) -> list[str]:
         for key in storage.list(folder)
         if key.endswith(".json") and not key.rsplit("/", 1)[-1].startswith(".")
     ]
-
-
-def _artifact_of(key: str) -> str:
-    return key.rsplit("/", 1)[-1].removesuffix(".json")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from .. import catalog
+from .. import catalog, naming
 from ..errors import UsageError
 from ..model import BackupRecord, BackupSet, Kind, Objectives
 from ..storage import LocalStorage
@@ -225,7 +225,7 @@ def read_all_verifies(storage: LocalStorage) -> list[VerifyResult]:
     found = []
     for key in storage.list(VERIFY_DIR):
         if key.endswith(".json"):
-            result = read_verify(storage, key.rsplit("/", 1)[1].removesuffix(".json"))
+            result = read_verify(storage, naming.artifact_of(key))
             if result is not None:
                 found.append(result)
     return sorted(found, key=lambda v: (v.checked_at, v.artifact))

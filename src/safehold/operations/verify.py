@@ -33,7 +33,6 @@ from ..sinks.log import human_bytes
 from ..storage import LocalStorage
 from ._pipeline import HashingReader, Progress, check_digest, unlock_key
 from ._verify_content import (
-    ArchiveContent,
     DumpContent,
     check_manifest,
     compare_content,
@@ -42,6 +41,7 @@ from ._verify_content import (
     pg_restore_tool,
     read_content,
 )
+from .extract import ExtractFacts
 from .verify_record import (
     LEVELS,
     RECORD_FORMAT,
@@ -182,7 +182,7 @@ def _entries(storage: LocalStorage) -> list[_Entry]:
     """Like ``catalog.scan``, but an unreadable manifest is a finding, not an error."""
     artifacts = {key for key in storage.list() if naming.parse(key) is not None}
     manifests = {
-        key.rsplit("/", 1)[1].removesuffix(".json")
+        naming.artifact_of(key)
         for key in storage.list(naming.MANIFEST_DIR)
         if key.endswith(".json")
     }
@@ -320,7 +320,7 @@ def _check(
     compression = compression_of(path, entry.kind, manifest) if full else ""
     tool = pg_restore_tool(bin_dir, manifest) if full and entry.kind == "database" else ""
     progress = Progress(sink, f"verify {name}", size)
-    content: DumpContent | ArchiveContent | None = None
+    content: DumpContent | ExtractFacts | None = None
     with path.open("rb") as raw:
         hashed = HashingReader(raw, progress)
         try:

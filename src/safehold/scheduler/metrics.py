@@ -55,13 +55,12 @@ class StatusCollector:
         families: Iterable[Metric] = ()
         try:
             s = self._settings
-            plain = tuple(v for v in s.volumes.include if not any(c in v for c in "*?["))
             report = read_status(
                 LocalStorage(s.backup_dir),
                 now=datetime.now(UTC),
                 objectives=s.objectives_s(),
                 database=s.database.name,
-                volumes=plain,
+                volumes=s.volumes.names(),
             )
             families = list(registry_for(report).collect())
             ok.add_metric([], 1)
