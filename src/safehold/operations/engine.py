@@ -79,25 +79,36 @@ def stopped(containers: list[Container], sink: EventSink, why: str) -> Iterator[
     the block fails. A container that will not start again is an error of its own."""
     down: list[Container] = []
     try:
-        for container in containers:
-            sink(Event("containers", f"stopping {container.name} for the {why}"))
-            container.stop(timeout=STOP_TIMEOUT_S)
-            down.append(container)
+        stop_all(containers, sink, why, down)
         yield
     finally:
-        failed = []
-        for container in reversed(down):
-            try:
-                container.start()
-                sink(Event("containers", f"started {container.name} again"))
-            except (docker.errors.DockerException, requests.RequestException) as exc:
-                failed.append(f"{container.name}: {exc}")
-                sink(Event("containers", f"could not start {container.name}: {exc}", "error"))
-        if failed:
-            raise SafeholdError(
-                f"containers stopped for the {why} did not start again: {'; '.join(failed)}",
-                hint="start them by hand (docker start NAME) and check their logs",
-            )
+        start_again(down, sink, why)
+
+
+def stop_all(containers: list[Container], sink: EventSink, why: str, down: list[Container]) -> None:
+    """Stop each container, adding it to ``down`` once stopped: a caller can then start exactly
+    those again, also when a later one fails to stop."""
+    for container in containers:
+        sink(Event("containers", f"stopping {container.name} for the {why}"))
+        container.stop(timeout=STOP_TIMEOUT_S)
+        down.append(container)
+
+
+def start_again(down: list[Container], sink: EventSink, why: str) -> None:
+    """Start ``down`` in reverse order; every one is tried, failures are one error at the end."""
+    failed = []
+    for container in reversed(down):
+        try:
+            container.start()
+            sink(Event("containers", f"started {container.name} again"))
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            failed.append(f"{container.name}: {exc}")
+            sink(Event("containers", f"could not start {container.name}: {exc}", "error"))
+    if failed:
+        raise SafeholdError(
+            f"containers stopped for the {why} did not start again: {'; '.join(failed)}",
+            hint="start them by hand (docker start NAME) and check their logs",
+        )
 
 
 @contextlib.contextmanager

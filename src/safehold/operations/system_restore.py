@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import docker
+from docker.models.containers import Container
 
 from .. import _proc
 from ..crypto import EncryptionKey
@@ -30,7 +31,7 @@ from ..sources.postgres import PgTarget, connect
 from ..storage import LocalStorage
 from ._pipeline import Progress, check_digest, sha256_of
 from .docker_volume import Access, restore_volume
-from .engine import stopped
+from .engine import start_again, stop_all
 from .restore import RestoreOptions, restore_database
 from .system_plan import Step, SystemPlan, folder_of
 from .volume import restore_tree
@@ -105,24 +106,23 @@ def run_system_restore(
     steps = {s.kind: s for s in plan.steps if s.kind in ("verify", "stop", "start")}
     runner.step(steps["verify"], lambda: _verify(plan, storage, sink))
     restore_steps = [s for s in plan.steps if s.kind in ("database", "volume", "folder", "post")]
-    # stopped() starts the containers again however the block ends; the start step times it.
     stop_step, start_step = steps.get("stop"), steps.get("start")
-    blocker = stopped(plan.containers, sink, f"restore of set {plan.backup_set.id}")
-    if stop_step is not None:
-        runner.step(stop_step, blocker.__enter__)
+    why = f"restore of set {plan.backup_set.id}"
+    down: list[Container] = []  # stopped so far: started again however the run ends
     try:
+        if stop_step is not None:
+            runner.step(stop_step, lambda: stop_all(plan.containers, sink, why, down))
         for step in restore_steps:
             runner.step(step, _action(step, storage, client, database, options, result, sink))
-    except BaseException as exc:
-        if stop_step is not None:
-            try:
-                blocker.__exit__(type(exc), exc, exc.__traceback__)
-            except SafeholdError as restart:
-                # Logged by stopped(); the step's failure is the error to report.
-                sink(Event("restore", restart.message, "error"))
+    except BaseException:
+        try:
+            start_again(down, sink, why)
+        except SafeholdError as restart:
+            # Already logged per container; the step's failure is the error to report.
+            sink(Event("restore", restart.message, "error"))
         raise
     if start_step is not None:
-        runner.step(start_step, lambda: blocker.__exit__(None, None, None))
+        runner.step(start_step, lambda: start_again(down, sink, why))
     for step in plan.steps:
         if step.kind == "connect" and database is not None:
             runner.step(step, lambda: _check_database(database, result))
