@@ -50,6 +50,17 @@ _SPECIAL = {
 }
 
 
+def member_path(name: str) -> str:
+    """A member's path relative to the root (``./a//b`` -> ``a/b``); ValueError saying why
+    when it would leave the root."""
+    if name.startswith("/"):
+        raise ValueError("has an absolute path")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ValueError("climbs out of the folder with '..'")
+    return "/".join(parts)
+
+
 @dataclass
 class ExtractFacts:
     """Counted like ``TreeFacts``: dirs include ``./``, bytes count each file once."""
@@ -199,12 +210,10 @@ class _Unpacker:
             raise self._refuse(member, f"is a {kind}; volumes are restored without them")
 
     def _name(self, name: str, member: tarfile.TarInfo) -> str:
-        if name.startswith("/"):
-            raise self._refuse(member, "has an absolute path")
-        parts = [part for part in name.split("/") if part not in ("", ".")]
-        if ".." in parts:
-            raise self._refuse(member, "climbs out of the folder with '..'")
-        return "/".join(parts)
+        try:
+            return member_path(name)
+        except ValueError as why:
+            raise self._refuse(member, str(why)) from None
 
     def _ensure_dir(self, rel: str, member: tarfile.TarInfo) -> None:
         """Make ``rel`` a real folder inside staging; refuse paths through symlinks or files."""

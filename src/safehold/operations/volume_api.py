@@ -28,7 +28,7 @@ from ..errors import DockerUnavailable, IntegrityError, RestoreError, SafeholdEr
 from ..model import ByteSink, ByteSource, Event, EventSink, null_sink
 from ..sources.tree import BLOCK, CHUNK, ENCODING, ERRORS, TreeFacts, _TarOut, gnu_header
 from .engine import refuse_if_in_use, unavailable, volume_mountpoint
-from .extract import _SPECIAL, ExtractFacts, _damaged, _Source
+from .extract import _SPECIAL, ExtractFacts, _damaged, _Source, member_path
 from .helper_image import (
     DOCKER_ERRORS,
     MOUNT,
@@ -324,12 +324,10 @@ class _Stager:
             raise self._refuse(member.name, f"is a {kind}; volumes are restored without them")
 
     def _name(self, name: str, member: tarfile.TarInfo) -> str:
-        if name.startswith("/"):
-            raise self._refuse(member.name, "has an absolute path")
-        parts = [part for part in name.split("/") if part not in ("", ".")]
-        if ".." in parts:
-            raise self._refuse(member.name, "climbs out of the folder with '..'")
-        return "/".join(parts)
+        try:
+            return member_path(name)
+        except ValueError as why:
+            raise self._refuse(member.name, str(why)) from None
 
     def _ensure_dir(self, rel: str, member: tarfile.TarInfo) -> None:
         """Folders the archive does not list are made by the engine (0755, root)."""
