@@ -1,7 +1,8 @@
-"""Encryption at rest in the age format (pyrage): streaming writer/reader and key handling."""
+"""Encryption at rest in the age format: streaming writer (cryptography), reader (pyrage), keys."""
 
 from ..errors import DecryptionKeyError
-from .age import AgeReader, AgeWriter, age_reader
+from .age import AgeReader, age_reader
+from .age_writer import AgeWriter
 from .header import SUFFIX, is_age
 from .keys import (
     PASSPHRASE_MODE,

@@ -1,5 +1,5 @@
-"""The plumbing between a caller's thread and pyrage's worker: a bounded channel and the
-file-like adapters ``encrypt_io`` / ``decrypt_io`` read from and write to."""
+"""The plumbing between pyrage's decrypting worker and the reader's thread: a bounded channel
+and the file-like adapters ``decrypt_io`` reads from and writes to."""
 
 from __future__ import annotations
 
@@ -72,40 +72,6 @@ class Channel:
             self._items.clear()
             self._size = 0
             self._cond.notify_all()
-
-
-class ChannelReader:
-    """What ``encrypt_io`` reads: the queued plaintext, in the sizes it asks for."""
-
-    def __init__(self, channel: Channel) -> None:
-        self._channel = channel
-        self._current = memoryview(b"")
-
-    def read(self, size: int = -1) -> bytes:
-        if not self._current:
-            item = self._channel.get()
-            if item is None:
-                return b""
-            self._current = memoryview(item)
-        if size < 0 or size > len(self._current):
-            size = len(self._current)
-        piece = bytes(self._current[:size])  # pyrage accepts bytes, not memoryview
-        self._current = self._current[size:]
-        return piece
-
-
-class Collector:
-    """What ``encrypt_io`` writes to: ciphertext kept for the caller's thread to pass on."""
-
-    def __init__(self) -> None:
-        self.chunks: deque[bytes] = deque()
-
-    def write(self, data: bytes) -> int:
-        self.chunks.append(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        return None
 
 
 class SourceReader:

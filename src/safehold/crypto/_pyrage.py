@@ -45,11 +45,6 @@ def public_key(identity: str) -> str:
     return str(parse_identity(identity).to_public())
 
 
-def encrypt_io(reader: Readable, writer: Writable, recipients: list[Any]) -> None:
-    """Streams: 8 KiB ``read`` calls in, one ``write`` per 64 KiB age chunk out, GIL released."""
-    pyrage.encrypt_io(reader, writer, recipients)
-
-
 def decrypt_io(reader: Readable, writer: Writable, identities: list[Any]) -> None:
     """Streams: 8 KiB ``read`` calls in, 8 KiB ``write`` calls of authenticated plaintext out."""
     pyrage.decrypt_io(reader, writer, identities)

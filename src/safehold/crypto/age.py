@@ -1,16 +1,11 @@
-"""Streaming age encryption (pyrage) in bounded memory: a push-style writer, a pull-style reader.
+"""Streaming age decryption (pyrage) in bounded memory: a pull-style reader.
 
-pyrage's ``encrypt_io`` / ``decrypt_io`` are loops that *pull* from a file-like object (8 KiB
-``read`` calls) and *push* into another, releasing the GIL while they encrypt. Each runs here
-on one worker thread, fed through a bounded channel (``QUEUE_BYTES``), so memory stays a few
-MiB whatever the stream's size:
-
-- ``AgeWriter``: ``write`` queues plaintext for the worker; the ciphertext the worker produces
-  is written to the sink *on the caller's thread* (during ``write`` and ``finish``), so a sink
-  error (disk full) is raised where the caller handles it and the sink needs no locking.
-- ``age_reader``: the worker reads the source and queues authenticated plaintext; ``read`` takes
-  from the queue. Opening the reader waits for the first plaintext (or the end), so a wrong key
-  or a damaged header fails at once, before any byte is handed out.
+pyrage's ``decrypt_io`` is a loop that *pulls* from a file-like object (8 KiB ``read`` calls)
+and *pushes* into another, releasing the GIL while it decrypts. It runs here on one worker
+thread whose authenticated plaintext goes through a bounded channel (``QUEUE_BYTES``), so
+memory stays a few MiB whatever the stream's size. ``read`` takes from the channel. Opening the
+reader waits for the first plaintext (or the end), so a wrong key or a damaged header fails at
+once, before any byte is handed out. (Encryption is in ``age_writer``.)
 
 Authentication: age seals the payload in 64 KiB chunks, each with its own tag, and marks the
 last one. The reader hands out a chunk only after its tag verified, but a later chunk can still
@@ -26,115 +21,17 @@ import io
 import threading
 from typing import IO, Any
 
-from ..errors import DecryptionKeyError, IntegrityError, SafeholdError
-from ..model import ByteSink, ByteSource
+from ..errors import DecryptionKeyError, IntegrityError
+from ..model import ByteSource
 from . import _pyrage
-from ._channel import (
-    PIECE,
-    Aborted,
-    Channel,
-    ChannelReader,
-    ChannelWriter,
-    Collector,
-    SourceReader,
-)
+from ._channel import Channel, ChannelWriter, SourceReader
 from .header import is_age, stanza_types
-from .keys import DecryptionKey, EncryptionKey
+from .keys import DecryptionKey
 
-QUEUE_BYTES = 4 << 20  # plaintext in flight between the caller and a worker
+QUEUE_BYTES = 4 << 20  # plaintext in flight between the worker and the reader
 READ_BUFFER = 1 << 20
 JOIN_TIMEOUT_S = 10.0
 AGE_CHUNK = 64 * 1024
-
-
-class AgeWriter:
-    """Encrypts what is written to it into an age file in ``sink``; ``finish()`` ends it.
-
-    The caller must call ``finish()`` (the sink then holds a complete age file) or ``abort()``
-    (stops the worker; the caller discards the sink's content). Any error in ``write`` or
-    ``finish`` aborts first, then raises.
-    """
-
-    def __init__(self, sink: ByteSink, key: EncryptionKey) -> None:
-        if key.needs_repository_key:
-            raise ValueError("bind the passphrase key to the repository key first (key.bind)")
-        recipients = [_pyrage.parse_recipient(text) for text in key.recipients]
-        self._sink = sink
-        self._input = Channel(QUEUE_BYTES)
-        self._output = Collector()
-        self._error: BaseException | None = None
-        self._state = "open"
-        self._thread = threading.Thread(
-            target=self._encrypt, args=(recipients,), name="safehold-age-encrypt", daemon=True
-        )
-        self._thread.start()
-
-    def _encrypt(self, recipients: list[Any]) -> None:
-        try:
-            _pyrage.encrypt_io(ChannelReader(self._input), self._output, recipients)
-        except BaseException as exc:  # reported on the caller's thread
-            self._error = exc
-        finally:
-            self._input.close()  # wakes a caller waiting for room
-
-    def write(self, data: bytes | memoryview) -> int:
-        self._check_open()
-        view = memoryview(data).cast("B")
-        try:
-            for start in range(0, len(view), PIECE):
-                if not self._input.put(bytes(view[start : start + PIECE])):
-                    raise self._failure()
-                self._drain()
-        except BaseException:
-            self.abort()
-            raise
-        return len(view)
-
-    def finish(self) -> None:
-        """Encrypt the rest, seal the last chunk and write everything to the sink."""
-        self._check_open()
-        try:
-            self._input.end()
-            self._thread.join()
-            if self._error is not None:
-                raise self._failure()
-            self._drain()
-        except BaseException:
-            self.abort()
-            raise
-        self._state = "finished"
-
-    def abort(self) -> None:
-        """Stop the worker without finishing the file. Never blocks for long; idempotent."""
-        if self._state == "open":
-            self._state = "aborted"
-        self._input.close()
-        self._thread.join(JOIN_TIMEOUT_S)
-        self._output.chunks.clear()
-
-    def __enter__(self) -> AgeWriter:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._state == "open":
-            self.abort()
-
-    def _check_open(self) -> None:
-        if self._state != "open":
-            raise ValueError(f"this AgeWriter is {self._state}")
-
-    def _drain(self) -> None:
-        chunks = self._output.chunks
-        while chunks:
-            self._sink.write(chunks.popleft())
-
-    def _failure(self) -> BaseException:
-        error = self._error
-        if error is None or isinstance(error, Aborted):
-            return SafeholdError("age encryption stopped unexpectedly")
-        failure = SafeholdError(f"age encryption failed: {error}")
-        failure.__cause__ = error
-        return failure
 
 
 class AgeReader(io.RawIOBase):
