@@ -3,13 +3,11 @@ time between two batches, the chain check, and the push/fetch edge cases."""
 
 from __future__ import annotations
 
+import json
 import os
-import pwd
 import shutil
 import subprocess
 import sys
-import sysconfig
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,90 +16,28 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from safehold.model import Event
-from safehold.operations import pitr, wal
-from safehold.sandbox import SandboxCluster
-from safehold.sandbox.cluster import UNPRIVILEGED_USER, free_port
-from safehold.sources.postgres import PgTarget, connect
+from safehold.operations import pitr, pitr_restore, wal
+from safehold.sandbox.cluster import free_port
 from safehold.storage import LocalStorage
 
 from .conftest import ROOT, seed_env
-
-AS_ROOT = os.geteuid() == 0
-RUN_AS = UNPRIVILEGED_USER if AS_ROOT else None
-
-
-def server_command() -> str:
-    """How the server (user nobody when we are root) runs safehold: the venv's interpreter may
-    sit under a folder that user cannot enter, so as root use the system Python 3.11 with the
-    project and the venv's packages on PYTHONPATH."""
-    python = shutil.which("python3.11", path="/usr/bin") if AS_ROOT else None
-    paths = f"{ROOT / 'src'}:{sysconfig.get_paths()['purelib']}"
-    return f"env PYTHONPATH={paths} {python or sys.executable} -m safehold"
-
-
-def shared_folder(prefix: str) -> Path:
-    """A folder in /tmp the server user owns (it writes the archive / runs the restore)."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
-    os.chmod(folder, 0o700)
-    if RUN_AS is not None:
-        entry = pwd.getpwnam(RUN_AS)
-        os.chown(folder, entry.pw_uid, entry.pw_gid)
-    return folder
-
-
-def quiet(_event: Event) -> None:
-    return None
-
-
-class Archiving:
-    def __init__(self, cluster: SandboxCluster, repo: LocalStorage) -> None:
-        self.cluster = cluster
-        self.repo = repo
-
-    @property
-    def target(self) -> PgTarget:
-        return self.cluster.target
-
-    def sql(self, statement: str) -> list[tuple[object, ...]]:
-        with connect(self.target, "postgres", autocommit=True) as conn:
-            cur = conn.execute(statement)
-            return list(cur.fetchall()) if cur.description else []
-
-    def switch_and_wait(self, timeout: float = 60) -> str:
-        segment = str(self.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            done, failed = self.sql("SELECT last_archived_wal, failed_count FROM pg_stat_archiver")[
-                0
-            ]
-            if done is not None and str(done) >= segment:
-                return segment
-            time.sleep(0.2)
-        log = (self.cluster.root / "server.log").read_text(errors="replace")[-3000:]
-        raise AssertionError(f"{segment} not archived (failed {failed}): {log}")
+from .pitr_support import (
+    RUN_AS,
+    Archiving,
+    archiving_cluster,
+    batches,
+    insert_batch,
+    new_target_dir,
+    quiet,
+    server,
+    server_command,
+)
 
 
 @pytest.fixture(scope="module")
 def archiving() -> Iterator[Archiving]:
-    repo_dir = shared_folder("safehold-wal-")
-    cluster = SandboxCluster()
-    cluster.start()
-    try:
-        settings = wal.server_settings(server_command(), repo_dir)
-        pending = wal.apply_settings(cluster.target, settings)
-        assert "archive_mode" in pending
-        log = str(cluster.root / "server.log")
-        cluster._run("pg_ctl", "-D", str(cluster.data), "-l", log, "-m", "fast", "-w", "restart")
-        yield Archiving(cluster, LocalStorage(repo_dir))
-    finally:
-        cluster.remove()
-        shutil.rmtree(repo_dir, ignore_errors=True)
-
-
-def insert_batch(db: Archiving, batch: int) -> datetime:
-    db.sql(f"INSERT INTO items SELECT {batch}, g FROM generate_series(1, 1000) g")
-    return datetime.now(UTC)
+    with archiving_cluster() as db:
+        yield db
 
 
 def test_restore_to_a_time_between_two_batches(archiving: Archiving) -> None:
@@ -119,29 +55,27 @@ def test_restore_to_a_time_between_two_batches(archiving: Archiving) -> None:
     insert_batch(db, 3)
     db.switch_and_wait()
 
-    target_dir = shared_folder("safehold-pitr-") / "data"
-    port = free_port()
-    result = pitr.restore(
-        db.repo,
+    target_dir = new_target_dir()
+    spec = server(db.cluster.bin_dir)
+    result = pitr_restore.restore(
+        wal.WalArchive(db.repo),
         target_dir,
-        to_time=between,
-        command=server_command(),
-        bin_dir=db.cluster.bin_dir,
-        run_as=RUN_AS,
-        port=port,
-        user="postgres",
+        pitr_restore.Target(time=between),
+        spec,
         keep_running=True,
         sink=quiet,
     )
     try:
-        assert result.base == base.name
+        assert result.base == base.name and result.read_from == "local"
         assert "recovery stopping before commit" in result.reached
-        with psycopg.connect(host=str(target_dir), port=port, user="postgres") as conn:
-            rows = conn.execute("SELECT batch, count(*) FROM items GROUP BY 1 ORDER BY 1")
-            assert rows.fetchall() == [(1, 1000), (2, 1000)]
+        assert result.timeline == 2  # promotion starts a new timeline
+        assert batches(target_dir, spec.port) == [(1, 1000), (2, 1000)]
+        with psycopg.connect(host=str(target_dir), port=spec.port, user="postgres") as conn:
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+            # a side copy must not archive into the source's repository
+            assert conn.execute("SHOW archive_mode").fetchone() == ("off",)
     finally:
-        pitr._pg_ctl(db.cluster.bin_dir, RUN_AS, target_dir, "-m", "fast", "-w", "stop")
+        pitr_restore.stop(spec, target_dir)
         shutil.rmtree(target_dir.parent, ignore_errors=True)
 
     base_found, report = pitr.check(db.repo)
@@ -172,17 +106,20 @@ def test_cli_base_backup_and_restore_latest(archiving: Archiving) -> None:
     db = archiving
     env = seed_env(db.target, db.repo.root)
     base = subprocess.run(
-        [sys.executable, "-m", "safehold", "pitr", "base-backup"],
+        [sys.executable, "-m", "safehold", "backup", "--physical", "--json"],
         env=env,
         capture_output=True,
         text=True,
         check=False,
     )
     assert base.returncode == 0, base.stderr
+    record = json.loads(base.stdout)
+    assert record["file"] == f"{record['name']}.tar.zst" and record["encryption"] is None
+    assert db.repo.exists(f"base/{record['file']}")
     insert_batch(db, 4)
     db.switch_and_wait()
-    target_dir = shared_folder("safehold-pitr-") / "data"
-    argv = ["pitr", "restore", "--latest", "--target-dir", str(target_dir), "--keep-running"]
+    target_dir = new_target_dir()
+    argv = ["restore", "--pitr", "--latest", "--target-dir", str(target_dir), "--keep-running"]
     argv += ["--command", server_command(), "--port", str(port := free_port())]
     if RUN_AS is not None:
         argv += ["--server-user", RUN_AS]
@@ -196,11 +133,9 @@ def test_cli_base_backup_and_restore_latest(archiving: Archiving) -> None:
     try:
         assert restored.returncode == 0, restored.stderr
         assert "server running on port" in restored.stdout
-        with psycopg.connect(host=str(target_dir), port=port, user="postgres") as conn:
-            rows = conn.execute("SELECT batch, count(*) FROM items GROUP BY 1 ORDER BY 1")
-            assert rows.fetchall() == [(1, 1000), (2, 1000), (3, 1000), (4, 1000)]
+        assert batches(target_dir, port) == [(1, 1000), (2, 1000), (3, 1000), (4, 1000)]
     finally:
-        pitr._pg_ctl(db.cluster.bin_dir, RUN_AS, target_dir, "-m", "fast", "-w", "stop")
+        pitr_restore.stop(server(db.cluster.bin_dir, port), target_dir)
         shutil.rmtree(target_dir.parent, ignore_errors=True)
 
 

@@ -16,6 +16,7 @@ from ..operations.engine import connect_docker, select_volumes
 from ..operations.volume import backup_tree
 from ..storage import LocalStorage
 from .locations import copy_after_backup
+from .physical import run_base_backup
 from .runtime import Runtime, runtime, shared_options
 
 
@@ -67,6 +68,12 @@ from .runtime import Runtime, runtime, shared_options
     default=None,
     help="include the database (default: yes, unless --volume or --path is given)",
 )
+@click.option(
+    "--physical",
+    is_flag=True,
+    help="a physical base backup for point-in-time recovery (pg_basebackup; needs WAL "
+    "archiving, see 'safehold pitr setup')",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the manifest(s) as JSON")
 @shared_options
 @click.pass_context
@@ -79,6 +86,7 @@ def backup(
     concurrency: int | None,
     paths: tuple[Path, ...],
     database: bool | None,
+    physical: bool,
     as_json: bool,
 ) -> None:
     """Back up the database (db_backup_YYYYMMDD_HHMMSS.sql, UTC) and/or Docker volumes.
@@ -91,6 +99,10 @@ def backup(
     writes them at once, containers labelled safehold.stop-during-backup=true are stopped once
     for all volumes, and the set record (.safehold/sets/ID.json) is written last, only when
     every member succeeded. --json then prints the set with its members' manifests.
+
+    --physical streams a base backup (pg_basebackup, zstd, age when configured, sha256) into
+    base/ and copies it to the locations; with archived WAL it is the start point of
+    'restore --pitr'.
     """
     given = ctx.ensure_object(dict)
     if compress is not None:
@@ -99,7 +111,12 @@ def backup(
         given["backup.concurrency"] = concurrency
     if labels and not full:
         raise UsageError("--volume-label selects volumes for --all", hint="add --all")
+    if physical and (full or volumes or paths or labels):
+        raise UsageError("--physical backs up the whole cluster only", hint="run it on its own")
     with runtime(ctx, as_json=as_json) as rt:
+        if physical:
+            run_base_backup(rt, as_json)
+            return
         storage = LocalStorage(rt.settings.backup_dir)
         if full:
             _backup_all(rt, storage, volumes, labels, paths, database is not False)

@@ -10,6 +10,7 @@ from ..operations.restore import RestoreResult, restore_database
 from ..storage import LocalStorage
 from .list_cmd import show_backups
 from .locations import local_ref
+from .physical import PitrRequest, pitr_options, run_restore
 from .restore_all import AllRequest, restore_all
 from .runtime import Runtime, runtime, shared_options
 
@@ -97,6 +98,13 @@ from .runtime import Runtime, runtime, shared_options
     help="read the backup from this location (a local copy that is missing or damaged is "
     "fetched from the first good location anyway)",
 )
+@click.option(
+    "--pitr",
+    is_flag=True,
+    help="point-in-time recovery from a base backup and archived WAL (with --to-time, "
+    "--to-lsn, --to-name or --latest, and --target-dir)",
+)
+@pitr_options
 @click.option("--dry-run", is_flag=True, help="print the plan and change nothing")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @shared_options
@@ -121,6 +129,8 @@ def restore(
     health_timeout: float | None,
     from_step: int,
     source: str | None,
+    pitr: bool,
+    pitr_request: PitrRequest,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -137,9 +147,23 @@ def restore(
     database and each volume, run --post-restore-cmd, start the containers, check the database
     answers and --health-url returns 200. Each step is timed; the total is judged against the
     recovery-time objectives. A failed step stops the run and prints the command to continue.
+
+    --pitr restores a physical base backup and replays archived WAL up to --to-time, --to-lsn,
+    --to-name or --latest into --target-dir (a new folder, or with --force the stopped
+    cluster's own folder, moved aside first), then reports the exact point reached.
     """
     if list_only:
         show_backups(ctx, as_json)
+        return
+    if pitr:
+        if full or database_ref or volume_refs or dry_run:
+            raise UsageError(
+                "--pitr restores the cluster from a base backup and WAL; it does not mix with "
+                "--all, --database, --volume or --dry-run",
+                hint="run it on its own",
+            )
+        with runtime(ctx, as_json=as_json) as rt:
+            run_restore(rt, pitr_request)
         return
     if full and (database_ref or volume_refs):
         raise UsageError(

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..operations import wal
-from ..storage import LocalStorage
+from .physical import wal_archive
 from .runtime import runtime, shared_options
 
 
@@ -18,13 +18,14 @@ from .runtime import runtime, shared_options
 def wal_push_cmd(ctx: click.Context, path: Path) -> None:
     """Archive one WAL segment (or .history/.backup file): archive_command = '... wal-push %p'.
 
-    Stores it zstd-compressed under wal/<name>.zst in BACKUP_DIR with its sha256, and exits 0
-    only once both are on disk (fsynced). Pushing a file the archive already holds is fine when
-    the content is identical, and an error when it differs. The repository folder must be
+    Stores it zstd-compressed (and encrypted when [encryption] is configured) under wal/ in
+    BACKUP_DIR and in every location that takes automatic copies, each with its sha256, and
+    exits 0 only once every copy is durable. Pushing a file the archive already holds is fine
+    when the content is identical, and an error when it differs. The repository folder must be
     writable by the user the server runs as.
     """
     with runtime(ctx) as rt:
-        result = wal.push(LocalStorage(rt.settings.backup_dir), path)
+        result = wal.push(wal_archive(rt), path)
         if result.already:
             rt.sink_info(f"wal-push {result.name}: already archived (identical)")
 
@@ -37,12 +38,14 @@ def wal_push_cmd(ctx: click.Context, path: Path) -> None:
 def wal_fetch_cmd(ctx: click.Context, name: str, dest: Path) -> None:
     """Restore one archived WAL file: restore_command = '... wal-fetch %f %p'.
 
-    Decompresses and checks the sha256 before the file appears at DEST. A file the archive does
-    not have exits 1 with a one-line note (the normal end of recovery); a damaged one exits 6.
+    Reads the repository's copy, else a location's (a missing or damaged copy falls back to the
+    next), decrypts, decompresses and checks the sha256 before the file appears at DEST. A file
+    the archive does not have exits 1 with a one-line note (the normal end of recovery); a
+    damaged one exits 6.
     """
     with runtime(ctx) as rt:
         try:
-            wal.fetch(LocalStorage(rt.settings.backup_dir), name, dest)
+            wal.fetch(wal_archive(rt, fetching=True), name, dest)
         except wal.WalMissing as exc:
             click.echo(f"wal-fetch: {exc.message}", err=True)
             missing = True

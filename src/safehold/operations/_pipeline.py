@@ -15,7 +15,7 @@ from ..crypto import AgeWriter, DecryptionKey, EncryptionKey
 from ..errors import DecryptionKeyError, IntegrityError
 from ..lock import repository_lock
 from ..model import ByteSink, Event, EventSink, Manifest
-from ..storage import LocalStorage
+from ..storage import LocalStorage, Storage
 
 PROGRESS_EVERY_S = 0.5
 
@@ -186,7 +186,7 @@ def commit(
     )
 
 
-def bind_key(storage: LocalStorage, key: EncryptionKey | None) -> EncryptionKey | None:
+def bind_key(storage: Storage, key: EncryptionKey | None) -> EncryptionKey | None:
     """Passphrase mode, inside the writer's session: unlock the repository key, or create and
     store it before the first encrypted artifact."""
     if key is None or not key.needs_repository_key:
@@ -201,7 +201,7 @@ def bind_key(storage: LocalStorage, key: EncryptionKey | None) -> EncryptionKey 
     return bound
 
 
-def unlock_key(storage: LocalStorage, key: DecryptionKey | None, name: str) -> DecryptionKey:
+def unlock_key(storage: Storage, key: DecryptionKey | None, name: str) -> DecryptionKey:
     """The key that opens the encrypted artifact ``name``; a clear error when there is none."""
     if key is None:
         raise DecryptionKeyError(

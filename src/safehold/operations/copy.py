@@ -72,7 +72,7 @@ def copy_backups(
         catalog.write_manifest(destination.storage, manifest)
         result.copied.append(name)
         result.bytes += manifest.size
-    _copy_repository_key(source, destination.storage)
+    copy_repository_key(source, destination.storage)
     there = set(names) | {
         naming.artifact_of(k) for k in destination.storage.list(naming.MANIFEST_DIR)
     }
@@ -185,7 +185,7 @@ def _transfer(
     progress.close()
 
 
-def _copy_repository_key(source: Storage, destination: Storage) -> None:
+def copy_repository_key(source: Storage, destination: Storage) -> None:
     """Passphrase mode: the copies are useless without the (passphrase-wrapped) repository key,
     so it travels with them; it is never replaced once there."""
     try:
@@ -202,7 +202,7 @@ def mirror(source: Storage, destination: LocalStorage, names: Sequence[str]) -> 
     destination.ensure()
     for key in source.list(naming.MANIFEST_DIR) + source.list(naming.SETS_DIR):
         destination.put_bytes(key, source.read_bytes(key))
-    _copy_repository_key(source, destination)
+    copy_repository_key(source, destination)
     for name in names:
         try:
             raw = source.open_reader(name)

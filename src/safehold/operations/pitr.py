@@ -1,34 +1,30 @@
-"""Point-in-time recovery: server settings, physical base backups, restore to a time.
+"""Physical base backups for point-in-time recovery (restore is in ``pitr_restore``).
 
-A base backup is ``pg_basebackup -D - -Ft -X none`` (WAL comes from the archive), streamed
-through zstd and sha256 into ``base/base_YYYYMMDD_HHMMSS.tar.zst``; its JSON record
-``base/base_....json`` (start/stop LSN, timeline, times, sha256) is written last: the commit point.
+A base backup is ``pg_basebackup -D - -Ft -X none`` (WAL comes from the archive), streamed in
+one pass through zstd, age (when encryption is configured) and sha256 into
+``base/base_YYYYMMDD_HHMMSS.tar.zst[.age]``; nothing is staged locally. Its JSON record
+``base/base_....json`` (start/stop LSN, timeline, times, sha256, encryption) is written last:
+the commit point. pg_basebackup's ``backup_manifest`` travels inside the tar, so a restore can
+check the extracted files with ``pg_verifybackup``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import pwd
-import subprocess
-import tarfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from .. import _proc
-from ..compress.zstd import ZstdError, ZstdWriter, zstd_reader
-from ..errors import DatabaseError, IntegrityError, RestoreError, ToolError, UsageError
+from ..compress.zstd import ZstdWriter
+from ..crypto import SUFFIX, EncryptionKey
+from ..errors import ToolError, UsageError
 from ..model import Event, EventSink
 from ..sources.postgres import PgTarget
-from ..storage import LocalStorage
+from ..storage import LocalStorage, Storage
 from . import wal
-from ._pipeline import HashingWriter, check_digest
+from ._pipeline import HashingWriter, bind_key, encrypting
 
 BASE = "base"
 
@@ -44,10 +40,24 @@ class BaseBackup:
     timeline: int
     started: datetime
     finished: datetime
+    file: str = ""  # the stored archive under base/ ("" in records from before encryption)
+    encryption: dict[str, Any] | None = None
 
     @property
     def start_segment(self) -> str:
         return wal.segment_of(self.start_lsn, self.timeline)
+
+    @property
+    def data_key(self) -> str:
+        return f"{BASE}/{self.file or self.name + '.tar.zst'}"
+
+    @property
+    def record_key(self) -> str:
+        return f"{BASE}/{self.name}.json"
+
+    def keys(self) -> list[str]:
+        """Its keys in removal order: the record (the commit point) first, then the data."""
+        return [self.record_key, self.data_key]
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -57,7 +67,7 @@ class BaseBackup:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BaseBackup:
-        fields = {k: data[k] for k in cls.__dataclass_fields__}
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         fields["started"] = datetime.fromisoformat(data["started"])
         fields["finished"] = datetime.fromisoformat(data["finished"])
         return cls(**fields)
@@ -122,9 +132,17 @@ def _wal_range(found: dict[str, bytes]) -> tuple[str, str, int]:
     raise ToolError("pg_basebackup's stream had no backup_manifest (PostgreSQL 13 or newer?)")
 
 
-def base_backup(target: PgTarget, storage: LocalStorage, sink: EventSink) -> BaseBackup:
+def base_backup(
+    target: PgTarget,
+    storage: LocalStorage,
+    sink: EventSink,
+    key: EncryptionKey | None = None,
+    *,
+    threads: int = 2,
+) -> BaseBackup:
     """Stream a physical base backup into the repository; its record is written last."""
     storage.ensure()
+    key = bind_key(storage, key)
     started = datetime.now(UTC)
     name = f"base_{started:%Y%m%d_%H%M%S}"
     while storage.exists(f"{BASE}/{name}.json"):
@@ -137,13 +155,17 @@ def base_backup(target: PgTarget, storage: LocalStorage, sink: EventSink) -> Bas
     proc = _proc.spawn(argv, env=target.env())
     assert proc.stdout is not None and proc.stderr is not None
     tail = _proc.StderrTail(proc.stderr)
-    writer = storage.open_writer(f"{BASE}/{name}.tar.zst")
+    file = f"{name}.tar.zst" + (SUFFIX if key is not None else "")
+    writer = storage.open_writer(f"{BASE}/{file}")
     try:
         hashing = HashingWriter(writer)
-        counter = _TarWatch(ZstdWriter(hashing, threads=2))
+        out, age = encrypting(hashing, key)
+        counter = _TarWatch(ZstdWriter(out, threads=threads))
         while chunk := proc.stdout.read(1 << 20):
             counter.write(chunk)
         counter.inner.finish()
+        if age is not None:
+            age.finish()
         code = proc.wait()
         stderr = _proc.redact(tail.text(), [target.password])
         if code != 0:
@@ -164,9 +186,10 @@ def base_backup(target: PgTarget, storage: LocalStorage, sink: EventSink) -> Bas
         timeline=timeline,
         started=started,
         finished=datetime.now(UTC),
+        file=file,
+        encryption=key.describe() if key is not None else None,
     )
-    body = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-    storage.put_bytes(f"{BASE}/{name}.json", body)
+    storage.put_bytes(record.record_key, record_bytes(record))
     sink(
         Event(
             "pitr",
@@ -177,7 +200,11 @@ def base_backup(target: PgTarget, storage: LocalStorage, sink: EventSink) -> Bas
     return record
 
 
-def base_backups(storage: LocalStorage) -> list[BaseBackup]:
+def record_bytes(record: BaseBackup) -> bytes:
+    return json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+
+
+def base_backups(storage: Storage) -> list[BaseBackup]:
     """Committed base backups, oldest first."""
     found = []
     for key in storage.list(BASE):
@@ -186,177 +213,52 @@ def base_backups(storage: LocalStorage) -> list[BaseBackup]:
     return sorted(found, key=lambda b: b.finished)
 
 
-def choose_base(storage: LocalStorage, to_time: datetime | None) -> BaseBackup:
-    """The newest base backup that finished before ``to_time`` (or the newest of all)."""
+def lsn_value(lsn: str) -> int:
+    """'16/B374D848' as a number, to compare positions."""
+    try:
+        high, low = lsn.split("/")
+        return (int(high, 16) << 32) | int(low, 16)
+    except ValueError:
+        raise UsageError(f"{lsn!r} is not an LSN", hint="an LSN looks like 0/3000060") from None
+
+
+def choose_base(
+    storage: Storage, *, to_time: datetime | None = None, to_lsn: str | None = None
+) -> list[BaseBackup]:
+    """Base backups recovery can start from for the target, best (newest) first: those that
+    finished before ``to_time`` / ended at or before ``to_lsn`` (all, for other targets)."""
     bases = base_backups(storage)
-    usable = [b for b in bases if to_time is None or b.finished < to_time]
+    usable = [
+        b
+        for b in bases
+        if (to_time is None or b.finished < to_time)
+        and (to_lsn is None or lsn_value(b.stop_lsn) <= lsn_value(to_lsn))
+    ]
     if not usable:
         raise UsageError(
-            "no base backup finished before the target time"
+            "no base backup ends before the recovery target"
             if bases
             else "the repository has no base backup",
-            hint="take one with 'safehold pitr base-backup'; recovery can only start from a base "
-            "backup older than the target",
+            hint="take one with 'safehold backup --physical'; recovery can only start from a "
+            "base backup older than the target",
         )
-    return usable[-1]
+    return usable[::-1]
 
 
-def check(storage: LocalStorage) -> tuple[BaseBackup, wal.ChainReport]:
-    base = choose_base(storage, None)
+def check(storage: Storage) -> tuple[BaseBackup, wal.ChainReport]:
+    base = choose_base(storage)[0]
     return base, wal.check_chain(storage, base.start_segment)
 
 
-@dataclass(frozen=True)
-class RestoreResult:
-    base: str
-    target_dir: Path
-    port: int
-    took_s: float
-    reached: str  # what the server logged about where recovery stopped
-    lsn: str
-    running: bool
-
-
-class _HashingSource:
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data: bytes = self.raw.read(size)
-        self.hash.update(data)
-        self.size += len(data)
-        return data
-
-
-def _conf(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def restore(
-    storage: LocalStorage,
-    target_dir: Path,
-    *,
-    to_time: datetime | None,
-    command: str,
-    bin_dir: Path,
-    run_as: str | None,
-    port: int,
-    user: str,
-    keep_running: bool,
-    sink: EventSink,
-    timeout: float = 600.0,
-) -> RestoreResult:
-    """Extract the chosen base backup into a new folder, recover to ``to_time`` (or the end of
-    the archive), promote, and report where recovery stopped."""
-    began = time.monotonic()
-    base = choose_base(storage, to_time)
-    target_dir = Path(target_dir).absolute()
-    if target_dir.exists() and any(target_dir.iterdir()):
-        raise UsageError(f"{target_dir} is not empty", hint="restore into a new, empty folder")
-    target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(target_dir, 0o700)
-    sink(Event("pitr", f"restoring base backup {base.name} into {target_dir}"))
-    source = _HashingSource(storage.open_reader(f"{BASE}/{base.name}.tar.zst"))
-    try:
-        with tarfile.open(fileobj=zstd_reader(source), mode="r|") as archive:
-            archive.extractall(target_dir, filter="data")
-        while source.read(1 << 20):
-            pass
-    except (tarfile.TarError, ZstdError) as exc:
-        raise IntegrityError(f"base backup {base.name} is damaged: {exc}") from exc
-    finally:
-        source.raw.close()
-    check_digest(base.name, base.sha256, source.hash.hexdigest(), base.size, source.size)
-    (target_dir / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
-    fetch = f"{command} wal-fetch --backup-dir {wal.shell_word(str(storage.root.absolute()))} %f %p"
-    lines = {
-        "restore_command": fetch,
-        "recovery_target_action": "promote",
-        "archive_mode": "off",  # a restored copy must not archive into the source's repository
-    }
-    if to_time is not None:
-        lines["recovery_target_time"] = to_time.isoformat(sep=" ")
-    with (target_dir / "postgresql.auto.conf").open("a") as conf:
-        conf.write("\n# safehold pitr restore\n")
-        conf.writelines(f"{k} = {_conf(v)}\n" for k, v in lines.items())
-    (target_dir / "recovery.signal").touch()
-    if run_as is not None:
-        entry = pwd.getpwnam(run_as)
-        for folder, _dirs, files in os.walk(target_dir):
-            os.chown(folder, entry.pw_uid, entry.pw_gid)
-            for name in files:
-                os.chown(os.path.join(folder, name), entry.pw_uid, entry.pw_gid)
-    log = target_dir / "safehold-restore.log"
-    options = f"-p {port} -k {target_dir} -c listen_addresses=127.0.0.1"
-    _pg_ctl(bin_dir, run_as, target_dir, "-o", options, "-l", str(log), "-w", "-t", "600", "start")
-    server = PgTarget(host=str(target_dir), port=port, dbname="postgres", user=user)
-    try:
-        lsn = _wait_promoted(server, log, began + timeout)
-    except BaseException:
-        _pg_ctl(bin_dir, run_as, target_dir, "-m", "fast", "-w", "stop", check=False)
-        raise
-    text = log.read_text(errors="replace") if log.exists() else ""
-    reached = [ln for ln in text.splitlines() if "recovery stopping" in ln]
-    reached += [ln for ln in text.splitlines() if "last completed transaction" in ln]
-    if not keep_running:
-        _pg_ctl(bin_dir, run_as, target_dir, "-m", "fast", "-w", "stop", check=False)
-    summary = "; ".join(ln.split("LOG:", 1)[-1].strip() for ln in reached) or "end of archive"
-    took = time.monotonic() - began
-    sink(Event("pitr", f"recovered {base.name} to: {summary} (lsn {lsn}) in {took:.1f}s"))
-    return RestoreResult(base.name, target_dir, port, took, summary, lsn, keep_running)
-
-
-def _wait_promoted(server: PgTarget, log: Path, deadline: float) -> str:
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            with psycopg.connect(
-                host=server.host,
-                port=server.port,
-                user=server.user,
-                dbname="postgres",
-                connect_timeout=5,
-                autocommit=True,
-            ) as conn:
-                row = conn.execute(
-                    "SELECT pg_is_in_recovery(), pg_current_wal_lsn()::text "
-                    "WHERE NOT pg_is_in_recovery()"
-                ).fetchone()
-                if row is not None:
-                    return str(row[1])
-        except psycopg.Error as exc:
-            last = str(exc).strip()
-        time.sleep(0.3)
-    tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
-    raise RestoreError(f"recovery did not finish in time ({last}): {tail}")
-
-
-def _pg_ctl(bin_dir: Path, run_as: str | None, data: Path, *args: str, check: bool = True) -> None:
-    proc = subprocess.run(
-        [str(bin_dir / "pg_ctl"), "-D", str(data), *args],
-        env=_proc.child_env(),
-        user=run_as,
-        capture_output=True,
-        check=False,
-        cwd=data,
-    )
-    if check and proc.returncode != 0:
-        log = data / "safehold-restore.log"
-        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-        raise DatabaseError(
-            f"pg_ctl {args[-1]} on {data} failed: {proc.stderr.decode(errors='replace')}{tail}",
-            hint="the server log is in the target folder (safehold-restore.log)",
-        )
-
-
-def default_server_user() -> str | None:
-    """As root, the server must run as someone else: 'postgres' when it exists."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        return "nobody"
-    return "postgres"
+def copy_base(source: Storage, base: BaseBackup, destination: Storage) -> int:
+    """Copy one base backup to another place: data first, its record last (the commit point
+    there too). Returns the bytes copied; an identical copy already there is left alone."""
+    if destination.exists(base.record_key):
+        return 0
+    with source.open_reader(base.data_key) as reader, destination.open_writer(base.data_key) as out:
+        copied = 0
+        while chunk := reader.read(8 << 20):
+            out.write(chunk)
+            copied += len(chunk)
+    destination.put_bytes(base.record_key, record_bytes(base))
+    return copied

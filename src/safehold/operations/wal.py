@@ -1,16 +1,19 @@
 """The WAL archive: ``wal-push`` (PostgreSQL's archive_command) and ``wal-fetch``
 (restore_command), and the continuity check of the archived chain.
 
-Layout in the repository: ``wal/<name>.zst`` (the file, zstd) and ``wal/<name>.sha256`` (the
-sha256 and size of the *uncompressed* file). The sidecar is written last: it is the commit
-point, so a segment without one was never acknowledged to the server (which pushes it again).
-No repository lock is taken: every write is atomic, and archiving must never wait for a backup.
+Layout in the repository and in each copy location: ``wal/<name>.zst`` (the file, zstd; or
+``wal/<name>.zst.age`` when encrypted) and ``wal/<name>.sha256`` (the sha256 and size of the
+*plain* file, and the stored suffix). The sidecar is written last in each place: it is the
+commit point, so a segment without one was never acknowledged to the server (which pushes it
+again). No repository lock is taken: every write is atomic, and archiving must never wait for a
+backup.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import secrets
@@ -24,10 +27,12 @@ import zstandard
 from psycopg import sql
 
 from ..compress.zstd import ZstdError, zstd_reader
+from ..crypto import SUFFIX, AgeWriter, DecryptionKey, EncryptionKey, age_reader
 from ..errors import IntegrityError, SafeholdError, StorageError, UsageError
 from ..sources.postgres import PgTarget, connect
-from ..storage import LocalStorage
+from ..storage import LocalStorage, Storage
 from ..storage.local import fsync_dir
+from ._pipeline import bind_key, unlock_key
 
 PREFIX = "wal"
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
@@ -61,71 +66,144 @@ def check_name(name: str) -> str:
     return name
 
 
-def data_key(name: str) -> str:
-    return f"{PREFIX}/{name}.zst"
-
-
 def sum_key(name: str) -> str:
     return f"{PREFIX}/{name}.sha256"
 
 
-def _read_sum(storage: LocalStorage, name: str) -> tuple[str, int] | None:
+@dataclass(frozen=True)
+class WalArchive:
+    """Where WAL goes and how: the repository first, then each copy location; encrypted to
+    ``encryption`` when set. ``decryption`` opens encrypted files on fetch."""
+
+    primary: Storage
+    copies: tuple[tuple[str, Storage], ...] = ()
+    encryption: EncryptionKey | None = None
+    decryption: DecryptionKey | None = None
+
+    def places(self) -> list[tuple[str, Storage]]:
+        return [("local", self.primary), *self.copies]
+
+
+@dataclass(frozen=True)
+class _Sum:
+    """A sidecar: sha256 and size of the *plain* file, and the stored file's suffix."""
+
+    sha256: str
+    size: int
+    suffix: str = "zst"
+
+    @property
+    def encrypted(self) -> bool:
+        return self.suffix.endswith(SUFFIX)
+
+    def line(self) -> bytes:
+        return f"{self.sha256} {self.size} {self.suffix}\n".encode()
+
+
+def _read_sum(storage: Storage, name: str) -> _Sum | None:
     try:
-        text = storage.read_bytes(sum_key(name)).decode("ascii").split()
+        fields = storage.read_bytes(sum_key(name)).decode("ascii").split()
     except FileNotFoundError:
         return None
-    if len(text) != 2 or not text[1].isdigit():
+    except UnicodeDecodeError:
+        fields = []
+    if len(fields) not in (2, 3) or not fields[1].isdigit() or len(fields[0]) != 64:
         raise IntegrityError(f"archived WAL {name}: its checksum file is damaged")
-    return text[0], int(text[1])
+    if len(fields) == 3 and fields[2] not in ("zst", f"zst{SUFFIX}"):
+        raise IntegrityError(f"archived WAL {name}: unknown stored format {fields[2]!r}")
+    return _Sum(fields[0], int(fields[1]), *fields[2:])
 
 
-def push(storage: LocalStorage, path: Path, *, level: int = ZSTD_LEVEL) -> PushResult:
-    """Archive one file; returns only once it is durable (data, then sidecar, both fsynced)."""
+def _data_key(name: str, known: _Sum) -> str:
+    return f"{PREFIX}/{name}.{known.suffix}"
+
+
+def push(archive: WalArchive | Storage, path: Path, *, level: int = ZSTD_LEVEL) -> PushResult:
+    """Archive one file in every place; returns only once it is durable in all of them (data,
+    then sidecar). A place that already holds an identical copy is left alone."""
+    archive = archive if isinstance(archive, WalArchive) else WalArchive(archive)
     name = check_name(Path(path).name)
     try:
         data = Path(path).read_bytes()  # a segment is 16 MiB: one read, one hash, one frame
     except OSError as exc:
         raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
     digest = hashlib.sha256(data).hexdigest()
-    known = _read_sum(storage, name)
-    if known is not None and storage.exists(data_key(name)):
-        if known == (digest, len(data)):
-            return PushResult(name, len(data), 0, already=True)
-        raise IntegrityError(
-            f"archived WAL {name} already exists with different content "
-            f"(sha256 {known[0][:12]}… in the archive, {digest[:12]}… pushed)",
-            hint="two servers may be archiving into one repository, or the archive belongs to "
-            "an older cluster: give each cluster its own BACKUP_DIR",
-        )
-    storage.ensure()
+    stored: bytes | None = None
+    written, already = 0, True
+    for where, storage in archive.places():
+        known = _read_sum(storage, name)
+        if known is not None and storage.exists(_data_key(name, known)):
+            if (known.sha256, known.size) == (digest, len(data)):
+                continue
+            raise IntegrityError(
+                f"archived WAL {name} already exists with different content in {where} "
+                f"(sha256 {known.sha256[:12]}… there, {digest[:12]}… pushed)",
+                hint="two servers may be archiving into one repository, or the archive belongs "
+                "to an older cluster: give each cluster its own BACKUP_DIR",
+            )
+        if stored is None:
+            stored = _pack(data, level, archive.encryption, archive.primary)
+        entry = _Sum(digest, len(data), f"zst{SUFFIX}" if archive.encryption else "zst")
+        if isinstance(storage, LocalStorage):
+            storage.ensure()
+        storage.put_bytes(_data_key(name, entry), stored)
+        storage.put_bytes(sum_key(name), entry.line())
+        written, already = written + len(stored), False
+    return PushResult(name, len(data), written, already=already)
+
+
+def _pack(data: bytes, level: int, key: EncryptionKey | None, primary: Storage) -> bytes:
     compressed = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
-    storage.put_bytes(data_key(name), compressed)
-    storage.put_bytes(sum_key(name), f"{digest} {len(data)}\n".encode())
-    return PushResult(name, len(data), len(compressed), already=False)
+    if key is None:
+        return compressed
+    bound = bind_key(primary, key)
+    assert bound is not None
+    out = io.BytesIO()
+    writer = AgeWriter(out, bound)
+    writer.write(compressed)
+    writer.finish()
+    return out.getvalue()
 
 
-def fetch(storage: LocalStorage, name: str, dest: Path) -> int:
+def fetch(archive: WalArchive | Storage, name: str, dest: Path) -> int:
     """Decompress ``name`` into ``dest`` (atomically), verified against its sha256; returns the
-    size. A file the archive does not have raises ``WalMissing``."""
+    size. Places are tried in order: a copy that is missing or damaged in one is read from the
+    next. A file no place has raises ``WalMissing``; one only damaged copies, ``IntegrityError``."""
+    archive = archive if isinstance(archive, WalArchive) else WalArchive(archive)
     check_name(name)
-    known = _read_sum(storage, name)
-    if known is None:
-        raise WalMissing(f"{name} is not in the WAL archive")
-    expected, expected_size = known
-    dest = Path(dest)
+    damaged: IntegrityError | None = None
+    for where, storage in archive.places():
+        try:
+            known = _read_sum(storage, name)
+            if known is None:
+                continue
+            return _fetch_one(storage, name, known, Path(dest), archive.decryption)
+        except IntegrityError as exc:
+            if len(archive.places()) > 1:
+                exc.message = f"{where}: {exc.message}"
+            damaged = damaged or exc
+    if damaged is not None:
+        raise damaged
+    raise WalMissing(f"{name} is not in the WAL archive")
+
+
+def _fetch_one(
+    storage: Storage, name: str, known: _Sum, dest: Path, key: DecryptionKey | None
+) -> int:
     temp = dest.with_name(f".{dest.name}.safehold-{secrets.token_hex(4)}")
     digest = hashlib.sha256()
     size = 0
     try:
-        with storage.open_reader(data_key(name)) as raw, temp.open("xb") as out:
-            reader = zstd_reader(raw)
+        with storage.open_reader(_data_key(name, known)) as raw, temp.open("xb") as out:
+            plain = age_reader(raw, unlock_key(storage, key, name)) if known.encrypted else raw
+            reader = zstd_reader(plain)
             while chunk := reader.read(1 << 20):
                 digest.update(chunk)
                 size += len(chunk)
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
-        if (digest.hexdigest(), size) != (expected, expected_size):
+        if (digest.hexdigest(), size) != (known.sha256, known.size):
             raise IntegrityError(
                 f"archived WAL {name} is damaged: sha256/size do not match its checksum file",
                 hint="recovery cannot continue past this segment; restore to an earlier time",
@@ -133,7 +211,7 @@ def fetch(storage: LocalStorage, name: str, dest: Path) -> int:
         os.replace(temp, dest)
         fsync_dir(dest.parent)
     except FileNotFoundError as exc:
-        if not exc.filename or Path(exc.filename).name.endswith(".zst"):
+        if exc.filename is None or Path(str(exc.filename)) != temp:  # not DEST's folder
             raise IntegrityError(
                 f"archived WAL {name} has a checksum file but its data is gone",
                 hint="recovery cannot continue past this segment; restore to an earlier time",
@@ -150,7 +228,14 @@ def fetch(storage: LocalStorage, name: str, dest: Path) -> int:
     return size
 
 
-def archived(storage: LocalStorage) -> list[str]:
+def stored_keys(storage: Storage, name: str) -> list[str]:
+    """The keys of one archived file, sidecar first (the commit point goes first on removal)."""
+    known = _read_sum(storage, name)
+    suffixes = [known.suffix] if known is not None else ["zst", f"zst{SUFFIX}"]
+    return [sum_key(name), *(f"{PREFIX}/{name}.{suffix}" for suffix in suffixes)]
+
+
+def archived(storage: Storage) -> list[str]:
     """Names of committed files (those with a sidecar), sorted."""
     suffix = ".sha256"
     return sorted(
@@ -189,7 +274,7 @@ class ChainReport:
         return self.newest is not None and not self.missing
 
 
-def check_chain(storage: LocalStorage, start: str, *, limit: int = 1000) -> ChainReport:
+def check_chain(storage: Storage, start: str, *, limit: int = 1000) -> ChainReport:
     """Every segment from ``start`` to the newest archived one on its timeline is there."""
     timeline = start[:8]
     present = {n for n in archived(storage) if SEGMENT_RE.match(n) and n[:8] == timeline}
@@ -211,9 +296,13 @@ def check_chain(storage: LocalStorage, start: str, *, limit: int = 1000) -> Chai
 # ---- the server side: what archive_command / restore_command call ----
 
 
-def server_settings(command: str, backup_dir: Path) -> dict[str, str]:
-    """What the server needs for continuous archiving into ``backup_dir``."""
-    push = f"{command} wal-push --backup-dir {shell_word(str(backup_dir.absolute()))} %p"
+def server_settings(command: str, backup_dir: Path, config: Path | None = None) -> dict[str, str]:
+    """What the server needs for continuous archiving into ``backup_dir`` (and, through the
+    config file, into its copy locations, encrypted when configured)."""
+    push = f"{command} wal-push --backup-dir {shell_word(str(backup_dir.absolute()))}"
+    if config is not None:
+        push += f" --config {shell_word(str(config.absolute()))}"
+    push += " %p"
     return {
         "wal_level": "replica",
         "archive_mode": "on",

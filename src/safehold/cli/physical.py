@@ -1,0 +1,202 @@
+"""What ``backup --physical``, ``restore --pitr`` and ``pitr base-backup|restore`` share: the
+base backup with its copies, and the point-in-time restore with its options."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import StorageError, UsageError
+from ..operations import pitr, pitr_restore, wal
+from ..operations.copy import copy_repository_key
+from ..sandbox.cluster import free_port, server_bin_dir
+from ..storage import LocalStorage
+from .locations import locations
+from .runtime import Runtime
+
+F = TypeVar("F", bound=Callable[..., Any])
+COMMAND_HELP = "how the server should run safehold (default: this installation's safehold)"
+
+
+def wal_archive(rt: Runtime, *, fetching: bool = False) -> wal.WalArchive:
+    """The repository, then every location that takes automatic copies (not the long-term
+    archive); the configured encryption on push, the decryption key on fetch."""
+    settings = rt.settings
+    copies = [
+        (place.name, place.storage)
+        for place in locations(settings)
+        if place.copy_after_backup and not place.archive
+    ]
+    return wal.WalArchive(
+        LocalStorage(settings.backup_dir),
+        tuple(copies),
+        encryption=None if fetching else settings.encryption_key(),
+        decryption=settings.decryption_key() if fetching else None,
+    )
+
+
+def config_file(rt: Runtime) -> Path | None:
+    """The config file this run read, for commands the server runs on our behalf."""
+    return None if rt.settings.source == "defaults" else Path(rt.settings.source)
+
+
+def run_base_backup(rt: Runtime, as_json: bool) -> None:
+    """A physical base backup into the repository, then into each copy location."""
+    archive = wal_archive(rt)
+    assert isinstance(archive.primary, LocalStorage)
+    record = pitr.base_backup(rt.settings.pg_target(), archive.primary, rt.sink, archive.encryption)
+    for name, storage in archive.copies:
+        try:
+            copy_repository_key(archive.primary, storage)
+            copied = pitr.copy_base(archive.primary, record, storage)
+        except StorageError as exc:
+            exc.message = (
+                f"base backup {record.name} is good locally, but copying it to {name} failed: "
+                f"{exc.message}"
+            )
+            raise
+        rt.sink_info(f"{record.name}: copied to {name} ({copied} bytes)")
+    if as_json:
+        rt.emit_json(record.to_json())
+    else:
+        rt.out.print(
+            f"{record.name}: {record.size} bytes, LSN {record.start_lsn} .. {record.stop_lsn}, "
+            f"timeline {record.timeline}, WAL from {record.start_segment}",
+            highlight=False,
+        )
+
+
+@dataclass(frozen=True)
+class PitrRequest:
+    to_time: str | None
+    to_lsn: str | None
+    to_name: str | None
+    latest: bool
+    target_dir: Path | None
+    force: bool
+    port: int | None
+    server_user: str | None
+    keep_running: bool
+    archiving: bool | None
+    command: str | None
+    timeout: float
+
+    def target(self) -> pitr_restore.Target:
+        given = [x for x in (self.to_time, self.to_lsn, self.to_name) if x is not None]
+        if len(given) + self.latest != 1:
+            raise UsageError(
+                "give exactly one recovery target",
+                hint="--to-time TS, --to-lsn LSN, --to-name NAME or --latest",
+            )
+        when = None
+        if self.to_time is not None:
+            try:
+                when = datetime.fromisoformat(self.to_time)
+            except ValueError:
+                raise UsageError(
+                    f"--to-time {self.to_time!r} is not an ISO 8601 time",
+                    hint='for example "2026-11-24 14:05:00" (UTC) or "2026-11-24T14:05:00+01:00"',
+                ) from None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+        return pitr_restore.Target(time=when, lsn=self.to_lsn, name=self.to_name)
+
+
+_OPTIONS = [
+    click.option("--to-time", help="recover up to this time (ISO 8601; UTC without a zone)"),
+    click.option("--to-lsn", metavar="LSN", help="recover up to this WAL position (0/3000060)"),
+    click.option("--to-name", metavar="NAME", help="recover up to this named restore point"),
+    click.option("--latest", is_flag=True, help="recover to the end of the archive"),
+    click.option(
+        "--target-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="data folder for the restored cluster: new and empty, or with --force the "
+        "current one (moved aside first, never deleted)",
+    ),
+    click.option("--force", is_flag=True, help="restore over a stopped cluster's folder"),
+    click.option("--port", type=int, help="port for the restored server (default: a free one)"),
+    click.option("--server-user", help="OS user to run the server as (root only)"),
+    click.option("--keep-running", is_flag=True, help="leave the restored server running"),
+    click.option(
+        "--archive/--no-archive",
+        "archiving",
+        default=None,
+        help="the restored server keeps archiving WAL here (default: only with --force)",
+    ),
+    click.option("--command", "command", help=COMMAND_HELP),
+    click.option("--timeout", type=float, default=3600.0, help="seconds to wait for recovery"),
+]
+_KEYS = [
+    "to_time",
+    "to_lsn",
+    "to_name",
+    "latest",
+    "target_dir",
+    "force",
+    "port",
+    "server_user",
+    "keep_running",
+    "archiving",
+    "command",
+    "timeout",
+]
+
+
+def pitr_options(func: F) -> F:
+    """Adds the point-in-time restore options; the command receives them as ``pitr_request``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {key: kwargs.pop(key) for key in _KEYS}
+        return func(*args, pitr_request=PitrRequest(**values), **kwargs)
+
+    for option in reversed(_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+def run_restore(rt: Runtime, request: PitrRequest) -> None:
+    target = request.target()
+    if request.target_dir is None:
+        raise UsageError(
+            "--target-dir is required for a point-in-time restore",
+            hint="a new folder, or the cluster's own data folder with --force",
+        )
+    server = pitr_restore.Server(
+        command=request.command or wal.which_safehold(),
+        bin_dir=server_bin_dir(),
+        run_as=request.server_user or pitr_restore.default_server_user(),
+        port=request.port or free_port(),
+        user=rt.settings.database.user,
+        config=config_file(rt),
+    )
+    result = pitr_restore.restore(
+        wal_archive(rt, fetching=True),
+        request.target_dir,
+        target,
+        server,
+        force=request.force,
+        keep_running=request.keep_running,
+        archiving=request.archiving,
+        sink=rt.sink,
+        timeout=request.timeout,
+    )
+    if rt.as_json:
+        data = dict(result.__dict__)
+        data.update(target=target.describe())
+        rt.emit_json(data)
+        return
+    state = f"running on port {result.port}" if result.running else "stopped"
+    moved = f"; the previous folder is {result.moved_aside}" if result.moved_aside else ""
+    rt.out.print(
+        f"restored {result.base} into {result.target_dir} (to {target.describe()}): "
+        f"{result.reached}; lsn {result.lsn}, timeline {result.timeline}; "
+        f"{result.took_s:.1f}s (pg_verifybackup {result.verify_s:.1f}s); server {state}{moved}",
+        highlight=False,
+    )

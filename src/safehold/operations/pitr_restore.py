@@ -1,0 +1,413 @@
+"""Restore to a point in time: a base backup, then WAL replayed by the server up to a target.
+
+Steps: pick the newest base backup that ends before the target; stream it from the first place
+holding a good copy (the repository, else a copy location) through sha256, age and zstd into
+``tar -x`` in the target folder (GNU tar writes faster than Python's tarfile; the folder is
+wiped when the stream proves damaged, and the next place is tried); ``pg_verifybackup`` checks
+every extracted file against pg_basebackup's manifest; the recovery settings go into
+``postgresql.auto.conf`` with ``recovery.signal``; the server starts, replays WAL fetched by
+``safehold wal-fetch`` and promotes at the target; the point reached is read from its log.
+
+Timelines: ``recovery_target_timeline`` stays at PostgreSQL's default, ``latest``; the server
+asks ``wal-fetch`` for ``N.history`` files and follows a switch made by an earlier recovery.
+A restored server gets a new timeline; with archiving kept on (``archive=True``, the default
+when restoring in place) its WAL joins the same archive and a later recovery can follow it.
+
+A restore point's position is not known before replay: for ``--to-name`` the newest base
+backup is tried first, and when the server reports the target was not reached, the next older.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+
+from .. import _proc
+from ..compress.zstd import ZstdError, zstd_reader
+from ..crypto import age_reader
+from ..errors import DatabaseError, IntegrityError, RestoreError, UsageError
+from ..model import Event, EventSink
+from ..storage import LocalStorage
+from . import wal
+from ._pipeline import check_digest, unlock_key
+from .pitr import BaseBackup, choose_base, lsn_value
+
+NOT_REACHED = "recovery ended before configured recovery target was reached"
+STOP_LINES = ("recovery stopping", "last completed transaction", "selected new timeline ID")
+LOG = "safehold-restore.log"
+
+
+class TargetNotReached(RestoreError):
+    """The archive ends before the recovery target."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where recovery stops: a time, an LSN, a named restore point, or (none set) the end."""
+
+    time: datetime | None = None
+    lsn: str | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.time, self.lsn, self.name)) > 1:
+            raise UsageError("give one recovery target: a time, an LSN or a restore point name")
+        if self.lsn is not None:
+            lsn_value(self.lsn)
+
+    def settings(self) -> dict[str, str]:
+        if self.time is not None:
+            return {"recovery_target_time": self.time.isoformat(sep=" ")}
+        if self.lsn is not None:
+            return {"recovery_target_lsn": self.lsn}
+        if self.name is not None:
+            return {"recovery_target_name": self.name}
+        return {}
+
+    def describe(self) -> str:
+        if self.time is not None:
+            return f"time {self.time.isoformat(sep=' ')}"
+        if self.lsn is not None:
+            return f"LSN {self.lsn}"
+        if self.name is not None:
+            return f"restore point {self.name!r}"
+        return "the end of the archive"
+
+
+@dataclass(frozen=True)
+class Server:
+    """How the restored server runs, and how it calls safehold back (restore_command)."""
+
+    command: str  # e.g. "/opt/safehold/bin/safehold"
+    bin_dir: Path
+    run_as: str | None
+    port: int
+    user: str
+    config: Path | None = None  # passed on to wal-fetch when the operator uses a config file
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    base: str
+    read_from: str
+    target_dir: Path
+    port: int
+    took_s: float
+    verify_s: float
+    reached: str  # what the server logged about where recovery stopped
+    lsn: str
+    timeline: int
+    running: bool
+    moved_aside: Path | None
+
+
+def restore(
+    archive: wal.WalArchive,
+    target_dir: Path,
+    target: Target,
+    server: Server,
+    *,
+    force: bool = False,
+    keep_running: bool = False,
+    archiving: bool | None = None,
+    sink: EventSink,
+    timeout: float = 3600.0,
+) -> RestoreResult:
+    """Restore into ``target_dir`` (new, or with ``force`` the current one, moved aside first)
+    and recover to ``target``. ``archiving`` (default: on when restoring in place) keeps the
+    restored server archiving into this repository."""
+    began = time.monotonic()
+    candidates = choose_base(archive.primary, to_time=target.time, to_lsn=target.lsn)
+    if target.name is None:
+        candidates = candidates[:1]
+    target_dir = Path(target_dir).absolute()
+    moved = _prepare(target_dir, force, server)
+    if archiving is None:
+        archiving = moved is not None
+    for number, base in enumerate(candidates, 1):
+        sink(Event("pitr", f"restoring base backup {base.name} into {target_dir}"))
+        where = _extract(archive, base, target_dir, sink)
+        verify_s = _verify_backup(server.bin_dir, target_dir)
+        _write_recovery(archive, target_dir, target, server, archiving)
+        _own(target_dir, server.run_as)
+        try:
+            lsn, timeline = _recover(target_dir, server, began + timeout)
+        except TargetNotReached:
+            if number == len(candidates):
+                raise
+            sink(Event("pitr", f"{target.describe()} is not after {base.name}; trying older"))
+            _clear(target_dir)
+            continue
+        reached = _reached(target_dir / LOG)
+        if not keep_running:
+            _pg_ctl(server, target_dir, "-m", "fast", "-w", "stop", check=False)
+        took = time.monotonic() - began
+        sink(Event("pitr", f"recovered {base.name} to: {reached} (lsn {lsn}) in {took:.1f}s"))
+        return RestoreResult(
+            base.name,
+            where,
+            target_dir,
+            server.port,
+            took,
+            verify_s,
+            reached,
+            lsn,
+            timeline,
+            keep_running,
+            moved,
+        )
+    raise AssertionError("unreachable: choose_base returns at least one base backup")
+
+
+def _prepare(target_dir: Path, force: bool, server: Server) -> Path | None:
+    """An empty folder to restore into; with ``force`` an existing cluster is moved aside
+    (never deleted), refusing while its server runs."""
+    moved = None
+    if target_dir.exists() and any(target_dir.iterdir()):
+        if not force:
+            raise UsageError(
+                f"{target_dir} is not empty",
+                hint="restore into a new folder, or give --force to move the current one aside",
+            )
+        status = subprocess.run(
+            [str(server.bin_dir / "pg_ctl"), "status", "-D", str(target_dir)],
+            capture_output=True,
+            check=False,
+        )
+        if status.returncode == 0:
+            raise UsageError(
+                f"a server is running on {target_dir}",
+                hint="stop it first (pg_ctl stop -D ..., or stop its service/container)",
+            )
+        stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
+        moved = target_dir.with_name(f"{target_dir.name}.safehold-before-{stamp}")
+        os.rename(target_dir, moved)
+    target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(target_dir, 0o700)
+    return moved
+
+
+def _clear(folder: Path) -> None:
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+class _Hashing:
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+
+def _extract(archive: wal.WalArchive, base: BaseBackup, target_dir: Path, sink: EventSink) -> str:
+    """Unpack ``base`` from the first place with a good copy; returns that place's name."""
+    failures: list[str] = []
+    for where, storage in archive.places():
+        try:
+            raw = storage.open_reader(base.data_key)
+        except FileNotFoundError:
+            failures.append(f"{where}: missing")
+            continue
+        try:
+            source = _Hashing(raw)
+            plain: Any = source
+            if base.encryption is not None:
+                plain = age_reader(source, unlock_key(storage, archive.decryption, base.name))
+            _untar(zstd_reader(plain), target_dir)
+            while source.read(1 << 20):
+                pass
+            check_digest(base.name, base.sha256, source.hash.hexdigest(), base.size, source.size)
+            if where != "local":
+                sink(Event("pitr", f"{base.name}: read from location {where}"))
+            return where
+        except (IntegrityError, ZstdError) as exc:
+            failures.append(f"{where}: {exc}")
+            sink(Event("pitr", f"{base.name} in {where} is damaged ({exc}); trying the next copy"))
+            _clear(target_dir)
+        finally:
+            raw.close()
+    raise IntegrityError(
+        f"no good copy of base backup {base.name}: " + "; ".join(failures),
+        hint="restore to a point after another base backup, or copy a good one back",
+    )
+
+
+def _untar(stream: Any, target_dir: Path) -> None:
+    argv = ["tar", "-x", "-f", "-", "-C", str(target_dir), "--no-same-owner"]
+    proc = _proc.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert proc.stdin is not None and proc.stderr is not None
+    tail = _proc.StderrTail(proc.stderr)
+    try:
+        while chunk := stream.read(1 << 20):
+            proc.stdin.write(chunk)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    except BaseException:
+        _proc.stop(proc)
+        raise
+    if proc.wait() != 0:
+        raise IntegrityError(f"the base backup's tar stream is damaged: {tail.text()[-800:]}")
+
+
+def _verify_backup(bin_dir: Path, target_dir: Path) -> float:
+    """pg_verifybackup against the manifest pg_basebackup put in the tar (WAL is checked by
+    replay, from the archive: -n)."""
+    started = time.monotonic()
+    tool = bin_dir / "pg_verifybackup"
+    if not (target_dir / "backup_manifest").exists() or not tool.exists():
+        return 0.0
+    proc = subprocess.run(
+        [str(tool), "-n", "-q", str(target_dir)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise IntegrityError(
+            f"pg_verifybackup found damaged or missing files: {proc.stderr.strip()[-1500:]}",
+            hint="the base backup's files do not match its manifest; restore from another copy",
+        )
+    return time.monotonic() - started
+
+
+def _conf(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _write_recovery(
+    archive: wal.WalArchive, target_dir: Path, target: Target, server: Server, archiving: bool
+) -> None:
+    if not isinstance(archive.primary, LocalStorage):
+        raise UsageError("point-in-time restore needs the local repository (BACKUP_DIR)")
+    root = wal.shell_word(str(archive.primary.root.absolute()))
+    fetch = f"{server.command} wal-fetch --backup-dir {root}"
+    if server.config is not None:
+        fetch += f" --config {wal.shell_word(str(server.config.absolute()))}"
+    lines = {"restore_command": f"{fetch} %f %p", "recovery_target_action": "promote"}
+    if not archiving:
+        lines["archive_mode"] = "off"  # a side copy must not archive into the source's archive
+    lines.update(target.settings())
+    with (target_dir / "postgresql.auto.conf").open("a") as conf:
+        conf.write(f"\n# safehold pitr restore to {target.describe()}\n")
+        conf.writelines(f"{k} = {_conf(v)}\n" for k, v in lines.items())
+    (target_dir / "recovery.signal").touch()
+    (target_dir / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
+
+
+def _own(target_dir: Path, run_as: str | None) -> None:
+    if run_as is None:
+        return
+    entry = pwd.getpwnam(run_as)
+    for folder, _dirs, files in os.walk(target_dir):
+        os.chown(folder, entry.pw_uid, entry.pw_gid)
+        for name in files:
+            os.chown(os.path.join(folder, name), entry.pw_uid, entry.pw_gid)
+
+
+def _recover(target_dir: Path, server: Server, deadline: float) -> tuple[str, int]:
+    """Start the server and wait until it has promoted; (current LSN, timeline)."""
+    log = target_dir / LOG
+    options = f"-p {server.port} -k {target_dir} -c listen_addresses=127.0.0.1"
+    _pg_ctl(server, target_dir, "-o", options, "-l", str(log), "start")
+    last = ""
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if NOT_REACHED in text:
+            _pg_ctl(server, target_dir, "-m", "immediate", "-w", "stop", check=False)
+            raise TargetNotReached(
+                "the archive ends before the recovery target: " + _reached(log),
+                hint="check the target (time zone? a later restore point?) and 'safehold pitr "
+                "check' for a gap in the WAL chain",
+            )
+        try:
+            with psycopg.connect(
+                host=str(target_dir),
+                port=server.port,
+                user=server.user,
+                dbname="postgres",
+                connect_timeout=5,
+                autocommit=True,
+            ) as conn:
+                row = conn.execute(
+                    "SELECT pg_current_wal_lsn()::text, "
+                    "pg_walfile_name(pg_current_wal_lsn()) WHERE NOT pg_is_in_recovery()"
+                ).fetchone()
+                if row is not None:
+                    return str(row[0]), int(str(row[1])[:8], 16)
+        except psycopg.Error as exc:
+            last = str(exc).strip()
+        if not _running(server, target_dir):
+            raise RestoreError(f"the restored server stopped: {text[-1500:]}")
+        time.sleep(0.3)
+    _pg_ctl(server, target_dir, "-m", "fast", "-w", "stop", check=False)
+    tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+    raise RestoreError(f"recovery did not finish in time ({last}): {tail}")
+
+
+def _reached(log: Path) -> str:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    lines = [ln for ln in text.splitlines() if any(key in ln for key in STOP_LINES)]
+    said = [re.sub(r"^.*?(LOG|FATAL):\s+", "", ln).strip() for ln in lines]
+    return "; ".join(dict.fromkeys(said)) or "the end of the archive"
+
+
+def _running(server: Server, data: Path) -> bool:
+    status = subprocess.run(
+        [str(server.bin_dir / "pg_ctl"), "status", "-D", str(data)],
+        capture_output=True,
+        check=False,
+        user=server.run_as,
+    )
+    return status.returncode == 0
+
+
+def _pg_ctl(server: Server, data: Path, *args: str, check: bool = True) -> None:
+    proc = subprocess.run(
+        [str(server.bin_dir / "pg_ctl"), "-D", str(data), *args],
+        env=_proc.child_env(),
+        user=server.run_as,
+        capture_output=True,
+        check=False,
+        cwd=data,
+    )
+    if check and proc.returncode != 0:
+        log = data / LOG
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise DatabaseError(
+            f"pg_ctl {args[-1]} on {data} failed: {proc.stderr.decode(errors='replace')}{tail}",
+            hint=f"the server log is in the target folder ({LOG})",
+        )
+
+
+def stop(server: Server, data: Path) -> None:
+    """Stop a restored server left running (``keep_running``)."""
+    _pg_ctl(server, data, "-m", "fast", "-w", "stop", check=False)
+
+
+def default_server_user() -> str | None:
+    """As root, the server must run as someone else: 'postgres' when it exists."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return "nobody"
+    return "postgres"
