@@ -78,16 +78,20 @@ def test_restore_to_a_time_between_two_batches(archiving: Archiving) -> None:
         pitr_restore.stop(spec, target_dir)
         shutil.rmtree(target_dir.parent, ignore_errors=True)
 
-    base_found, report = pitr.check(db.repo)
-    assert base_found.name == base.name and report.ok and report.segments >= 4
+    ((base_found, report),) = pitr.check(wal.WalArchive(db.repo))
+    assert base_found.name == base.name
+    assert report is not None and report.ok and report.segments >= 4
 
 
 def test_check_reports_a_gap(archiving: Archiving, tmp_path: Path) -> None:
     copy = tmp_path / "repo"
     shutil.copytree(archiving.repo.root, copy)
-    _base, report = pitr.check(LocalStorage(copy))
-    assert report.ok and report.newest is not None
+    (_base, report), *_ = pitr.check(wal.WalArchive(LocalStorage(copy)))
+    assert report is not None and report.ok and report.newest is not None
     gone = wal.next_segment(report.start)
+    archived_at = datetime.fromtimestamp(
+        (copy / "wal" / f"{report.start}.sha256").stat().st_mtime, UTC
+    )
     (copy / "wal" / f"{gone}.sha256").unlink()
     (copy / "wal" / f"{gone}.zst").unlink()
     env = seed_env(archiving.target, copy)
@@ -99,7 +103,8 @@ def test_check_reports_a_gap(archiving: Archiving, tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 6, proc.stderr
-    assert f"missing: {gone}" in proc.stdout
+    assert f"missing {gone}: changes from {archived_at:%Y-%m-%d %H:%M:%S} UTC" in proc.stdout
+    assert ": gap, WAL " in proc.stdout
 
 
 def test_cli_base_backup_and_restore_latest(archiving: Archiving) -> None:

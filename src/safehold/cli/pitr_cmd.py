@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from ..operations import pitr, wal
-from ..storage import LocalStorage
 from .physical import (
     COMMAND_HELP,
     PitrRequest,
@@ -13,6 +14,7 @@ from .physical import (
     pitr_options,
     run_base_backup,
     run_restore,
+    wal_archive,
 )
 from .runtime import runtime, shared_options
 
@@ -58,20 +60,44 @@ def base_backup_cmd(ctx: click.Context, as_json: bool) -> None:
 
 
 @pitr_cmd.command("check")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @shared_options
 @click.pass_context
-def check_cmd(ctx: click.Context) -> None:
-    """Check the archived WAL chain from the newest base backup on is continuous (exit 6 if not)."""
-    with runtime(ctx) as rt:
-        base, report = pitr.check(LocalStorage(rt.settings.backup_dir))
-        rt.out.print(
-            f"base {base.name}: WAL {report.start} .. {report.newest or '-'}, "
-            f"{report.segments} segments",
-            highlight=False,
-        )
-        if report.missing:
-            rt.out.print("missing: " + " ".join(report.missing), highlight=False)
-    if not report.ok:
+def check_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Check that the archived WAL from each base backup to the newest segment is continuous,
+    following timeline switches; gaps are shown with the time window they lose (exit 6)."""
+    with runtime(ctx, as_json=as_json) as rt:
+        results = pitr.check(wal_archive(rt, fetching=True))
+        rows: list[dict[str, Any]] = []
+        for base, report in results:
+            if report is None:
+                rows.append({"base": base.name, "state": "other timeline"})
+                continue
+            rows.append(
+                {
+                    "base": base.name,
+                    "state": "ok" if report.ok else "gap",
+                    "from": report.start,
+                    "to": report.newest,
+                    "segments": report.segments,
+                    "timelines": list(report.timelines),
+                    "missing": list(report.missing),
+                    "gaps": [gap.describe() for gap in report.gaps],
+                }
+            )
+        if as_json:
+            rt.emit_json(rows)
+        for row in [] if as_json else rows:
+            line = f"{row['base']}: {row['state']}"
+            if "from" in row:
+                line += f", WAL {row['from']} .. {row['to'] or '-'}, {row['segments']} segments"
+                line += ", timelines " + " > ".join(str(t) for t in row["timelines"])
+            else:
+                line += " (a later recovery branched away: it cannot reach the newest timeline)"
+            rt.out.print(line, highlight=False)
+            for gap in row.get("gaps", []):
+                rt.out.print(f"  {gap}", highlight=False)
+    if any(row["state"] == "gap" for row in rows):
         ctx.exit(6)
 
 

@@ -23,7 +23,7 @@ from ..errors import ToolError, UsageError
 from ..model import Event, EventSink
 from ..sources.postgres import PgTarget
 from ..storage import LocalStorage, Storage
-from . import wal
+from . import wal, wal_chain
 from ._pipeline import HashingWriter, bind_key, encrypting
 
 BASE = "base"
@@ -223,16 +223,22 @@ def lsn_value(lsn: str) -> int:
 
 
 def choose_base(
-    storage: Storage, *, to_time: datetime | None = None, to_lsn: str | None = None
+    storage: Storage,
+    *,
+    to_time: datetime | None = None,
+    to_lsn: str | None = None,
+    switches: list[wal_chain.Switch] | None = None,
 ) -> list[BaseBackup]:
     """Base backups recovery can start from for the target, best (newest) first: those that
-    finished before ``to_time`` / ended at or before ``to_lsn`` (all, for other targets)."""
+    finished before ``to_time`` / ended at or before ``to_lsn`` (all, for other targets), and
+    from which replay can follow ``switches`` to the newest timeline."""
     bases = base_backups(storage)
     usable = [
         b
         for b in bases
         if (to_time is None or b.finished < to_time)
         and (to_lsn is None or lsn_value(b.stop_lsn) <= lsn_value(to_lsn))
+        and (switches is None or wal_chain.on_path(switches, b.timeline, b.stop_lsn))
     ]
     if not usable:
         raise UsageError(
@@ -245,9 +251,23 @@ def choose_base(
     return usable[::-1]
 
 
-def check(storage: Storage) -> tuple[BaseBackup, wal.ChainReport]:
-    base = choose_base(storage)[0]
-    return base, wal.check_chain(storage, base.start_segment)
+def timeline_switches(archive: wal.WalArchive) -> list[wal_chain.Switch]:
+    """The switches leading to the newest timeline in the archive (none on timeline 1)."""
+    return wal_chain.read_history(archive, wal_chain.newest_timeline(archive.primary))
+
+
+def check(archive: wal.WalArchive) -> list[tuple[BaseBackup, wal_chain.ChainReport | None]]:
+    """For each base backup, newest first: is the WAL from it to the newest archived segment
+    on the newest timeline complete? None for a base backup that cannot reach that timeline
+    (it is on a timeline another recovery branched away from)."""
+    switches = timeline_switches(archive)
+    usable = {b.name for b in choose_base(archive.primary, switches=switches)}
+    return [
+        (base, wal_chain.check_chain(archive, base.start_segment, switches))
+        if base.name in usable
+        else (base, None)
+        for base in reversed(base_backups(archive.primary))
+    ]
 
 
 def copy_base(source: Storage, base: BaseBackup, destination: Storage) -> int:

@@ -41,7 +41,7 @@ from ..model import Event, EventSink
 from ..storage import LocalStorage
 from . import wal
 from ._pipeline import check_digest, unlock_key
-from .pitr import BaseBackup, choose_base, lsn_value
+from .pitr import BaseBackup, choose_base, lsn_value, timeline_switches
 
 NOT_REACHED = "recovery ended before configured recovery target was reached"
 STOP_LINES = ("recovery stopping", "last completed transaction", "selected new timeline ID")
@@ -128,7 +128,10 @@ def restore(
     and recover to ``target``. ``archiving`` (default: on when restoring in place) keeps the
     restored server archiving into this repository."""
     began = time.monotonic()
-    candidates = choose_base(archive.primary, to_time=target.time, to_lsn=target.lsn)
+    switches = timeline_switches(archive)
+    candidates = choose_base(
+        archive.primary, to_time=target.time, to_lsn=target.lsn, switches=switches
+    )
     if target.name is None:
         candidates = candidates[:1]
     target_dir = Path(target_dir).absolute()

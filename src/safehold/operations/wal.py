@@ -262,37 +262,6 @@ def next_segment(name: str, segment_size: int = SEGMENT_SIZE) -> str:
     return f"{timeline:08X}{log:08X}{seg:08X}"
 
 
-@dataclass(frozen=True)
-class ChainReport:
-    start: str
-    newest: str | None
-    segments: int  # present in the range
-    missing: tuple[str, ...]
-
-    @property
-    def ok(self) -> bool:
-        return self.newest is not None and not self.missing
-
-
-def check_chain(storage: Storage, start: str, *, limit: int = 1000) -> ChainReport:
-    """Every segment from ``start`` to the newest archived one on its timeline is there."""
-    timeline = start[:8]
-    present = {n for n in archived(storage) if SEGMENT_RE.match(n) and n[:8] == timeline}
-    later = sorted(n for n in present if n >= start)
-    if not later:
-        return ChainReport(start, None, 0, (start,))
-    newest = later[-1]
-    missing: list[str] = []
-    current, found = start, 0
-    while current <= newest:
-        if current in present:
-            found += 1
-        elif len(missing) < limit:
-            missing.append(current)
-        current = next_segment(current)
-    return ChainReport(start, newest, found, tuple(missing))
-
-
 # ---- the server side: what archive_command / restore_command call ----
 
 
