@@ -33,12 +33,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from .errors import UsageError
 from .model import Kind, Status
 
 REMOVE_OUTSIDE = "remove: outside every window"
+# What a policy judges: logical backups by kind, and PITR base backups ("base").
+CandidateKind = Kind | Literal["base"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class Candidate:
     """One backup of one location as the policy sees it."""
 
     name: str
-    kind: Kind
+    kind: CandidateKind
     target: str | None  # database or volume name; None when no manifest says (a foreign dump)
     created: datetime  # timezone-aware
     status: Status = "ok"

@@ -1,13 +1,21 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 import click
+from rich.console import Console
+from rich.table import Table
 
 from .. import catalog
 from ..operations.copy import holders
+from ..operations.pitr import BaseBackup
+from ..operations.prune_pitr import base_status, read_bases
 from ..operations.verify import VerifyResult, read_verify
+from ..sinks.log import human_bytes
 from ..storage import LocalStorage
 from .locations import locations
-from .output import backups_table, sets_table
+from .output import STATUS_STYLE, backups_table, sets_table
 from .runtime import runtime, shared_options
 
 
@@ -21,6 +29,8 @@ def list_cmd(ctx: click.Context, only_sets: bool, as_json: bool) -> None:
 
     Files without a manifest show as "unverified/foreign"; unfinished files never show. Members
     of a full-system set (backup --all) show the set id; --sets lists the sets themselves.
+    PITR base backups follow in their own table (kind "base", with the WAL segment their
+    replay starts from).
     """
     show_backups(ctx, as_json, only_sets=only_sets)
 
@@ -44,20 +54,74 @@ def show_backups(ctx: click.Context, as_json: bool, *, only_sets: bool = False) 
             return
         checks = {r.name: read_verify(storage, r.name) for r in records}
         held = holders(locations(rt.settings)) if rt.settings.locations else None
+        bases = [_base_row(storage, b) for b in reversed(read_bases(storage)[0])]
         if as_json:
-            rt.emit_json(
-                [
-                    {
-                        **_with_check(r.to_json(), checks[r.name]),
-                        "locations": ["local", *(held or {}).get(r.name, [])],
-                    }
-                    for r in reversed(records)
-                ]
-            )
+            rows = [
+                {
+                    **_with_check(r.to_json(), checks[r.name]),
+                    "locations": ["local", *(held or {}).get(r.name, [])],
+                }
+                for r in reversed(records)
+            ]
+            rows += bases
+            rows.sort(key=lambda row: str(row["created_utc"]), reverse=True)  # newest first
+            rt.emit_json(rows)
         else:
-            backups_table(records, rt.out, storage.description, sets, checks, held)
+            if records or not bases:
+                backups_table(records, rt.out, storage.description, sets, checks, held)
+            if bases:
+                _bases_table(bases, rt.out, storage.description)
 
 
 def _with_check(record: dict[str, object], check: VerifyResult | None) -> dict[str, object]:
     keys = ("level", "outcome", "checked_at", "error")
     return {**record, "verified": {k: check.to_json()[k] for k in keys} if check else None}
+
+
+def _base_row(storage: LocalStorage, base: BaseBackup) -> dict[str, Any]:
+    """A base backup as a ``list --json`` row: the logical rows' fields where they apply."""
+    status, size = base_status(storage, base)
+    return {
+        "name": base.name,
+        "kind": "base",
+        "target": None,
+        "created_utc": _iso(base.started),
+        "created_local": base.started.astimezone().isoformat(timespec="seconds"),
+        "finished_utc": _iso(base.finished),
+        "size": size if size is not None else base.size,
+        "raw_size": base.raw_size,
+        "sha256": base.sha256,
+        "compression": "zstd",
+        "set_id": None,
+        "encryption": base.encryption,
+        "status": status,
+        "start_segment": base.start_segment,
+        "start_lsn": base.start_lsn,
+        "stop_lsn": base.stop_lsn,
+        "timeline": base.timeline,
+        "file": base.data_key,
+        "verified": None,
+        "locations": ["local"],
+    }
+
+
+def _bases_table(rows: list[dict[str, Any]], console: Console, where: str) -> None:
+    title = f"base backups (PITR) in {where}"
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    for column in ("NAME", "KIND", "CREATED (UTC)", "SIZE", "WAL FROM", "TIMELINE", "STATUS"):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(
+            row["name"],
+            "base",
+            row["created_utc"][:19].replace("T", " "),
+            human_bytes(row["size"]),
+            row["start_segment"],
+            str(row["timeline"]),
+            f"[{STATUS_STYLE[row['status']]}]{row['status']}[/]",
+        )
+    console.print(table)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

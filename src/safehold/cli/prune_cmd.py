@@ -9,6 +9,7 @@ from rich.table import Table
 from ..config import RetentionSettings
 from ..operations.copy import Location
 from ..operations.prune import PruneResult, prune, prune_location
+from ..operations.prune_pitr import PitrPrune, wal_summary
 from ..retention import Policy
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage
@@ -56,6 +57,9 @@ def prune_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     backups (UTC) is kept, and the retention.keep_last newest. Never removed: the newest good
     backup, pinned backups (safehold pin), members of a kept set, the last verified backup, and
     files without a manifest. --dry-run changes nothing and shows every decision and its reasons.
+
+    PITR base backups are one more target under the same policy (the newest is always kept);
+    archived WAL is kept from the start of the oldest kept base backup on, .history files always.
     """
     with runtime(ctx, as_json=as_json) as rt:
         policy = policy_of(rt.settings.retention)
@@ -77,7 +81,10 @@ def prune_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
             rt.emit_json([result.to_json() for result in results])
             return
         for result in results:
-            _table(result, rt.out)
+            if result.decisions or result.cleaned or result.pitr is None:
+                _table(result, rt.out)
+            if result.pitr is not None:
+                _pitr_table(result.pitr, rt.out)
 
 
 def _table(result: PruneResult, console: Console) -> None:
@@ -112,5 +119,37 @@ def _table(result: PruneResult, console: Console) -> None:
         lines.append(f"{verb} set records: {', '.join(result.sets_removed)}")
     if result.links_removed:
         lines.append(f"{verb} latest links: {', '.join(result.links_removed)}")
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+
+
+def _pitr_table(pitr: PitrPrune, console: Console) -> None:
+    verb = "would remove" if pitr.dry_run else "removed"
+    if pitr.plan.bases:
+        title = f"base backups (PITR){' (dry run)' if pitr.dry_run else ''}"
+        table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+        for column in ("NAME", "STARTED (UTC)", "SIZE", "WAL FROM", "DECISION", "REASONS"):
+            table.add_column(column, no_wrap=column != "REASONS")
+        for decision in reversed(pitr.plan.bases):
+            base = pitr.bases[decision.candidate.name]
+            size = pitr.sizes.get(base.name)
+            table.add_row(
+                base.name,
+                f"{base.started.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+                human_bytes(size) if size is not None else "missing",
+                base.start_segment,
+                "[green]keep[/]" if decision.keep else "[red]remove[/]",
+                ", ".join(decision.reasons),
+                style=None if decision.keep else "dim",
+            )
+        console.print(table)
+    lines = [
+        f"base backups: kept {len(pitr.plan.bases) - len(pitr.plan.bases_removed)}, {verb} "
+        f"{len(pitr.plan.bases_removed)} ({human_bytes(pitr.freed_bytes)})",
+        f"WAL: {wal_summary(pitr)}",
+    ]
+    if pitr.cleaned:
+        lines.append(f"{verb} {len(pitr.cleaned)} leftovers of an interrupted prune: "
+                     + ", ".join(pitr.cleaned))  # fmt: skip
     for line in lines:
         console.print(line, markup=False, highlight=False)

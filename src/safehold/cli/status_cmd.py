@@ -10,6 +10,7 @@ from rich.table import Table
 from ..operations.copy import holders
 from ..operations.status import StatusReport, read_status
 from ..operations.status_metrics import write_metrics
+from ..operations.status_wal import WalStatus
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage
 from .locations import locations
@@ -32,7 +33,9 @@ def status_cmd(ctx: click.Context, metrics_file: Path | None, as_json: bool) -> 
 
     For the database and each volume: the newest good backup and its age (against the RPO),
     size and its trend, the last verify, the last drill and its measured recovery time
-    (against the RTO). Exit code 0 OK, 1 warning, 2 critical.
+    (against the RTO). With point-in-time recovery: the newest archived WAL and its age (the
+    achieved RPO; "stalled" past objectives.wal_stall_minutes) and the newest base backup.
+    Exit code 0 OK, 1 warning, 2 critical.
     """
     with runtime(ctx, as_json=as_json) as rt:
         settings = rt.settings
@@ -46,17 +49,24 @@ def status_cmd(ctx: click.Context, metrics_file: Path | None, as_json: bool) -> 
             volumes=settings.volumes.names(),
             copies=holders(targets) if targets else None,
             expected=tuple(t.name for t in targets if t.copy_after_backup and not t.archive),
+            wal_stall_s=settings.objectives.wal_stall_minutes * 60,
         )
         if metrics_file is not None:
             write_metrics(report, metrics_file)
         breached = [
             t for t in report.targets if t.age_s is None or t.age_s > report.objectives.rpo_s
         ]
-        if breached:
+        problems = [f"{t.kind} {t.target}: {', '.join(t.reasons)}" for t in breached]
+        pitr = report.wal
+        if pitr is not None and pitr.level != "ok":
+            problems.append(f"wal {pitr.state}: {', '.join(pitr.reasons)}")
+        if problems:
             rt.alert(
-                "RPO breached",
-                "; ".join(f"{t.kind} {t.target}: {', '.join(t.reasons)}" for t in breached),
-                hint="check the schedule and the last backup runs ('safehold list', the log)",
+                "RPO breached" if breached else f"PITR: WAL {pitr.state if pitr else ''}",
+                "; ".join(problems),
+                hint="check the schedule and the last backup runs ('safehold list', the log)"
+                if breached
+                else "check archive_command and pg_stat_archiver on the server, and the log",
             )
         if as_json:
             rt.emit_json(report.to_json())
@@ -102,5 +112,31 @@ def _show(report: StatusReport, console: Console) -> None:
             console.print(f"[{STYLE[t.level]}]{t.kind} {t.target}: {reason}[/]")
         for note in t.notes:
             console.print(f"{t.kind} {t.target}: {note}")
+    if report.wal is not None:
+        _show_wal(report.wal, console)
     for note in report.notes:
         console.print(note)
+
+
+def _show_wal(pitr: WalStatus, console: Console) -> None:
+    segment = pitr.newest_segment or "none"
+    age = "-" if pitr.age_s is None else _age(pitr.age_s)
+    base = pitr.newest_base
+    based = f"{base.name} ({_age(pitr.base_age_s or 0.0)} old)" if base else "none"
+    console.print(
+        f"wal: newest segment {segment}, last archived {age} ago (RPO for PITR; stalled after "
+        f"{pitr.stall_s / 60:g} min); newest base backup {based}; "
+        f"[{STYLE[pitr.level]}]{pitr.state}[/]"
+    )
+    for reason in pitr.reasons:
+        console.print(f"[{STYLE[pitr.level]}]wal: {reason}[/]")
+    for note in pitr.notes:
+        console.print(f"wal: {note}")
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 172800 else f"{seconds / 86400:.0f} days"

@@ -160,6 +160,9 @@ class ObjectiveSettings:
     rto_database_minutes: float = field(default=30.0, metadata=_key(doc="database restore"))
     rto_volumes_minutes: float = field(default=60.0, metadata=_key(doc="container data"))
     rto_full_minutes: float = field(default=120.0, metadata=_key(doc="whole-system restore"))
+    wal_stall_minutes: float = field(
+        default=15.0, metadata=_key(doc="PITR: newest archived WAL may be this old")
+    )
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pwd
-import re
 import shutil
 import subprocess
 import time
@@ -31,25 +29,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-import psycopg
-
 from .. import _proc
 from ..compress.zstd import ZstdError, zstd_reader
 from ..crypto import age_reader
-from ..errors import DatabaseError, IntegrityError, RestoreError, UsageError
+from ..errors import IntegrityError, UsageError
 from ..model import Event, EventSink
 from ..storage import LocalStorage
 from . import wal
 from ._pipeline import check_digest, unlock_key
 from .pitr import BaseBackup, choose_base, lsn_value, timeline_switches
+from .restored_server import (
+    LOG,
+    Server,
+    TargetNotReached,
+    default_server_user,
+    own,
+    pg_ctl,
+    pid_alive,
+    reached,
+    recover,
+    running,
+    stop,
+)
 
-NOT_REACHED = "recovery ended before configured recovery target was reached"
-STOP_LINES = ("recovery stopping", "last completed transaction", "selected new timeline ID")
-LOG = "safehold-restore.log"
-
-
-class TargetNotReached(RestoreError):
-    """The archive ends before the recovery target."""
+__all__ = ["LOG", "Server", "Target", "TargetNotReached", "default_server_user", "restore", "stop"]
 
 
 @dataclass(frozen=True)
@@ -83,18 +86,6 @@ class Target:
         if self.name is not None:
             return f"restore point {self.name!r}"
         return "the end of the archive"
-
-
-@dataclass(frozen=True)
-class Server:
-    """How the restored server runs, and how it calls safehold back (restore_command)."""
-
-    command: str  # e.g. "/opt/safehold/bin/safehold"
-    bin_dir: Path
-    run_as: str | None
-    port: int
-    user: str
-    config: Path | None = None  # passed on to wal-fetch when the operator uses a config file
 
 
 @dataclass(frozen=True)
@@ -143,20 +134,20 @@ def restore(
         where = _extract(archive, base, target_dir, sink)
         verify_s = _verify_backup(server.bin_dir, target_dir)
         _write_recovery(archive, target_dir, target, server, archiving)
-        _own(target_dir, server.run_as)
+        own(target_dir, server.run_as)
         try:
-            lsn, timeline = _recover(target_dir, server, began + timeout)
+            lsn, timeline = recover(target_dir, server, began + timeout)
         except TargetNotReached:
             if number == len(candidates):
                 raise
             sink(Event("pitr", f"{target.describe()} is not after {base.name}; trying older"))
             _clear(target_dir)
             continue
-        reached = _reached(target_dir / LOG)
+        point = reached(target_dir / LOG)
         if not keep_running:
-            _pg_ctl(server, target_dir, "-m", "fast", "-w", "stop", check=False)
+            pg_ctl(server, target_dir, "-m", "fast", "-w", "stop", check=False)
         took = time.monotonic() - began
-        sink(Event("pitr", f"recovered {base.name} to: {reached} (lsn {lsn}) in {took:.1f}s"))
+        sink(Event("pitr", f"recovered {base.name} to: {point} (lsn {lsn}) in {took:.1f}s"))
         return RestoreResult(
             base.name,
             where,
@@ -164,7 +155,7 @@ def restore(
             server.port,
             took,
             verify_s,
-            reached,
+            point,
             lsn,
             timeline,
             keep_running,
@@ -183,12 +174,7 @@ def _prepare(target_dir: Path, force: bool, server: Server) -> Path | None:
                 f"{target_dir} is not empty",
                 hint="restore into a new folder, or give --force to move the current one aside",
             )
-        status = subprocess.run(
-            [str(server.bin_dir / "pg_ctl"), "status", "-D", str(target_dir)],
-            capture_output=True,
-            check=False,
-        )
-        if status.returncode == 0:
+        if running(server, target_dir) or pid_alive(target_dir):
             raise UsageError(
                 f"a server is running on {target_dir}",
                 hint="stop it first (pg_ctl stop -D ..., or stop its service/container)",
@@ -313,104 +299,3 @@ def _write_recovery(
         conf.writelines(f"{k} = {_conf(v)}\n" for k, v in lines.items())
     (target_dir / "recovery.signal").touch()
     (target_dir / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
-
-
-def _own(target_dir: Path, run_as: str | None) -> None:
-    if run_as is None:
-        return
-    entry = pwd.getpwnam(run_as)
-    for folder, _dirs, files in os.walk(target_dir):
-        os.chown(folder, entry.pw_uid, entry.pw_gid)
-        for name in files:
-            os.chown(os.path.join(folder, name), entry.pw_uid, entry.pw_gid)
-
-
-def _recover(target_dir: Path, server: Server, deadline: float) -> tuple[str, int]:
-    """Start the server and wait until it has promoted; (current LSN, timeline)."""
-    log = target_dir / LOG
-    options = f"-p {server.port} -k {target_dir} -c listen_addresses=127.0.0.1"
-    _pg_ctl(server, target_dir, "-o", options, "-l", str(log), "start")
-    last = ""
-    while time.monotonic() < deadline:
-        text = log.read_text(errors="replace") if log.exists() else ""
-        if NOT_REACHED in text:
-            _pg_ctl(server, target_dir, "-m", "immediate", "-w", "stop", check=False)
-            raise TargetNotReached(
-                "the archive ends before the recovery target: " + _reached(log),
-                hint="check the target (time zone? a later restore point?) and 'safehold pitr "
-                "check' for a gap in the WAL chain",
-            )
-        try:
-            with psycopg.connect(
-                host=str(target_dir),
-                port=server.port,
-                user=server.user,
-                dbname="postgres",
-                connect_timeout=5,
-                autocommit=True,
-            ) as conn:
-                row = conn.execute(
-                    "SELECT pg_current_wal_lsn()::text, "
-                    "pg_walfile_name(pg_current_wal_lsn()) WHERE NOT pg_is_in_recovery()"
-                ).fetchone()
-                if row is not None:
-                    return str(row[0]), int(str(row[1])[:8], 16)
-        except psycopg.Error as exc:
-            last = str(exc).strip()
-        if not _running(server, target_dir):
-            raise RestoreError(f"the restored server stopped: {text[-1500:]}")
-        time.sleep(0.3)
-    _pg_ctl(server, target_dir, "-m", "fast", "-w", "stop", check=False)
-    tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
-    raise RestoreError(f"recovery did not finish in time ({last}): {tail}")
-
-
-def _reached(log: Path) -> str:
-    text = log.read_text(errors="replace") if log.exists() else ""
-    lines = [ln for ln in text.splitlines() if any(key in ln for key in STOP_LINES)]
-    said = [re.sub(r"^.*?(LOG|FATAL):\s+", "", ln).strip() for ln in lines]
-    return "; ".join(dict.fromkeys(said)) or "the end of the archive"
-
-
-def _running(server: Server, data: Path) -> bool:
-    status = subprocess.run(
-        [str(server.bin_dir / "pg_ctl"), "status", "-D", str(data)],
-        capture_output=True,
-        check=False,
-        user=server.run_as,
-    )
-    return status.returncode == 0
-
-
-def _pg_ctl(server: Server, data: Path, *args: str, check: bool = True) -> None:
-    proc = subprocess.run(
-        [str(server.bin_dir / "pg_ctl"), "-D", str(data), *args],
-        env=_proc.child_env(),
-        user=server.run_as,
-        capture_output=True,
-        check=False,
-        cwd=data,
-    )
-    if check and proc.returncode != 0:
-        log = data / LOG
-        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-        raise DatabaseError(
-            f"pg_ctl {args[-1]} on {data} failed: {proc.stderr.decode(errors='replace')}{tail}",
-            hint=f"the server log is in the target folder ({LOG})",
-        )
-
-
-def stop(server: Server, data: Path) -> None:
-    """Stop a restored server left running (``keep_running``)."""
-    _pg_ctl(server, data, "-m", "fast", "-w", "stop", check=False)
-
-
-def default_server_user() -> str | None:
-    """As root, the server must run as someone else: 'postgres' when it exists."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        return "nobody"
-    return "postgres"

@@ -15,6 +15,7 @@ pinned one is never deleted). Also cleaned: verify records and pins of backups t
 set records whose members are all gone, and ``latest`` links that would point at a removed
 backup (repointed to the newest kept good backup of that format, or removed when none is left).
 Files without a manifest and no intent record are never removed: they are not ours.
+PITR base backups and WAL of the location are pruned too, by ``prune_pitr``.
 
 Works over the ``Storage`` contract, one location per call (``prune_location``); only the lock
 (and the ``latest`` links, which exist on local disk only) needs ``LocalStorage`` today.
@@ -40,6 +41,7 @@ from ..model import BackupRecord, Event, EventSink, null_sink, parse_time
 from ..retention import Candidate, Decision, Policy
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage, Storage
+from . import prune_pitr
 from ._pipeline import repository_session
 from .verify import VERIFY_DIR, read_verify, verify_key
 
@@ -98,6 +100,7 @@ class PruneResult:
     links_removed: list[str] = field(default_factory=list)
     pins: dict[str, Pin] = field(default_factory=dict)
     sizes: dict[str, int | None] = field(default_factory=dict)
+    pitr: prune_pitr.PitrPrune | None = None  # base backups and WAL, when there are any
 
     @property
     def kept(self) -> int:
@@ -120,6 +123,7 @@ class PruneResult:
             "cleaned": self.cleaned,
             "sets_removed": self.sets_removed,
             "links_removed": self.links_removed,
+            **(self.pitr.to_json() if self.pitr else {}),
         }
 
 
@@ -162,6 +166,7 @@ def prune_location(
     freed = sum(by_name[name].size or 0 for name in gone) + sum(orphaned.values())
     sets_gone = _sets_gone(storage, {r.name for r in kept}, sink)
     links = _links_to_remove(storage, kept, gone)
+    pitr = prune_pitr.plan(storage, policy, now, dry_run=dry_run, sink=sink)
     if not dry_run:
         # Links first: they never point at a removed backup, not even for a moment.
         catalog.update_latest_links(storage, kept)
@@ -173,6 +178,8 @@ def prune_location(
             _delete(storage, key)
         for set_id in sets_gone:
             _delete(storage, naming.set_key(set_id))
+        if pitr is not None:
+            prune_pitr.apply(storage, pitr, sink, _delete)
     result = PruneResult(
         location=storage.description,
         dry_run=dry_run,
@@ -184,6 +191,7 @@ def prune_location(
         links_removed=links,
         pins=pins,
         sizes={r.name: r.size for r in records},
+        pitr=pitr,
     )
     _announce(result, sink)
     return result

@@ -9,6 +9,7 @@ The rules, per target:
 - the newest backup is missing from a location that should get every backup: warning;
 - the last drill that covered it failed: critical; it took longer than the target's RTO, or is
   older than ``DRILL_MAX_AGE``: warning; never drilled: a note (recoverability unproven).
+Plus, when the repository has archived WAL or base backups, the PITR line (``status_wal``).
 A reading is a pure function of the repository and ``now``, so tests control the clock.
 """
 
@@ -16,16 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from .. import catalog
 from ..model import BackupRecord, Kind, Objectives
 from ..storage import LocalStorage
 from .drill import DrillRecord, read_drills
+from .status_wal import DEFAULT_WAL_STALL_S, LEVELS, Level, WalStatus, read_wal_status
 from .verify import VerifyResult, read_verify
 
-Level = Literal["ok", "warning", "critical"]
-LEVELS: tuple[Level, ...] = ("ok", "warning", "critical")
 DRILL_MAX_AGE = timedelta(days=35)  # "monthly", with a few days' grace
 
 
@@ -78,10 +78,12 @@ class StatusReport:
     objectives: Objectives
     targets: list[TargetStatus]
     notes: list[str] = field(default_factory=list)
+    wal: WalStatus | None = None
 
     @property
     def level(self) -> Level:
-        worst = max((LEVELS.index(t.level) for t in self.targets), default=2)
+        levels = [t.level for t in self.targets] + ([self.wal.level] if self.wal else [])
+        worst = max((LEVELS.index(level) for level in levels), default=2)
         return LEVELS[worst]
 
     @property
@@ -95,6 +97,7 @@ class StatusReport:
             "objectives": vars(self.objectives),
             "targets": [t.to_json() for t in self.targets],
             "notes": self.notes,
+            "wal": self.wal.to_json() if self.wal else None,
         }
 
 
@@ -107,9 +110,11 @@ def read_status(
     volumes: tuple[str, ...] = (),
     copies: dict[str, list[str]] | None = None,
     expected: tuple[str, ...] = (),
+    wal_stall_s: float = DEFAULT_WAL_STALL_S,
 ) -> StatusReport:
     """``database`` and ``volumes`` are the targets that must have backups (configured); every
-    target with backups in the repository is reported too."""
+    target with backups in the repository is reported too; ``wal_stall_s``: the PITR line's
+    ``objectives.wal_stall_minutes``."""
     records = catalog.scan(storage)
     drills = read_drills(storage)
     wanted: dict[tuple[Kind, str], None] = {}
@@ -124,10 +129,11 @@ def read_status(
         _judge(storage, kind, target, records, drills, now, objectives, copies or {}, expected)
         for kind, target in wanted
     ]
+    pitr = read_wal_status(storage, now, wal_stall_s)
     notes = []
-    if not targets:
+    if not targets and pitr is None:
         notes.append("nothing configured and no backups: run 'safehold backup'")
-    return StatusReport(now, objectives, targets, notes)
+    return StatusReport(now, objectives, targets, notes, pitr)
 
 
 def _judge(

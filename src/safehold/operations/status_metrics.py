@@ -7,7 +7,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, write_to_textfile
 
-from .status import LEVELS, StatusReport
+from .status import StatusReport
+from .status_wal import LEVELS
 
 LABELS = ("kind", "target")
 
@@ -48,6 +49,17 @@ def registry_for(report: StatusReport) -> CollectorRegistry:
             drilled_at.labels(*labels).set(target.drill.started_at.timestamp())
             if target.drill_s is not None:
                 rto.labels(*labels).set(target.drill_s)
+    pitr = report.wal
+    if pitr is not None:
+        if pitr.archived_at is not None:
+            gauge("wal_last_archived_timestamp_seconds", "when the newest WAL file was archived",
+                  ()).set(pitr.archived_at.timestamp())  # fmt: skip
+        if pitr.newest_base is not None:
+            gauge("base_backup_last_timestamp_seconds", "start of the newest base backup",
+                  ()).set(pitr.newest_base.started.timestamp())  # fmt: skip
+        gauge("wal_status", "PITR: 0 ok, 1 warning, 2 critical (stalled)", ()).set(
+            LEVELS.index(pitr.level)
+        )
     overall = gauge("status_overall", "worst status of all targets", ())
     overall.set(LEVELS.index(report.level))
     checked = gauge("status_timestamp_seconds", "when this reading was taken", ())
