@@ -49,7 +49,7 @@ import psycopg
 
 from safehold import _proc
 from safehold._version import __version__
-from safehold.operations import wal
+from safehold.operations import pitr_setup, wal
 from safehold.sandbox import SandboxCluster
 from safehold.sandbox.cluster import UNPRIVILEGED_USER, free_port
 from safehold.sources.postgres import PgTarget, connect
@@ -215,11 +215,11 @@ class Bench:
             f"pg1-user={self.target.user}\n"
         )
         own(self.conf)
-        settings = wal.server_settings(server_command(), self.repo)
+        settings = pitr_setup.server_settings(server_command(), self.repo)
         settings["archive_command"] += (
             f" && pgbackrest --config={self.conf} --stanza={STANZA} archive-push %p"
         )
-        wal.apply_settings(self.target, settings)
+        pitr_setup.apply_settings(self.target, settings)
         log_file = self.cluster.root / "server.log"
         self.pg_ctl(self.cluster.data, "-l", str(log_file), "-m", "fast", "-w", "restart")
         log(f"archive_command = {settings['archive_command']}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 
 from safehold.model import Event
-from safehold.operations import pitr_restore, wal
+from safehold.operations import pitr_restore, pitr_setup
 from safehold.sandbox import SandboxCluster
 from safehold.sandbox.cluster import UNPRIVILEGED_USER, free_port
 from safehold.sources.postgres import PgTarget, connect
@@ -102,8 +102,8 @@ def archiving_cluster(config: Path | None = None) -> Iterator[Archiving]:
     cluster = SandboxCluster()
     cluster.start()
     try:
-        settings = wal.server_settings(server_command(), repo_dir, config)
-        pending = wal.apply_settings(cluster.target, settings)
+        settings = pitr_setup.server_settings(server_command(), repo_dir, config)
+        pending = pitr_setup.apply_settings(cluster.target, settings)
         assert "archive_mode" in pending
         log = str(cluster.root / "server.log")
         cluster._run("pg_ctl", "-D", str(cluster.data), "-l", log, "-m", "fast", "-w", "restart")

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from safehold.operations import pitr, pitr_restore, wal
+from safehold.operations import pitr, pitr_restore, wal, wal_chain, wal_prefetch
 from safehold.sandbox.cluster import free_port
 from safehold.storage import LocalStorage
 
@@ -67,6 +67,8 @@ def test_restore_to_a_time_between_two_batches(archiving: Archiving) -> None:
     )
     try:
         assert result.base == base.name and result.read_from == "local"
+        assert result.read_ahead >= 2  # the server took segments from the read-ahead spool
+        assert not (target_dir / "safehold_wal_spool").exists()
         assert "recovery stopping before commit" in result.reached
         assert result.timeline == 2  # promotion starts a new timeline
         assert batches(target_dir, spec.port) == [(1, 1000), (2, 1000)]
@@ -81,6 +83,19 @@ def test_restore_to_a_time_between_two_batches(archiving: Archiving) -> None:
     ((base_found, report),) = pitr.check(wal.WalArchive(db.repo))
     assert base_found.name == base.name
     assert report is not None and report.ok and report.segments >= 4
+
+
+def test_read_ahead_follows_timeline_switches() -> None:
+    switches = wal_chain.parse_history("1\t0/3000158\tno recovery target\n", 2)
+    names = wal_prefetch.chain("000000010000000000000001", switches)
+    assert [next(names) for _ in range(4)] == [
+        "000000010000000000000001",
+        "000000010000000000000002",
+        "000000020000000000000003",  # the switch segment is read from the child timeline
+        "000000020000000000000004",
+    ]
+    command = wal_prefetch.restore_command(Path("/data/spool"), "safehold wal-fetch")
+    assert command == ("test -f /data/spool/%f && mv /data/spool/%f %p || safehold wal-fetch %f %p")
 
 
 def test_check_reports_a_gap(archiving: Archiving, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ _DB = re.compile(r"^db_backup_(?P<stamp>\d{8}_\d{6})\.sql(?P<ext>\.zst)?(?P<age>
 _VOLUME = re.compile(
     r"^volume_(?P<target>.+)_(?P<stamp>\d{8}_\d{6})\.tar\.(?P<ext>gz|zst)(?P<age>\.age)?$"
 )
+COMPRESSIONS: tuple[str, ...] = ("gzip", "zstd", "none")  # of database dumps
 AGE_SUFFIX = ".age"  # encrypted artifacts: the plain name + .age
 
 DB_EXTENSIONS = {"gzip": ".sql", "none": ".sql", "zstd": ".sql.zst"}

@@ -9,7 +9,8 @@ from .. import catalog
 from ..config import Settings
 from ..errors import UsageError
 from ..model import Manifest
-from ..operations.backup import COMPRESSIONS, backup_database
+from ..naming import COMPRESSIONS
+from ..operations.backup import backup_database
 from ..operations.backup_set import SetOptions, backup_set
 from ..operations.docker_volume import backup_volume
 from ..operations.engine import connect_docker, select_volumes

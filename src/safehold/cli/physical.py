@@ -13,32 +13,15 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import StorageError, UsageError
-from ..operations import pitr, pitr_restore, wal
+from ..operations import pitr, pitr_restore, pitr_setup
 from ..operations.copy import copy_repository_key
 from ..sandbox.cluster import free_port, server_bin_dir
 from ..storage import LocalStorage
-from .locations import locations
 from .runtime import Runtime
+from .wal_places import wal_archive
 
 F = TypeVar("F", bound=Callable[..., Any])
 COMMAND_HELP = "how the server should run safehold (default: this installation's safehold)"
-
-
-def wal_archive(rt: Runtime, *, fetching: bool = False) -> wal.WalArchive:
-    """The repository, then every location that takes automatic copies (not the long-term
-    archive); the configured encryption on push, the decryption key on fetch."""
-    settings = rt.settings
-    copies = [
-        (place.name, place.storage)
-        for place in locations(settings)
-        if place.copy_after_backup and not place.archive
-    ]
-    return wal.WalArchive(
-        LocalStorage(settings.backup_dir),
-        tuple(copies),
-        encryption=None if fetching else settings.encryption_key(),
-        decryption=settings.decryption_key() if fetching else None,
-    )
 
 
 def config_file(rt: Runtime) -> Path | None:
@@ -169,7 +152,7 @@ def run_restore(rt: Runtime, request: PitrRequest) -> None:
             hint="a new folder, or the cluster's own data folder with --force",
         )
     server = pitr_restore.Server(
-        command=request.command or wal.which_safehold(),
+        command=request.command or pitr_setup.which_safehold(),
         bin_dir=server_bin_dir(),
         run_as=request.server_user or pitr_restore.default_server_user(),
         port=request.port or free_port(),

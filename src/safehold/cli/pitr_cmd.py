@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..operations import pitr, wal
+from ..operations import pitr, pitr_setup
 from .physical import (
     COMMAND_HELP,
     PitrRequest,
@@ -14,9 +14,9 @@ from .physical import (
     pitr_options,
     run_base_backup,
     run_restore,
-    wal_archive,
 )
 from .runtime import runtime, shared_options
+from .wal_places import wal_archive
 
 
 @click.group("pitr")
@@ -32,13 +32,13 @@ def pitr_cmd() -> None:
 def setup_cmd(ctx: click.Context, apply: bool, command: str | None) -> None:
     """Print (or with --apply, set) what the server needs to archive WAL into BACKUP_DIR."""
     with runtime(ctx) as rt:
-        settings = wal.server_settings(
-            command or wal.which_safehold(), rt.settings.backup_dir, config_file(rt)
+        settings = pitr_setup.server_settings(
+            command or pitr_setup.which_safehold(), rt.settings.backup_dir, config_file(rt)
         )
         for name, value in settings.items():
             rt.out.print(f"{name} = '{value}'", markup=False, highlight=False)
         if apply:
-            pending = wal.apply_settings(rt.settings.pg_target(), settings)
+            pending = pitr_setup.apply_settings(rt.settings.pg_target(), settings)
             if pending:
                 rt.out.print(f"restart the server to apply: {', '.join(pending)}")
             else:

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from ..operations import wal
-from .physical import wal_archive
 from .runtime import runtime, shared_options
+from .wal_places import wal_archive
 
 
 @click.command("wal-push")

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 from .. import naming
 from ..crypto import DecryptionKey, EncryptionKey, load_decryption_key, load_encryption_key
 from ..model import Objectives
-from ..operations.backup import COMPRESSIONS, BackupOptions
-from ..operations.restore import RestoreOptions
+from ..naming import COMPRESSIONS
 from ..sources.postgres import PgTarget
 
-if TYPE_CHECKING:  # the docker SDK is slow to import and only volume commands need it
+if TYPE_CHECKING:  # the docker SDK and psycopg are slow to import; wal-push needs neither
+    from ..operations.backup import BackupOptions
     from ..operations.docker_volume import Access
+    from ..operations.restore import RestoreOptions
 
 DEFAULT_FILE = Path("safehold.toml")
 
@@ -197,6 +198,8 @@ class Settings:
         )
 
     def backup_options(self) -> BackupOptions:
+        from ..operations.backup import BackupOptions  # not at import: wal-push must start fast
+
         b = self.backup
         return BackupOptions(
             b.compress,  # type: ignore[arg-type]  # checked by choices
@@ -240,6 +243,8 @@ class Settings:
         return self.backup.volume_access  # type: ignore[return-value]  # checked by choices
 
     def restore_options(self, **overrides: Any) -> RestoreOptions:
+        from ..operations.restore import RestoreOptions
+
         return RestoreOptions(
             jobs=self.restore.jobs,
             lock_timeout=self.lock_timeout,

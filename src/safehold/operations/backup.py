@@ -12,6 +12,7 @@ from ..compress import ZstdWriter
 from ..crypto import EncryptionKey
 from ..errors import UsageError
 from ..model import Event, EventSink, Manifest, null_sink
+from ..naming import COMPRESSIONS
 from ..sources.postgres import DumpStream, PgTarget
 from ..storage import LocalStorage
 from ._pipeline import (
@@ -25,7 +26,6 @@ from ._pipeline import (
 )
 
 Compression = Literal["gzip", "zstd", "none"]
-COMPRESSIONS: tuple[str, ...] = ("gzip", "zstd", "none")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from ..crypto import age_reader
 from ..errors import IntegrityError, UsageError
 from ..model import Event, EventSink
 from ..storage import LocalStorage
-from . import wal
+from . import pitr_setup, wal, wal_prefetch
 from ._pipeline import check_digest, unlock_key
 from .pitr import BaseBackup, choose_base, lsn_value, timeline_switches
 from .restored_server import (
@@ -101,6 +101,7 @@ class RestoreResult:
     timeline: int
     running: bool
     moved_aside: Path | None
+    read_ahead: int = 0  # segments the restore_command took from the read-ahead spool
 
 
 def restore(
@@ -133,10 +134,15 @@ def restore(
         sink(Event("pitr", f"restoring base backup {base.name} into {target_dir}"))
         where = _extract(archive, base, target_dir, sink)
         verify_s = _verify_backup(server.bin_dir, target_dir)
-        _write_recovery(archive, target_dir, target, server, archiving)
+        spool = target_dir / wal_prefetch.SPOOL
+        _write_recovery(archive, target_dir, target, server, archiving, spool)
         own(target_dir, server.run_as)
+        read_ahead = wal_prefetch.Prefetch(
+            archive, base.start_segment, switches, spool, server.run_as
+        )
         try:
-            lsn, timeline = recover(target_dir, server, began + timeout)
+            with read_ahead:
+                lsn, timeline = recover(target_dir, server, began + timeout)
         except TargetNotReached:
             if number == len(candidates):
                 raise
@@ -160,6 +166,7 @@ def restore(
             timeline,
             keep_running,
             moved,
+            read_ahead.fetched - read_ahead.left,
         )
     raise AssertionError("unreachable: choose_base returns at least one base backup")
 
@@ -282,15 +289,23 @@ def _conf(value: str) -> str:
 
 
 def _write_recovery(
-    archive: wal.WalArchive, target_dir: Path, target: Target, server: Server, archiving: bool
+    archive: wal.WalArchive,
+    target_dir: Path,
+    target: Target,
+    server: Server,
+    archiving: bool,
+    spool: Path,
 ) -> None:
     if not isinstance(archive.primary, LocalStorage):
         raise UsageError("point-in-time restore needs the local repository (BACKUP_DIR)")
-    root = wal.shell_word(str(archive.primary.root.absolute()))
+    root = pitr_setup.shell_word(str(archive.primary.root.absolute()))
     fetch = f"{server.command} wal-fetch --backup-dir {root}"
     if server.config is not None:
-        fetch += f" --config {wal.shell_word(str(server.config.absolute()))}"
-    lines = {"restore_command": f"{fetch} %f %p", "recovery_target_action": "promote"}
+        fetch += f" --config {pitr_setup.shell_word(str(server.config.absolute()))}"
+    lines = {
+        "restore_command": wal_prefetch.restore_command(spool, fetch),
+        "recovery_target_action": "promote",
+    }
     if not archiving:
         lines["archive_mode"] = "off"  # a side copy must not archive into the source's archive
     lines.update(target.settings())

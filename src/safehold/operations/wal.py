@@ -7,6 +7,9 @@ Layout in the repository and in each copy location: ``wal/<name>.zst`` (the file
 commit point, so a segment without one was never acknowledged to the server (which pushes it
 again). No repository lock is taken: every write is atomic, and archiving must never wait for a
 backup.
+
+The server starts a process for every file it archives or fetches, so this module imports only
+what those need (encryption only when configured): start-up time is archiving throughput.
 """
 
 from __future__ import annotations
@@ -17,22 +20,20 @@ import io
 import os
 import re
 import secrets
-import shutil
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 import zstandard
-from psycopg import sql
 
 from ..compress.zstd import ZstdError, zstd_reader
-from ..crypto import SUFFIX, AgeWriter, DecryptionKey, EncryptionKey, age_reader
 from ..errors import IntegrityError, SafeholdError, StorageError, UsageError
-from ..sources.postgres import PgTarget, connect
+from ..naming import AGE_SUFFIX as SUFFIX
 from ..storage import LocalStorage, Storage
 from ..storage.local import fsync_dir
-from ._pipeline import bind_key, unlock_key
+
+if TYPE_CHECKING:
+    from ..crypto import DecryptionKey, EncryptionKey
 
 PREFIX = "wal"
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
@@ -156,6 +157,9 @@ def _pack(data: bytes, level: int, key: EncryptionKey | None, primary: Storage) 
     compressed = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
     if key is None:
         return compressed
+    from ..crypto import AgeWriter
+    from ._pipeline import bind_key
+
     bound = bind_key(primary, key)
     assert bound is not None
     out = io.BytesIO()
@@ -165,7 +169,7 @@ def _pack(data: bytes, level: int, key: EncryptionKey | None, primary: Storage) 
     return out.getvalue()
 
 
-def fetch(archive: WalArchive | Storage, name: str, dest: Path) -> int:
+def fetch(archive: WalArchive | Storage, name: str, dest: Path, *, durable: bool = True) -> int:
     """Decompress ``name`` into ``dest`` (atomically), verified against its sha256; returns the
     size. Places are tried in order: a copy that is missing or damaged in one is read from the
     next. A file no place has raises ``WalMissing``; one only damaged copies, ``IntegrityError``."""
@@ -177,7 +181,7 @@ def fetch(archive: WalArchive | Storage, name: str, dest: Path) -> int:
             known = _read_sum(storage, name)
             if known is None:
                 continue
-            return _fetch_one(storage, name, known, Path(dest), archive.decryption)
+            return _fetch_one(storage, name, known, Path(dest), archive.decryption, durable)
         except IntegrityError as exc:
             if len(archive.places()) > 1:
                 exc.message = f"{where}: {exc.message}"
@@ -188,28 +192,35 @@ def fetch(archive: WalArchive | Storage, name: str, dest: Path) -> int:
 
 
 def _fetch_one(
-    storage: Storage, name: str, known: _Sum, dest: Path, key: DecryptionKey | None
+    storage: Storage,
+    name: str,
+    known: _Sum,
+    dest: Path,
+    key: DecryptionKey | None,
+    durable: bool = True,
 ) -> int:
     temp = dest.with_name(f".{dest.name}.safehold-{secrets.token_hex(4)}")
     digest = hashlib.sha256()
     size = 0
     try:
         with storage.open_reader(_data_key(name, known)) as raw, temp.open("xb") as out:
-            plain = age_reader(raw, unlock_key(storage, key, name)) if known.encrypted else raw
+            plain = _decrypting(storage, raw, key, name) if known.encrypted else raw
             reader = zstd_reader(plain)
             while chunk := reader.read(1 << 20):
                 digest.update(chunk)
                 size += len(chunk)
                 out.write(chunk)
             out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         if (digest.hexdigest(), size) != (known.sha256, known.size):
             raise IntegrityError(
                 f"archived WAL {name} is damaged: sha256/size do not match its checksum file",
                 hint="recovery cannot continue past this segment; restore to an earlier time",
             )
         os.replace(temp, dest)
-        fsync_dir(dest.parent)
+        if durable:
+            fsync_dir(dest.parent)
     except FileNotFoundError as exc:
         if exc.filename is None or Path(str(exc.filename)) != temp:  # not DEST's folder
             raise IntegrityError(
@@ -226,6 +237,15 @@ def _fetch_one(
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
     return size
+
+
+def _decrypting(
+    storage: Storage, raw: IO[bytes], key: DecryptionKey | None, name: str
+) -> IO[bytes]:
+    from ..crypto import age_reader
+    from ._pipeline import unlock_key
+
+    return age_reader(raw, unlock_key(storage, key, name))
 
 
 def stored_keys(storage: Storage, name: str) -> list[str]:
@@ -260,54 +280,3 @@ def next_segment(name: str, segment_size: int = SEGMENT_SIZE) -> str:
     if seg >= per_log:
         log, seg = log + 1, 0
     return f"{timeline:08X}{log:08X}{seg:08X}"
-
-
-# ---- the server side: what archive_command / restore_command call ----
-
-
-def server_settings(command: str, backup_dir: Path, config: Path | None = None) -> dict[str, str]:
-    """What the server needs for continuous archiving into ``backup_dir`` (and, through the
-    config file, into its copy locations, encrypted when configured)."""
-    push = f"{command} wal-push --backup-dir {shell_word(str(backup_dir.absolute()))}"
-    if config is not None:
-        push += f" --config {shell_word(str(config.absolute()))}"
-    push += " %p"
-    return {
-        "wal_level": "replica",
-        "archive_mode": "on",
-        "archive_command": push,
-        "archive_timeout": "60",
-    }
-
-
-def shell_word(text: str) -> str:
-    if re.fullmatch(r"[A-Za-z0-9_./=:@+-]+", text):
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
-
-
-def apply_settings(target: PgTarget, settings: dict[str, str]) -> list[str]:
-    """``ALTER SYSTEM`` + reload; returns the settings that wait for a restart."""
-    with connect(target, target.maintenance_db, autocommit=True) as conn:
-        for name, value in settings.items():
-            statement = sql.SQL("ALTER SYSTEM SET {} = {}").format(
-                sql.Identifier(name), sql.Literal(value)
-            )
-            conn.execute(statement)
-        conn.execute("SELECT pg_reload_conf()")
-        time.sleep(0.5)  # the postmaster re-reads its files asynchronously
-        rows = conn.execute(
-            "SELECT name FROM pg_settings WHERE pending_restart AND name = ANY(%s)",
-            (list(settings),),
-        ).fetchall()
-    return sorted(str(r[0]) for r in rows)
-
-
-def which_safehold() -> str:
-    """How the server should call this safehold: the installed script next to the running
-    interpreter, else ``python -m safehold``."""
-    script = Path(sys.executable).parent / "safehold"
-    if script.is_file():
-        return shell_word(str(script))
-    found = shutil.which("safehold")
-    return shell_word(found) if found else f"{shell_word(sys.executable)} -m safehold"

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg import sql
+if TYPE_CHECKING:  # psycopg takes ~0.1 s to import: the WAL commands never connect
+    import psycopg
 
 from .. import _proc
 from ..errors import (
@@ -75,6 +75,8 @@ class PgTarget:
 def connect(
     target: PgTarget, dbname: str | None = None, *, autocommit: bool = False
 ) -> psycopg.Connection[Any]:
+    import psycopg
+
     name = dbname or target.dbname
     try:
         return psycopg.connect(
@@ -167,6 +169,8 @@ def user_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
 
 
 def count_rows(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    from psycopg import sql
+
     counts: dict[str, int] = {}
     for schema, name in user_tables(conn):
         query = sql.SQL("SELECT count(*) FROM {}.{}").format(
@@ -306,6 +310,8 @@ def dump_failure(stderr: str, target: PgTarget) -> DatabaseError | ToolError:
 
 def table_fingerprints(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, str]]:
     """Rows and an order-independent content hash per table: what a round trip must preserve."""
+    from psycopg import sql
+
     result: dict[str, tuple[int, str]] = {}
     for schema, name in user_tables(conn):
         query = sql.SQL(
