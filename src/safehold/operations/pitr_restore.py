@@ -1,12 +1,13 @@
 """Restore to a point in time: a base backup, then WAL replayed by the server up to a target.
 
 Steps: pick the newest base backup that ends before the target; stream it from the first place
-holding a good copy (the repository, else a copy location) through sha256, age and zstd into
-``tar -x`` in the target folder (GNU tar writes faster than Python's tarfile; the folder is
+holding a good copy (the repository, else a copy location) through sha256 and age into
+``zstd -d | tar -x`` in the target folder (three processes overlap the work; the folder is
 wiped when the stream proves damaged, and the next place is tried); ``pg_verifybackup`` checks
 every extracted file against pg_basebackup's manifest; the recovery settings go into
-``postgresql.auto.conf`` with ``recovery.signal``; the server starts, replays WAL fetched by
-``safehold wal-fetch`` and promotes at the target; the point reached is read from its log.
+``postgresql.auto.conf`` with ``recovery.signal``; the server starts, replays WAL (read ahead by
+``wal_prefetch``, else fetched by ``wal-fetch``) and promotes at the target; the point reached
+is read from its log.
 
 Timelines: ``recovery_target_timeline`` stays at PostgreSQL's default, ``latest``; the server
 asks ``wal-fetch`` for ``N.history`` files and follows a switch made by an earlier recovery.
@@ -30,7 +31,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from .. import _proc
-from ..compress.zstd import ZstdError, zstd_reader
 from ..crypto import age_reader
 from ..errors import IntegrityError, UsageError
 from ..model import Event, EventSink
@@ -95,6 +95,7 @@ class RestoreResult:
     target_dir: Path
     port: int
     took_s: float
+    extract_s: float
     verify_s: float
     reached: str  # what the server logged about where recovery stopped
     lsn: str
@@ -132,7 +133,9 @@ def restore(
         archiving = moved is not None
     for number, base in enumerate(candidates, 1):
         sink(Event("pitr", f"restoring base backup {base.name} into {target_dir}"))
+        extract_began = time.monotonic()
         where = _extract(archive, base, target_dir, sink)
+        extract_s = time.monotonic() - extract_began
         verify_s = _verify_backup(server.bin_dir, target_dir)
         spool = target_dir / wal_prefetch.SPOOL
         _write_recovery(archive, target_dir, target, server, archiving, spool)
@@ -160,6 +163,7 @@ def restore(
             target_dir,
             server.port,
             took,
+            extract_s,
             verify_s,
             point,
             lsn,
@@ -229,14 +233,14 @@ def _extract(archive: wal.WalArchive, base: BaseBackup, target_dir: Path, sink: 
             plain: Any = source
             if base.encryption is not None:
                 plain = age_reader(source, unlock_key(storage, archive.decryption, base.name))
-            _untar(zstd_reader(plain), target_dir)
+            _untar(plain, target_dir)
             while source.read(1 << 20):
                 pass
             check_digest(base.name, base.sha256, source.hash.hexdigest(), base.size, source.size)
             if where != "local":
                 sink(Event("pitr", f"{base.name}: read from location {where}"))
             return where
-        except (IntegrityError, ZstdError) as exc:
+        except IntegrityError as exc:
             failures.append(f"{where}: {exc}")
             sink(Event("pitr", f"{base.name} in {where} is damaged ({exc}); trying the next copy"))
             _clear(target_dir)
@@ -248,22 +252,30 @@ def _extract(archive: wal.WalArchive, base: BaseBackup, target_dir: Path, sink: 
     )
 
 
-def _untar(stream: Any, target_dir: Path) -> None:
+def _untar(compressed: Any, target_dir: Path) -> None:
+    """``compressed`` (a zstd stream, already decrypted) through ``zstd -d`` into ``tar -x``:
+    three processes, so reading/hashing, decompressing and writing files overlap."""
+    unzstd = _proc.spawn(["zstd", "-d", "-c", "-q"], stdin=subprocess.PIPE)
     argv = ["tar", "-x", "-f", "-", "-C", str(target_dir), "--no-same-owner"]
-    proc = _proc.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    assert proc.stdin is not None and proc.stderr is not None
-    tail = _proc.StderrTail(proc.stderr)
+    untar = _proc.spawn(argv, stdin=unzstd.stdout, stdout=subprocess.DEVNULL)
+    assert unzstd.stdin is not None and unzstd.stdout is not None
+    assert unzstd.stderr is not None and untar.stderr is not None
+    unzstd.stdout.close()  # tar holds it now: zstd sees a broken pipe if tar dies
+    tails = (_proc.StderrTail(unzstd.stderr), _proc.StderrTail(untar.stderr))
     try:
-        while chunk := stream.read(1 << 20):
-            proc.stdin.write(chunk)
-        proc.stdin.close()
+        while chunk := compressed.read(1 << 20):
+            unzstd.stdin.write(chunk)
+        unzstd.stdin.close()
     except BrokenPipeError:
         pass
     except BaseException:
-        _proc.stop(proc)
+        _proc.stop(unzstd)
+        _proc.stop(untar)
         raise
-    if proc.wait() != 0:
-        raise IntegrityError(f"the base backup's tar stream is damaged: {tail.text()[-800:]}")
+    codes = (unzstd.wait(), untar.wait())
+    if codes != (0, 0):
+        said = "; ".join(t.text()[-600:] for t in tails if t.text())
+        raise IntegrityError(f"the base backup's stream is damaged (zstd/tar exit {codes}): {said}")
 
 
 def _verify_backup(bin_dir: Path, target_dir: Path) -> float:

@@ -41,7 +41,11 @@ def recover(target_dir: Path, server: Server, deadline: float) -> tuple[str, int
     """Start the server and wait until it has promoted; (current LSN, timeline)."""
     log = target_dir / LOG
     options = f"-p {server.port} -k {target_dir} -c listen_addresses=127.0.0.1"
-    pg_ctl(server, target_dir, "-o", options, "-l", str(log), "start")
+    try:  # pg_ctl waits until the server accepts (read-only) connections, or has stopped
+        pg_ctl(server, target_dir, "-o", options, "-l", str(log), "start")
+    except DatabaseError:
+        if NOT_REACHED not in (log.read_text(errors="replace") if log.exists() else ""):
+            raise
     last = ""
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace") if log.exists() else ""
@@ -71,7 +75,7 @@ def recover(target_dir: Path, server: Server, deadline: float) -> tuple[str, int
             last = str(exc).strip()
         if not running(server, target_dir):
             raise RestoreError(f"the restored server stopped: {text[-1500:]}")
-        time.sleep(0.3)
+        time.sleep(0.1)
     pg_ctl(server, target_dir, "-m", "fast", "-w", "stop", check=False)
     tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
     raise RestoreError(f"recovery did not finish in time ({last}): {tail}")

@@ -4,17 +4,21 @@ PostgreSQL asks its ``restore_command`` for one file at a time and waits: a new 
 process per segment costs its start-up on every one of them. During ``restore --pitr`` the
 chain is known in advance (from the base backup's start segment along the timeline switches),
 so this thread fetches the next segments (verified, decrypted, decompressed) into a spool
-folder inside the data directory, a few ahead of replay, and the restore_command becomes::
+folder inside the data directory, a few ahead of replay, and the restore_command becomes a
+shell ``if`` (``restore_command()``): a segment ready in the spool is moved to ``.served/`` and
+copied to the server (the server asks for the last one again when it ends recovery; a copy,
+not a link, because the server recycles WAL files by overwriting them); a name known to be
+absent (``.absent/``: the first segment past the end of the archive, timeline history files
+that do not exist) ends the request with exit 1 at once; anything else runs ``wal-fetch``.
 
-    test -f SPOOL/%f && mv SPOOL/%f %p || safehold wal-fetch ... %f %p
-
-A file appears in the spool only complete (written under a temporary name, then renamed), so
-the shell either moves a whole verified segment or falls back to ``wal-fetch``, which also
-reports a missing or damaged file exactly as without the read-ahead.
+A file appears in the spool only complete (staged, chowned, then renamed), so the shell either
+takes a whole verified segment or falls back to ``wal-fetch``, which also reports a missing or
+damaged file exactly as without the read-ahead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -30,10 +34,18 @@ SPOOL = "safehold_wal_spool"
 AHEAD = 8  # segments kept ready: 128 MiB of disk at the default segment size
 
 
+SERVED_KEEP = 4  # segments kept after they were served, for the server's second request
+
+
 def restore_command(spool: Path, fetch: str) -> str:
     """The restore_command that takes a segment from the spool, else runs ``fetch``."""
-    where = pitr_setup.shell_word(str(spool))
-    return f"test -f {where}/%f && mv {where}/%f %p || {fetch} %f %p"
+    s = pitr_setup.shell_word(str(spool))
+    return (
+        f"if test -f {s}/%f; then mv {s}/%f {s}/.served/%f && cp {s}/.served/%f %p; "
+        f"elif test -f {s}/.served/%f; then cp {s}/.served/%f %p; "
+        f"elif test -f {s}/.absent/%f; then exit 1; "
+        f"else {fetch} %f %p; fi"
+    )
 
 
 def chain(start: str, switches: list[Switch]) -> Iterator[str]:
@@ -60,6 +72,10 @@ class Prefetch:
         run_as: str | None,
         ahead: int = AHEAD,
     ) -> None:
+        newest = switches[-1].child if switches else int(start[:8], 16)
+        # History files that cannot exist: timeline 1's, and the next timeline's, which the
+        # server probes for before it picks that number for itself
+        self._absent = [f"{1:08X}.history", f"{newest + 1:08X}.history"]
         self._archive = archive
         self._names = chain(start, switches)
         self.spool = spool
@@ -72,9 +88,11 @@ class Prefetch:
         self.ended: str = ""  # why it stopped early: the archive's end, or a damaged file
 
     def __enter__(self) -> Prefetch:
-        self.spool.mkdir(mode=0o700, exist_ok=True)
-        (self.spool / ".staging").mkdir(mode=0o700, exist_ok=True)
-        self._chown(self.spool)
+        for folder in (self.spool, self.spool / ".staging", *self._shared()):
+            folder.mkdir(mode=0o700, exist_ok=True)
+            self._chown(folder)
+        for name in self._absent:
+            self._mark_absent(name)
         self._thread.start()
         return self
 
@@ -89,6 +107,12 @@ class Prefetch:
         self.left = self._ready()
         shutil.rmtree(self.spool, ignore_errors=True)
 
+    def _shared(self) -> list[Path]:
+        return [self.spool / ".served", self.spool / ".absent"]
+
+    def _mark_absent(self, name: str) -> None:
+        (self.spool / ".absent" / name).touch()
+
     def _ready(self) -> int:
         try:
             return sum(1 for n in os.listdir(self.spool) if wal.SEGMENT_RE.match(n))
@@ -100,6 +124,7 @@ class Prefetch:
             while self._ready() >= self._ahead:
                 if self._stop.wait(0.02):
                     return
+                self._trim_served()
             if self._stop.is_set():
                 return
             staged = self.spool / ".staging" / name
@@ -107,6 +132,7 @@ class Prefetch:
                 wal.fetch(self._archive, name, staged, durable=False)
             except wal.WalMissing:
                 self.ended = f"the archive ends before {name}"
+                self._mark_absent(name)
                 return
             except Exception as exc:
                 self.ended = f"{name}: {exc}"
@@ -114,6 +140,13 @@ class Prefetch:
             self._chown(staged)  # before it is visible: the server user moves it away
             os.rename(staged, self.spool / name)
             self.fetched += 1
+
+    def _trim_served(self) -> None:
+        served = self.spool / ".served"
+        with contextlib.suppress(FileNotFoundError):
+            for name in sorted(os.listdir(served))[:-SERVED_KEEP]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(served / name)
 
     def _chown(self, path: Path) -> None:
         if self._owner is not None:
