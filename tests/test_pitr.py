@@ -122,6 +122,22 @@ def test_check_reports_a_gap(archiving: Archiving, tmp_path: Path) -> None:
     assert f"missing {gone}: changes from {archived_at:%Y-%m-%d %H:%M:%S} UTC" in proc.stdout
     assert ": gap, WAL " in proc.stdout
 
+    (base_record,) = pitr.base_backups(LocalStorage(copy))
+    stored = copy / base_record.data_key
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    stored.write_bytes(bytes(data))
+    checked = subprocess.run(
+        [sys.executable, "-m", "safehold", "pitr", "check", "--verify", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 6, checked.stderr
+    (row,) = json.loads(checked.stdout)
+    assert row["state"] == "damaged" and "does not match the record" in row["damage"]
+
 
 def test_cli_base_backup_and_restore_latest(archiving: Archiving) -> None:
     db = archiving

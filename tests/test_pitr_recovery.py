@@ -10,10 +10,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -21,6 +23,7 @@ import pytest
 from safehold.crypto import generate_keypair
 from safehold.errors import UsageError
 from safehold.operations import pitr, pitr_restore, wal
+from safehold.operations.drill_pitr import SCRATCH_PREFIX
 from safehold.operations.pitr_restore import Target
 from safehold.sandbox.s3server import SandboxS3
 from safehold.sources.postgres import PgTarget, connect
@@ -98,6 +101,23 @@ def test_restore_to_an_lsn_and_to_a_named_point_behind_a_newer_base(archiving: A
 
     with pytest.raises(pitr_restore.TargetNotReached, match="archive ends before"):
         restore(db, Target(name="never-made"))
+
+    # The same point as a drill: a scratch cluster, every table read, recorded, removed.
+    env = seed_env(db.target, db.repo.root)
+    argv = ["drill", "--pitr", "--to-name", "before-batch-2", "--json"]
+    argv += ["--command", server_command()]
+    if RUN_AS is not None:
+        argv += ["--server-user", RUN_AS]
+    drilled = cli(env, *argv)
+    assert drilled.returncode == 0, drilled.stderr
+    record = json.loads(drilled.stdout)
+    (member,) = record["members"]
+    assert record["outcome"] == "ok" and member["base"] == first.name
+    assert member["database"] == "postgres" and member["rows"] == 1000
+    assert db.repo.exists(f".safehold/drills/{record['id']}.json")
+    assert not list(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"))
+    failed = cli(env, "drill", "--pitr", "--to-name", "never-made", *argv[4:])
+    assert failed.returncode != 0 and "point-in-time drill failed" in failed.stderr
 
 
 def test_restore_over_a_running_cluster_is_refused_and_force_moves_it_aside(

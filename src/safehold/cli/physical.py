@@ -4,11 +4,13 @@ base backup with its copies, and the point-in-time restore with its options."""
 from __future__ import annotations
 
 import functools
+import os
+import pwd
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -19,6 +21,9 @@ from ..sandbox.cluster import free_port, server_bin_dir
 from ..storage import LocalStorage
 from .runtime import Runtime
 from .wal_places import wal_archive
+
+if TYPE_CHECKING:
+    from ..operations.drill import DrillRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
 COMMAND_HELP = "how the server should run safehold (default: this installation's safehold)"
@@ -144,14 +149,8 @@ def pitr_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def run_restore(rt: Runtime, request: PitrRequest) -> None:
-    target = request.target()
-    if request.target_dir is None:
-        raise UsageError(
-            "--target-dir is required for a point-in-time restore",
-            hint="a new folder, or the cluster's own data folder with --force",
-        )
-    server = pitr_restore.Server(
+def _server(rt: Runtime, request: PitrRequest) -> pitr_restore.Server:
+    return pitr_restore.Server(
         command=request.command or pitr_setup.which_safehold(),
         bin_dir=server_bin_dir(),
         run_as=request.server_user or pitr_restore.default_server_user(),
@@ -159,6 +158,16 @@ def run_restore(rt: Runtime, request: PitrRequest) -> None:
         user=rt.settings.database.user,
         config=config_file(rt),
     )
+
+
+def run_restore(rt: Runtime, request: PitrRequest) -> None:
+    target = request.target()
+    if request.target_dir is None:
+        raise UsageError(
+            "--target-dir is required for a point-in-time restore",
+            hint="a new folder, or the cluster's own data folder with --force",
+        )
+    server = _server(rt, request)
     result = pitr_restore.restore(
         wal_archive(rt, fetching=True),
         request.target_dir,
@@ -182,4 +191,45 @@ def run_restore(rt: Runtime, request: PitrRequest) -> None:
         f"{result.reached}; lsn {result.lsn}, timeline {result.timeline}; "
         f"{result.took_s:.1f}s (pg_verifybackup {result.verify_s:.1f}s); server {state}{moved}",
         highlight=False,
+    )
+
+
+def run_pitr_drill(
+    rt: Runtime,
+    to_time: str | None,
+    to_lsn: str | None,
+    to_name: str | None,
+    server_user: str | None,
+    command: str | None,
+) -> DrillRecord:
+    request = PitrRequest(
+        to_time,
+        to_lsn,
+        to_name,
+        latest=not (to_time or to_lsn or to_name),
+        target_dir=None,
+        force=False,
+        port=None,
+        server_user=server_user,
+        keep_running=False,
+        archiving=False,
+        command=command,
+        timeout=3600.0,
+    )
+    run_as = server_user or pitr_restore.default_server_user()
+
+    def give_to(path: Path) -> None:
+        if run_as is not None:
+            entry = pwd.getpwnam(run_as)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    from ..operations.drill_pitr import drill_pitr  # the drill module loads the docker SDK
+
+    return drill_pitr(
+        wal_archive(rt, fetching=True),
+        request.target(),
+        _server(rt, request),
+        rt.settings.database.name,
+        sink=rt.sink,
+        give_to=give_to,
     )

@@ -60,16 +60,24 @@ def base_backup_cmd(ctx: click.Context, as_json: bool) -> None:
 
 
 @pitr_cmd.command("check")
+@click.option("--verify", is_flag=True, help="also check each base backup's size and sha256")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @shared_options
 @click.pass_context
-def check_cmd(ctx: click.Context, as_json: bool) -> None:
+def check_cmd(ctx: click.Context, verify: bool, as_json: bool) -> None:
     """Check that the archived WAL from each base backup to the newest segment is continuous,
-    following timeline switches; gaps are shown with the time window they lose (exit 6)."""
+    following timeline switches; gaps are shown with the time window they lose. With --verify,
+    each base backup's stored file is read and checked against its record too. Exit 6 when
+    anything is missing or damaged."""
     with runtime(ctx, as_json=as_json) as rt:
-        results = pitr.check(wal_archive(rt, fetching=True))
+        archive = wal_archive(rt, fetching=True)
+        results = pitr.check(archive)
         rows: list[dict[str, Any]] = []
         for base, report in results:
+            damage = pitr.verify_base(archive.primary, base) if verify else None
+            if damage is not None:
+                rows.append({"base": base.name, "state": "damaged", "damage": damage})
+                continue
             if report is None:
                 rows.append({"base": base.name, "state": "other timeline"})
                 continue
@@ -89,7 +97,9 @@ def check_cmd(ctx: click.Context, as_json: bool) -> None:
             rt.emit_json(rows)
         for row in [] if as_json else rows:
             line = f"{row['base']}: {row['state']}"
-            if "from" in row:
+            if "damage" in row:
+                line += f": {row['damage']}"
+            elif "from" in row:
                 line += f", WAL {row['from']} .. {row['to'] or '-'}, {row['segments']} segments"
                 line += ", timelines " + " > ".join(str(t) for t in row["timelines"])
             else:
@@ -97,7 +107,7 @@ def check_cmd(ctx: click.Context, as_json: bool) -> None:
             rt.out.print(line, highlight=False)
             for gap in row.get("gaps", []):
                 rt.out.print(f"  {gap}", highlight=False)
-    if any(row["state"] == "gap" for row in rows):
+    if any(row["state"] in ("gap", "damaged") for row in rows):
         ctx.exit(6)
 
 

@@ -10,6 +10,7 @@ check the extracted files with ``pg_verifybackup``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -282,3 +283,22 @@ def copy_base(source: Storage, base: BaseBackup, destination: Storage) -> int:
             copied += len(chunk)
     destination.put_bytes(base.record_key, record_bytes(base))
     return copied
+
+
+def verify_base(storage: Storage, base: BaseBackup) -> str | None:
+    """Size and sha256 of the stored file against its record; None when intact, else why.
+    (The files inside are checked by ``pg_verifybackup`` on every restore and drill.)"""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with storage.open_reader(base.data_key) as reader:
+            while chunk := reader.read(8 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+    except FileNotFoundError:
+        return f"{base.data_key} is missing"
+    if size != base.size:
+        return f"{size} bytes stored, the record says {base.size}"
+    if digest.hexdigest() != base.sha256:
+        return f"sha256 {digest.hexdigest()[:12]}… does not match the record's {base.sha256[:12]}…"
+    return None

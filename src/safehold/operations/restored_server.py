@@ -114,13 +114,7 @@ def pid_alive(data: Path) -> bool:
         pid = int((data / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _proc.pid_alive(pid)
 
 
 def pg_ctl(server: Server, data: Path, *args: str, check: bool = True) -> None:

@@ -61,6 +61,7 @@ class StatusCollector:
                 objectives=s.objectives_s(),
                 database=s.database.name,
                 volumes=s.volumes.names(),
+                wal_stall_s=s.objectives.wal_stall_minutes * 60,
             )
             families = list(registry_for(report).collect())
             ok.add_metric([], 1)
