@@ -215,7 +215,7 @@ class Bench:
             f"pg1-user={self.target.user}\n"
         )
         own(self.conf)
-        settings = pitr_setup.server_settings(server_command(), self.repo)
+        settings = pitr_setup.server_settings(server_command(), self.repo, ahead=False)
         settings["archive_command"] += (
             f" && pgbackrest --config={self.conf} --stanza={STANZA} archive-push %p"
         )

@@ -6,16 +6,24 @@ from pathlib import Path
 
 import click
 
-from ..operations import wal
+from ..operations import wal, wal_ahead
 from .runtime import runtime, shared_options
 from .wal_places import wal_archive
 
 
 @click.command("wal-push")
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--ahead",
+    type=click.IntRange(min=0),
+    default=wal_ahead.AHEAD,
+    show_default=True,
+    help="also push up to N later segments the server has marked ready, leaving a marker "
+    "the archive_command takes instead of starting safehold again (0: off)",
+)
 @shared_options
 @click.pass_context
-def wal_push_cmd(ctx: click.Context, path: Path) -> None:
+def wal_push_cmd(ctx: click.Context, path: Path, ahead: int) -> None:
     """Archive one WAL segment (or .history/.backup file): archive_command = '... wal-push %p'.
 
     Stores it zstd-compressed (and encrypted when [encryption] is configured) under wal/ in
@@ -23,11 +31,19 @@ def wal_push_cmd(ctx: click.Context, path: Path) -> None:
     exits 0 only once every copy is durable. Pushing a file the archive already holds is fine
     when the content is identical, and an error when it differs. The repository folder must be
     writable by the user the server runs as.
+
+    Then it pushes ahead: segments after PATH that the server has already marked ready
+    (archive_status/*.ready) are pushed too, two at a time, each leaving a marker
+    wal/.ahead/NAME that the archive_command of 'pitr setup' takes instead of starting
+    safehold again for that segment.
     """
     with runtime(ctx) as rt:
-        result = wal.push(wal_archive(rt), path)
+        archive = wal_archive(rt)
+        result = wal.push(archive, path)
         if result.already:
             rt.sink_info(f"wal-push {result.name}: already archived (identical)")
+        if ahead:
+            wal_ahead.push_ahead(archive, path, limit=ahead)
 
 
 @click.command("wal-fetch")

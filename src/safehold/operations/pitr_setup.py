@@ -14,13 +14,20 @@ from psycopg import sql
 from ..sources.postgres import PgTarget, connect
 
 
-def server_settings(command: str, backup_dir: Path, config: Path | None = None) -> dict[str, str]:
+def server_settings(
+    command: str, backup_dir: Path, config: Path | None = None, *, ahead: bool = True
+) -> dict[str, str]:
     """What the server needs for continuous archiving into ``backup_dir`` (and, through the
-    config file, into its copy locations, encrypted when configured)."""
+    config file, into its copy locations, encrypted when configured). ``ahead``: the command
+    first takes the marker of a segment an earlier push already archived (``wal_ahead``)."""
     push = f"{command} wal-push --backup-dir {shell_word(str(backup_dir.absolute()))}"
     if config is not None:
         push += f" --config {shell_word(str(config.absolute()))}"
-    push += " %p"
+    push += " %p" if ahead else " --ahead 0 %p"
+    if ahead:
+        from .wal_ahead import archive_command
+
+        push = archive_command(push, backup_dir)
     return {
         "wal_level": "replica",
         "archive_mode": "on",
