@@ -22,17 +22,6 @@ have dockerd && have containerd && have runc || missing+=(docker.io)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" \
   || missing+=(busybox-static)
 have chromium || have chromium-browser || missing+=(chromium)
-if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "error: missing system packages: ${missing[*]}" >&2
-  echo "hint: sudo apt-get install -y ${missing[*]}" >&2
-  exit 1
-fi
-echo "installing: ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-# Wait for another apt run (unattended upgrades, a parallel install) instead of failing.
-apt_opts=(-o DPkg::Lock::Timeout=600 -qq)
-apt-get "${apt_opts[@]}" update
-# Where systemd runs, docker.io's postinst starts the system docker service as usual; without
-# systemd (containers, CI) invoke-rc.d finds no runlevel and starts nothing.
-apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" >/dev/null
+# shellcheck source=scripts/_apt-install.sh
+. "$(dirname "$0")/_apt-install.sh"
+apt_install_missing "${missing[@]}"

@@ -7,11 +7,14 @@ raise instead of skipping in every environment.
 from __future__ import annotations
 
 import contextlib
+import http.server
+import json
 import os
 import re
 import secrets
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -210,6 +213,32 @@ def s3() -> Iterator[SandboxS3]:
         server.remove()
 
 
+@contextlib.contextmanager
+def webhook_receiver() -> Iterator[tuple[str, list[dict[str, object]]]]:
+    """A JSON webhook on 127.0.0.1 (a free port): its URL and the bodies it received."""
+    received: list[dict[str, object]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(json.loads(body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hook", received
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
 __all__ = [
     "ROOT",
     "CliRunner",
@@ -221,4 +250,5 @@ __all__ = [
     "run_in",
     "seed_env",
     "start_s3",
+    "webhook_receiver",
 ]

@@ -4,10 +4,8 @@ Prometheus metrics, on a real database backup plus a WAL archive made with ``wal
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +16,7 @@ from safehold.operations import wal
 from safehold.operations.status_wal import read_wal_status
 from safehold.storage import LocalStorage
 
-from .conftest import CliRunner
+from .conftest import CliRunner, webhook_receiver
 from .test_pitr_retention import push_files, seg, write_base
 
 
@@ -104,28 +102,8 @@ def test_status_cli_shows_wal_and_a_stalled_archive_breaches(
     assert relaxed.returncode == 0, relaxed.stdout
 
     age_archive(repo, 40)
-    received: list[dict[str, object]] = []
-
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append(json.loads(body))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/hook"
+    with webhook_receiver() as (url, received):
         critical = run_cli("status", env={"SAFEHOLD_ALERTS_WEBHOOK_URL": url})
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
     assert critical.returncode == 2, critical.stdout + critical.stderr
     assert "stalled" in critical.stdout
     (alert,) = received

@@ -3,9 +3,7 @@ monitoring-plugin exit codes through the CLI."""
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from safehold.operations.volume import backup_tree
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
 
-from .conftest import CliRunner
+from .conftest import CliRunner, webhook_receiver
 
 GOALS = Objectives(rpo_s=24 * 3600)
 
@@ -132,28 +130,8 @@ def test_status_cli_exit_codes_and_json(
 
 
 def test_status_alerts_on_an_rpo_breach(run_cli: CliRunner, tmp_path: Path) -> None:
-    received: list[dict[str, object]] = []
-
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append(json.loads(body))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/hook"
+    with webhook_receiver() as (url, received):
         result = run_cli("status", env={"SAFEHOLD_ALERTS_WEBHOOK_URL": url})
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
     assert result.returncode == 2
     (alert,) = received
