@@ -48,6 +48,7 @@ def recover(target_dir: Path, server: Server, deadline: float) -> tuple[str, int
             raise
     last = ""
     while time.monotonic() < deadline:
+        stopped = not running(server, target_dir)  # before reading the log: no race with it
         text = log.read_text(errors="replace") if log.exists() else ""
         if NOT_REACHED in text:
             pg_ctl(server, target_dir, "-m", "immediate", "-w", "stop", check=False)
@@ -56,6 +57,8 @@ def recover(target_dir: Path, server: Server, deadline: float) -> tuple[str, int
                 hint="check the target (time zone? a later restore point?) and 'safehold pitr "
                 "check' for a gap in the WAL chain",
             )
+        if stopped:
+            raise RestoreError(f"the restored server stopped: {text[-1500:]}")
         try:
             with psycopg.connect(
                 host=str(target_dir),
@@ -73,8 +76,6 @@ def recover(target_dir: Path, server: Server, deadline: float) -> tuple[str, int
                     return str(row[0]), int(str(row[1])[:8], 16)
         except psycopg.Error as exc:
             last = str(exc).strip()
-        if not running(server, target_dir):
-            raise RestoreError(f"the restored server stopped: {text[-1500:]}")
         time.sleep(0.1)
     pg_ctl(server, target_dir, "-m", "fast", "-w", "stop", check=False)
     tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
