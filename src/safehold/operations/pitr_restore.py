@@ -49,6 +49,7 @@ from .restored_server import (
     own,
     pg_ctl,
     pid_alive,
+    preload,
     reached,
     recover,
     running,
@@ -126,6 +127,7 @@ def restore(
     and recover to ``target``. ``archiving`` (default: on when restoring in place) keeps the
     restored server archiving into this repository."""
     began = time.monotonic()
+    preload()
     switches = timeline_switches(archive)
     candidates = choose_base(
         archive.primary, to_time=target.time, to_lsn=target.lsn, switches=switches

@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-from psycopg import sql
-
 from ..sources.postgres import PgTarget, connect
 
 
@@ -44,6 +42,8 @@ def shell_word(text: str) -> str:
 
 def apply_settings(target: PgTarget, settings: dict[str, str]) -> list[str]:
     """``ALTER SYSTEM`` + reload; returns the settings that wait for a restart."""
+    from psycopg import sql  # only here: restore and the WAL commands never need it
+
     with connect(target, target.maintenance_db, autocommit=True) as conn:
         for name, value in settings.items():
             statement = sql.SQL("ALTER SYSTEM SET {} = {}").format(
