@@ -21,12 +21,13 @@ import psycopg
 import pytest
 
 from safehold.crypto import generate_keypair
-from safehold.errors import UsageError
+from safehold.errors import IntegrityError, UsageError
 from safehold.operations import pitr, pitr_restore, wal
 from safehold.operations.drill_pitr import SCRATCH_PREFIX
 from safehold.operations.pitr_restore import Target
 from safehold.sandbox.s3server import SandboxS3
 from safehold.sources.postgres import PgTarget, connect
+from safehold.storage import LocalStorage
 
 from .conftest import seed_env
 from .pitr_support import (
@@ -155,6 +156,31 @@ def test_restore_over_a_running_cluster_is_refused_and_force_moves_it_aside(
         assert not again.running
     finally:
         shutil.rmtree(earlier.target_dir.parent, ignore_errors=True)
+
+
+def test_a_damaged_base_backup_is_refused_before_the_server_starts(
+    archiving: Archiving, tmp_path: Path
+) -> None:
+    newest = pitr.base_backup(archiving.target, archiving.repo, quiet)
+    copy = LocalStorage(tmp_path / "repo")
+    shutil.copytree(archiving.repo.root, copy.root)
+    stored = copy.path(newest.data_key)
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    stored.write_bytes(bytes(data))
+    target_dir = new_target_dir()
+    try:
+        with pytest.raises(IntegrityError, match=f"no good copy of base backup {newest.name}"):
+            pitr_restore.restore(
+                wal.WalArchive(copy),
+                target_dir,
+                Target(),
+                server(archiving.cluster.bin_dir),
+                sink=quiet,
+            )
+        assert not any(target_dir.iterdir())  # wiped: nothing half-restored is left
+    finally:
+        shutil.rmtree(target_dir.parent, ignore_errors=True)
 
 
 def test_a_second_recovery_follows_the_new_timeline() -> None:

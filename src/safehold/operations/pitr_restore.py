@@ -2,8 +2,8 @@
 
 Steps: pick the newest base backup that ends before the target; stream it from the first place
 holding a good copy (the repository, else a copy location) through sha256 and age into
-``zstd -d | tar -x`` in the target folder (three processes overlap the work; the folder is
-wiped when the stream proves damaged, and the next place is tried); ``pg_verifybackup`` checks
+``zstd -d | tar -x`` in the target folder (``base_extract``; the folder is wiped when the
+stream proves damaged, and the next place is tried); ``pg_verifybackup`` checks
 every extracted file against pg_basebackup's manifest; the recovery settings go into
 ``postgresql.auto.conf`` with ``recovery.signal``; the server starts, replays WAL (read ahead by
 ``wal_prefetch``, else fetched by ``wal-fetch``) and promotes at the target; the point reached
@@ -20,27 +20,20 @@ backup is tried first, and when the server reports the target was not reached, t
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
 
-from .. import _proc
-from ..crypto import age_reader
 from ..errors import IntegrityError, UsageError
 from ..model import Event, EventSink
 from ..storage import LocalStorage
 from . import pitr_setup, wal, wal_prefetch
-from ._pipeline import check_digest, unlock_key
-from .pitr import BaseBackup, choose_base, lsn_value, timeline_switches
+from .base_extract import Flusher, clear, extract
+from .pitr import choose_base, lsn_value, timeline_switches
 from .restored_server import (
     LOG,
     Server,
@@ -55,8 +48,6 @@ from .restored_server import (
     running,
     stop,
 )
-
-FLUSH_EVERY_S = 0.25
 
 __all__ = ["LOG", "Server", "Target", "TargetNotReached", "default_server_user", "restore", "stop"]
 
@@ -141,13 +132,22 @@ def restore(
     for number, base in enumerate(candidates, 1):
         sink(Event("pitr", f"restoring base backup {base.name} into {target_dir}"))
         extract_began = time.monotonic()
-        where = _extract(archive, base, target_dir, sink)
+        flusher = Flusher(target_dir)
+        where = extract(archive, base, flusher, sink)
         extract_s = time.monotonic() - extract_began
         # The last writes go to disk while pg_verifybackup reads the files (from memory)
-        flush = threading.Thread(target=_proc.run, args=(["sync", "-f", str(target_dir)],))
+        flush = threading.Thread(target=flusher.sync, name="safehold-flush-last")
         flush.start()
         verify_s = _verify_backup(server.bin_dir, target_dir)
         flush.join()
+        sink(
+            Event(
+                "pitr",
+                f"{base.name}: {base.raw_size} bytes extracted in {extract_s:.1f}s, "
+                f"pg_verifybackup {verify_s:.1f}s, on disk after "
+                f"{time.monotonic() - extract_began:.1f}s; starting the server",
+            )
+        )
         spool = target_dir / wal_prefetch.SPOOL
         _write_recovery(archive, target_dir, target, server, archiving, spool)
         own(target_dir, server.run_as)
@@ -161,7 +161,7 @@ def restore(
             if number == len(candidates):
                 raise
             sink(Event("pitr", f"{target.describe()} is not after {base.name}; trying older"))
-            _clear(target_dir)
+            clear(target_dir)
             continue
         point = reached(target_dir / LOG)
         if not keep_running:
@@ -207,108 +207,6 @@ def _prepare(target_dir: Path, force: bool, server: Server) -> Path | None:
     target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(target_dir, 0o700)
     return moved
-
-
-def _clear(folder: Path) -> None:
-    for entry in folder.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-
-
-class _Hashing:
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.hash.update(data)
-        self.size += len(data)
-        return data
-
-
-def _extract(archive: wal.WalArchive, base: BaseBackup, target_dir: Path, sink: EventSink) -> str:
-    """Unpack ``base`` from the first place with a good copy; returns that place's name."""
-    failures: list[str] = []
-    for where, storage in archive.places():
-        try:
-            raw = storage.open_reader(base.data_key)
-        except FileNotFoundError:
-            failures.append(f"{where}: missing")
-            continue
-        try:
-            source = _Hashing(raw)
-            plain: Any = source
-            if base.encryption is not None:
-                plain = age_reader(source, unlock_key(storage, archive.decryption, base.name))
-            with _flushing(target_dir):
-                _untar(plain, target_dir)
-            while source.read(1 << 20):
-                pass
-            check_digest(base.name, base.sha256, source.hash.hexdigest(), base.size, source.size)
-            if where != "local":
-                sink(Event("pitr", f"{base.name}: read from location {where}"))
-            return where
-        except IntegrityError as exc:
-            failures.append(f"{where}: {exc}")
-            sink(Event("pitr", f"{base.name} in {where} is damaged ({exc}); trying the next copy"))
-            _clear(target_dir)
-        finally:
-            raw.close()
-    raise IntegrityError(
-        f"no good copy of base backup {base.name}: " + "; ".join(failures),
-        hint="restore to a point after another base backup, or copy a good one back",
-    )
-
-
-@contextlib.contextmanager
-def _flushing(folder: Path) -> Iterator[None]:
-    """Write the extracted files back to disk while extraction goes on (the caller flushes the
-    rest). The server syncs its whole data folder before recovery anyway; flushing 1 GB
-    then takes seconds during which nothing else happens, while here the disk writes overlap
-    with decompression (as a restore writing each file synchronously would)."""
-    done = threading.Event()
-
-    def flush() -> None:
-        while not done.wait(FLUSH_EVERY_S):
-            _proc.run(["sync", "-f", str(folder)])
-
-    thread = threading.Thread(target=flush, name="safehold-restore-flush", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-
-
-def _untar(compressed: Any, target_dir: Path) -> None:
-    """``compressed`` (a zstd stream, already decrypted) through ``zstd -d`` into ``tar -x``:
-    three processes, so reading/hashing, decompressing and writing files overlap."""
-    unzstd = _proc.spawn(["zstd", "-d", "-c", "-q"], stdin=subprocess.PIPE)
-    argv = ["tar", "-x", "-f", "-", "-C", str(target_dir), "--no-same-owner"]
-    untar = _proc.spawn(argv, stdin=unzstd.stdout, stdout=subprocess.DEVNULL)
-    assert unzstd.stdin is not None and unzstd.stdout is not None
-    assert unzstd.stderr is not None and untar.stderr is not None
-    unzstd.stdout.close()  # tar holds it now: zstd sees a broken pipe if tar dies
-    tails = (_proc.StderrTail(unzstd.stderr), _proc.StderrTail(untar.stderr))
-    try:
-        while chunk := compressed.read(1 << 20):
-            unzstd.stdin.write(chunk)
-        unzstd.stdin.close()
-    except BrokenPipeError:
-        pass
-    except BaseException:
-        _proc.stop(unzstd)
-        _proc.stop(untar)
-        raise
-    codes = (unzstd.wait(), untar.wait())
-    if codes != (0, 0):
-        said = "; ".join(t.text()[-600:] for t in tails if t.text())
-        raise IntegrityError(f"the base backup's stream is damaged (zstd/tar exit {codes}): {said}")
 
 
 def _verify_backup(bin_dir: Path, target_dir: Path) -> float:
