@@ -117,6 +117,9 @@ def test_restore_to_an_lsn_and_to_a_named_point_behind_a_newer_base(archiving: A
     assert member["database"] == "postgres" and member["rows"] == 1000
     assert db.repo.exists(f".safehold/drills/{record['id']}.json")
     assert not list(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"))
+    shown = cli(env, "status", "--json")  # the PITR drill's record sits among the others
+    assert shown.returncode in (0, 1, 2) and "Traceback" not in shown.stderr, shown.stderr
+    assert json.loads(shown.stdout)["wal"] is not None
     failed = cli(env, "drill", "--pitr", "--to-name", "never-made", *argv[4:])
     assert failed.returncode != 0 and "point-in-time drill failed" in failed.stderr
 

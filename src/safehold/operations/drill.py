@@ -83,7 +83,7 @@ class DrillRecord:
         )
 
     def covers(self, kind: str, target: str) -> bool:
-        return any(m["kind"] == kind and m["target"] == target for m in self.members)
+        return any(m.get("kind") == kind and m.get("target") == target for m in self.members)
 
 
 def read_drills(storage: LocalStorage) -> list[DrillRecord]:

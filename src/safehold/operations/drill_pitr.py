@@ -41,7 +41,11 @@ def drill_pitr(
     scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
     if give_to is not None:
         give_to(scratch)
-    member: dict[str, Any] = {"artifact": f"pitr to {target.describe()}", "kind": "pitr"}
+    member: dict[str, Any] = {
+        "artifact": f"pitr to {target.describe()}",
+        "kind": "pitr",
+        "target": database,
+    }
     error: SafeholdError | None = None
     try:
         result = restore(
