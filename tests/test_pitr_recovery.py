@@ -269,6 +269,9 @@ def test_an_encrypted_chain_in_s3_restores_without_the_local_copy(s3: SandboxS3)
         db.switch_and_wait()
         remote = s3.storage(bucket, "pg")
         assert remote.exists(f"base/{record['name']}.json")
+        listed = json.loads(cli(env, "list", "--json").stdout)
+        (row,) = [r for r in listed if r["kind"] == "base"]
+        assert row["name"] == record["name"] and row["locations"] == ["local", "offsite"]
         pushed = [k for k in remote.list("wal") if k.endswith(".zst.age")]
         assert pushed and all(db.repo.exists(k) for k in pushed)
         plain = db.repo.read_bytes(pushed[0])

@@ -54,7 +54,7 @@ def show_backups(ctx: click.Context, as_json: bool, *, only_sets: bool = False) 
             return
         checks = {r.name: read_verify(storage, r.name) for r in records}
         held = holders(locations(rt.settings)) if rt.settings.locations else None
-        bases = [_base_row(storage, b) for b in reversed(read_bases(storage)[0])]
+        bases = [_base_row(storage, b, held) for b in reversed(read_bases(storage)[0])]
         if as_json:
             rows = [
                 {
@@ -78,7 +78,9 @@ def _with_check(record: dict[str, object], check: VerifyResult | None) -> dict[s
     return {**record, "verified": {k: check.to_json()[k] for k in keys} if check else None}
 
 
-def _base_row(storage: LocalStorage, base: BaseBackup) -> dict[str, Any]:
+def _base_row(
+    storage: LocalStorage, base: BaseBackup, held: dict[str, list[str]] | None
+) -> dict[str, Any]:
     """A base backup as a ``list --json`` row: the logical rows' fields where they apply."""
     status, size = base_status(storage, base)
     return {
@@ -101,7 +103,7 @@ def _base_row(storage: LocalStorage, base: BaseBackup) -> dict[str, Any]:
         "timeline": base.timeline,
         "file": base.data_key,
         "verified": None,
-        "locations": ["local"],
+        "locations": ["local", *(held or {}).get(base.name, [])],
     }
 
 

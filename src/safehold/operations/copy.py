@@ -22,6 +22,7 @@ from ..errors import IntegrityError, SafeholdError, UsageError
 from ..model import Event, EventSink, Manifest, null_sink
 from ..storage import LocalStorage, Storage
 from ._pipeline import HashingWriter, Progress, check_digest, sha256_of
+from .pitr import BASE
 
 CHUNK = 1 << 20
 
@@ -133,15 +134,18 @@ def fetch(
 
 
 def holders(locations: Sequence[Location]) -> dict[str, list[str]]:
-    """Backup name -> the locations holding a manifest for it (one listing per location)."""
+    """Backup name -> the locations holding a manifest for it, or for a PITR base backup its
+    record (two listings per location)."""
     found: dict[str, list[str]] = {}
     for location in locations:
         try:
             keys = location.storage.list(naming.MANIFEST_DIR)
+            records = [k for k in location.storage.list(BASE) if k.endswith(".json")]
         except SafeholdError:
             continue
-        for key in keys:
-            name = naming.artifact_of(key)
+        names = [naming.artifact_of(k) for k in keys]
+        names += [k.rsplit("/", 1)[-1].removesuffix(".json") for k in records]
+        for name in names:
             found.setdefault(name, []).append(location.name)
     return found
 
