@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 from collections.abc import Callable, Iterator
 
 import click
@@ -10,7 +9,7 @@ import click
 from .. import catalog
 from ..errors import UsageError
 from ..model import BackupRecord
-from ..operations.drill import DRILLS_DIR, DrillRecord, drill
+from ..operations.drill import DrillRecord, drill, write_drill
 from ..sandbox import SandboxCluster
 from ..sources.postgres import PgTarget
 from ..storage import LocalStorage
@@ -114,9 +113,7 @@ def drill_cmd(
         if source is not None:
             # The scratch copy goes away; the drill's record belongs to the local repository.
             record = dataclasses.replace(record, subject=f"{record.subject} (from {source})")
-            local = LocalStorage(rt.settings.backup_dir)
-            body = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-            local.put_bytes(f"{DRILLS_DIR}/{record.id}.json", body)
+            write_drill(LocalStorage(rt.settings.backup_dir), record)
         if as_json:
             rt.emit_json(record.to_json())
         else:

@@ -71,9 +71,15 @@ def copy_to(
     return done
 
 
+def automatic(places: Sequence[Location]) -> list[Location]:
+    """The locations that take a copy of everything (backups, base backups, WAL) as it is
+    made: not the long-term archive, which only the schedule's monthly copy fills."""
+    return [place for place in places if place.copy_after_backup and not place.archive]
+
+
 def copy_after_backup(rt: Runtime, storage: LocalStorage, made: list[Manifest]) -> None:
     """The automatic copies; a failure says the backup itself is good."""
-    targets = [t for t in locations(rt.settings) if t.copy_after_backup and not t.archive]
+    targets = automatic(locations(rt.settings))
     if not targets or not made:
         return
     try:

@@ -13,7 +13,7 @@ from ..operations.status_metrics import write_metrics
 from ..operations.status_wal import WalStatus
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage
-from .locations import locations
+from .locations import automatic, locations
 from .runtime import runtime, shared_options
 
 STYLE = {"ok": "green", "warning": "yellow", "critical": "red"}
@@ -48,7 +48,7 @@ def status_cmd(ctx: click.Context, metrics_file: Path | None, as_json: bool) -> 
             database=settings.database.name,
             volumes=settings.volumes.names(),
             copies=holders(targets) if targets else None,
-            expected=tuple(t.name for t in targets if t.copy_after_backup and not t.archive),
+            expected=tuple(t.name for t in automatic(targets)),
             wal_stall_s=settings.objectives.wal_stall_minutes * 60,
         )
         if metrics_file is not None:

@@ -14,13 +14,9 @@ def wal_archive(rt: Runtime, *, fetching: bool = False) -> wal.WalArchive:
     settings = rt.settings
     copies: list[tuple[str, Storage]] = []
     if settings.locations:  # boto3 and the copy code load only when there is a location
-        from .locations import locations
+        from .locations import automatic, locations
 
-        copies = [
-            (place.name, place.storage)
-            for place in locations(settings)
-            if place.copy_after_backup and not place.archive
-        ]
+        copies = [(place.name, place.storage) for place in automatic(locations(settings))]
     return wal.WalArchive(
         LocalStorage(settings.backup_dir),
         tuple(copies),

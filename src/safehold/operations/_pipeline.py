@@ -100,7 +100,7 @@ class HashingReader:
     """Hashes (and counts) what a consumer reads, so verifying shares the pass that
     decompresses or extracts."""
 
-    def __init__(self, raw: IO[bytes], progress: Progress) -> None:
+    def __init__(self, raw: IO[bytes], progress: Progress | None = None) -> None:
         self._raw = raw
         self._hash = hashlib.sha256()
         self._progress = progress
@@ -109,7 +109,8 @@ class HashingReader:
     def _seen(self, data: bytes | memoryview) -> None:
         self._hash.update(data)
         self.size += len(data)
-        self._progress.advance(len(data))
+        if self._progress is not None:
+            self._progress.advance(len(data))
 
     def read(self, size: int = -1) -> bytes:
         data = self._raw.read(size)

@@ -4,14 +4,13 @@ sha256 and age into ``zstd -d | tar -x``, flushed to disk while it is written.""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import stat
 import subprocess
 import threading
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from .. import _proc
 from ..crypto import age_reader
@@ -20,7 +19,7 @@ from ..model import Event, EventSink
 from ..storage import LocalStorage
 from ..storage.local import fsync_dir
 from . import wal
-from ._pipeline import check_digest, unlock_key
+from ._pipeline import HashingReader, check_digest, sha256_of, unlock_key
 from .pitr import BaseBackup
 
 FLUSH_EVERY_S = 0.25
@@ -33,19 +32,6 @@ def clear(folder: Path) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
-
-
-class _Hashing:
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.hash.update(data)
-        self.size += len(data)
-        return data
 
 
 def extract(archive: wal.WalArchive, base: BaseBackup, flusher: Flusher, sink: EventSink) -> str:
@@ -61,17 +47,16 @@ def extract(archive: wal.WalArchive, base: BaseBackup, flusher: Flusher, sink: E
             continue
         try:
             if isinstance(storage, LocalStorage) and base.encryption is None:
-                digest, size = _untar_file(storage.path(base.data_key), flusher)
+                digest, size = _untar_file(storage.path(base.data_key), raw, flusher)
             else:
-                source = _Hashing(raw)
-                plain: Any = source
+                source = HashingReader(raw)
+                plain: IO[bytes] | HashingReader = source
                 if base.encryption is not None:
                     plain = age_reader(source, unlock_key(storage, archive.decryption, base.name))
                 with flusher:
                     _untar(plain, target_dir)
-                while source.read(1 << 20):
-                    pass
-                digest, size = source.hash.hexdigest(), source.size
+                source.drain()
+                digest, size = source.hexdigest(), source.size
             check_digest(base.name, base.sha256, digest, base.size, size)
             if where != "local":
                 sink(Event("pitr", f"{base.name}: read from location {where}"))
@@ -138,17 +123,14 @@ class Flusher:
             fsync_dir(self.folder)
 
 
-def _untar_file(path: Path, flusher: Flusher) -> tuple[str, int]:
+def _untar_file(path: Path, raw: IO[bytes], flusher: Flusher) -> tuple[str, int]:
     """A local, unencrypted base backup: ``zstd -d FILE | tar -x`` while a thread hashes the
-    same file (from the page cache); (sha256, size). Keeping Python out of the data path
-    saves a second of a 1 GB restore here."""
+    same file (``raw``, from the page cache); (sha256, size). Keeping Python out of the data
+    path saves a second of a 1 GB restore here."""
     found: list[tuple[str, int]] = []
-
-    def hash_file() -> None:
-        with path.open("rb") as handle:
-            found.append((hashlib.file_digest(handle, "sha256").hexdigest(), path.stat().st_size))
-
-    hasher = threading.Thread(target=hash_file, name="safehold-restore-hash", daemon=True)
+    hasher = threading.Thread(
+        target=lambda: found.append(sha256_of(raw)), name="safehold-restore-hash", daemon=True
+    )
     hasher.start()
     with flusher:
         _untar(path, flusher.folder)
@@ -158,44 +140,28 @@ def _untar_file(path: Path, flusher: Flusher) -> tuple[str, int]:
     return found[0]
 
 
-def _untar(compressed: Any, target_dir: Path) -> None:
+def _untar(compressed: Path | IO[bytes] | HashingReader, target_dir: Path) -> None:
     """``compressed`` (a zstd file, or a stream already decrypted) through ``zstd -d`` into
     ``tar -x``: separate processes, so reading, decompressing and writing files overlap."""
-    if isinstance(compressed, Path):
-        unzstd = _proc.spawn(["zstd", "-d", "-c", "-q", str(compressed)])
-        assert unzstd.stdout is not None and unzstd.stderr is not None
-        untar = _proc.spawn(
-            [*_TAR, str(target_dir)], stdin=unzstd.stdout, stdout=subprocess.DEVNULL
-        )
-        assert untar.stderr is not None
-        unzstd.stdout.close()
-        tails = (_proc.StderrTail(unzstd.stderr), _proc.StderrTail(untar.stderr))
-        _check_exits(unzstd, untar, tails)
-        return
-    unzstd = _proc.spawn(["zstd", "-d", "-c", "-q"], stdin=subprocess.PIPE)
+    from_file = isinstance(compressed, Path)
+    argv = ["zstd", "-d", "-c", "-q", *([str(compressed)] if from_file else [])]
+    unzstd = _proc.spawn(argv, stdin=subprocess.DEVNULL if from_file else subprocess.PIPE)
     untar = _proc.spawn([*_TAR, str(target_dir)], stdin=unzstd.stdout, stdout=subprocess.DEVNULL)
-    assert unzstd.stdin is not None and unzstd.stdout is not None
-    assert unzstd.stderr is not None and untar.stderr is not None
+    assert unzstd.stdout is not None and unzstd.stderr is not None and untar.stderr is not None
     unzstd.stdout.close()  # tar holds it now: zstd sees a broken pipe if tar dies
     tails = (_proc.StderrTail(unzstd.stderr), _proc.StderrTail(untar.stderr))
-    try:
-        while chunk := compressed.read(1 << 20):
-            unzstd.stdin.write(chunk)
-        unzstd.stdin.close()
-    except BrokenPipeError:
-        pass
-    except BaseException:
-        _proc.stop(unzstd)
-        _proc.stop(untar)
-        raise
-    _check_exits(unzstd, untar, tails)
-
-
-def _check_exits(
-    unzstd: subprocess.Popen[bytes],
-    untar: subprocess.Popen[bytes],
-    tails: tuple[_proc.StderrTail, _proc.StderrTail],
-) -> None:
+    if not isinstance(compressed, Path):
+        assert unzstd.stdin is not None
+        try:
+            while chunk := compressed.read(1 << 20):
+                unzstd.stdin.write(chunk)
+            unzstd.stdin.close()
+        except BrokenPipeError:
+            pass
+        except BaseException:
+            _proc.stop(unzstd)
+            _proc.stop(untar)
+            raise
     codes = (unzstd.wait(), untar.wait())
     if codes != (0, 0):
         said = "; ".join(t.text()[-600:] for t in tails if t.text())

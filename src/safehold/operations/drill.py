@@ -86,6 +86,17 @@ class DrillRecord:
         return any(m.get("kind") == kind and m.get("target") == target for m in self.members)
 
 
+def new_drill_id(started: datetime) -> str:
+    return naming.stamp(started) + f"-{started.microsecond:06d}"
+
+
+def write_drill(storage: LocalStorage, record: DrillRecord) -> None:
+    """Record a drill (failed ones too) where ``status`` and ``report`` read them."""
+    body = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+    storage.ensure()
+    storage.put_bytes(f"{DRILLS_DIR}/{record.id}.json", body)
+
+
 def read_drills(storage: LocalStorage) -> list[DrillRecord]:
     """Every recorded drill, oldest first (unreadable records are skipped: they prove nothing)."""
     found = []
@@ -148,7 +159,7 @@ def drill(
     the drill must never use."""
     members, set_id = drill_members(storage, subject)
     started = datetime.now(UTC)
-    drill_id = naming.stamp(started) + f"-{started.microsecond:06d}"
+    drill_id = new_drill_id(started)
     results: list[dict[str, Any]] = []
     error: SafeholdError | None = None
     for manifest in members:
@@ -178,9 +189,7 @@ def drill(
         error=error.message if error else None,
         set_id=set_id,
     )
-    body = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-    storage.ensure()
-    storage.put_bytes(f"{DRILLS_DIR}/{drill_id}.json", body)
+    write_drill(storage, record)
     if error is not None:
         error.message = f"restore drill failed: {error.message}"
         raise error

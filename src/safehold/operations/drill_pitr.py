@@ -4,20 +4,18 @@ listens on its own port and socket folder and never archives."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import naming
 from ..errors import SafeholdError
 from ..model import Event, EventSink
 from ..sources.postgres import PgTarget, connect, count_rows
 from ..storage import LocalStorage
 from . import wal
-from .drill import DRILLS_DIR, DrillRecord
+from .drill import DrillRecord, new_drill_id, write_drill
 from .pitr_restore import Server, Target, restore, stop
 
 SCRATCH_PREFIX = "safehold-drill-pitr-"
@@ -37,7 +35,7 @@ def drill_pitr(
     server's OS user."""
     assert isinstance(archive.primary, LocalStorage)
     started = datetime.now(UTC)
-    drill_id = naming.stamp(started) + f"-{started.microsecond:06d}"
+    drill_id = new_drill_id(started)
     scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
     if give_to is not None:
         give_to(scratch)
@@ -78,8 +76,7 @@ def drill_pitr(
         where=f"scratch cluster on 127.0.0.1:{server.port}",
         error=error.message if error else None,
     )
-    body = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-    archive.primary.put_bytes(f"{DRILLS_DIR}/{drill_id}.json", body)
+    write_drill(archive.primary, record)
     if error is not None:
         error.message = f"point-in-time drill failed: {error.message}"
         raise error

@@ -10,7 +10,6 @@ check the extracted files with ``pg_verifybackup``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from ..model import Event, EventSink
 from ..sources.postgres import PgTarget
 from ..storage import LocalStorage, Storage
 from . import wal, wal_chain
-from ._pipeline import HashingWriter, bind_key, encrypting
+from ._pipeline import HashingWriter, bind_key, encrypting, sha256_of
 
 BASE = "base"
 
@@ -214,15 +213,6 @@ def base_backups(storage: Storage) -> list[BaseBackup]:
     return sorted(found, key=lambda b: b.finished)
 
 
-def lsn_value(lsn: str) -> int:
-    """'16/B374D848' as a number, to compare positions."""
-    try:
-        high, low = lsn.split("/")
-        return (int(high, 16) << 32) | int(low, 16)
-    except ValueError:
-        raise UsageError(f"{lsn!r} is not an LSN", hint="an LSN looks like 0/3000060") from None
-
-
 def choose_base(
     storage: Storage,
     *,
@@ -238,7 +228,7 @@ def choose_base(
         b
         for b in bases
         if (to_time is None or b.finished < to_time)
-        and (to_lsn is None or lsn_value(b.stop_lsn) <= lsn_value(to_lsn))
+        and (to_lsn is None or wal.lsn_value(b.stop_lsn) <= wal.lsn_value(to_lsn))
         and (switches is None or wal_chain.on_path(switches, b.timeline, b.stop_lsn))
     ]
     if not usable:
@@ -288,17 +278,13 @@ def copy_base(source: Storage, base: BaseBackup, destination: Storage) -> int:
 def verify_base(storage: Storage, base: BaseBackup) -> str | None:
     """Size and sha256 of the stored file against its record; None when intact, else why.
     (The files inside are checked by ``pg_verifybackup`` on every restore and drill.)"""
-    digest = hashlib.sha256()
-    size = 0
     try:
         with storage.open_reader(base.data_key) as reader:
-            while chunk := reader.read(8 << 20):
-                digest.update(chunk)
-                size += len(chunk)
+            digest, size = sha256_of(reader)
     except FileNotFoundError:
         return f"{base.data_key} is missing"
     if size != base.size:
         return f"{size} bytes stored, the record says {base.size}"
-    if digest.hexdigest() != base.sha256:
-        return f"sha256 {digest.hexdigest()[:12]}… does not match the record's {base.sha256[:12]}…"
+    if digest != base.sha256:
+        return f"sha256 {digest[:12]}… does not match the record's {base.sha256[:12]}…"
     return None

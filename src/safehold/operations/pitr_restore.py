@@ -33,7 +33,7 @@ from ..model import Event, EventSink
 from ..storage import LocalStorage
 from . import pitr_setup, wal, wal_prefetch
 from .base_extract import Flusher, clear, extract
-from .pitr import choose_base, lsn_value, timeline_switches
+from .pitr import choose_base, timeline_switches
 from .restored_server import (
     LOG,
     Server,
@@ -64,7 +64,7 @@ class Target:
         if sum(x is not None for x in (self.time, self.lsn, self.name)) > 1:
             raise UsageError("give one recovery target: a time, an LSN or a restore point name")
         if self.lsn is not None:
-            lsn_value(self.lsn)
+            wal.lsn_value(self.lsn)
 
     def settings(self) -> dict[str, str]:
         if self.time is not None:

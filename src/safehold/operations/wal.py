@@ -265,10 +265,18 @@ def archived(storage: Storage) -> list[str]:
     )
 
 
+def lsn_value(lsn: str) -> int:
+    """'16/B374D848' as a number, to compare positions."""
+    try:
+        high, low = lsn.split("/")
+        return (int(high, 16) << 32) | int(low, 16)
+    except ValueError:
+        raise UsageError(f"{lsn!r} is not an LSN", hint="an LSN looks like 0/3000060") from None
+
+
 def segment_of(lsn: str, timeline: int, segment_size: int = SEGMENT_SIZE) -> str:
     """The segment file that holds ``lsn`` ('0/2000028') on ``timeline``."""
-    high, low = (int(part, 16) for part in lsn.split("/"))
-    number = ((high << 32) | low) // segment_size
+    number = lsn_value(lsn) // segment_size
     per_log = 0x100000000 // segment_size
     return f"{timeline:08X}{number // per_log:08X}{number % per_log:08X}"
 

@@ -23,7 +23,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..storage import LocalStorage, Storage
-from .wal import SEGMENT_RE, WalArchive, archived, fetch, next_segment, segment_of, sum_key
+from .wal import (
+    SEGMENT_RE,
+    WalArchive,
+    archived,
+    fetch,
+    lsn_value,
+    next_segment,
+    segment_of,
+    sum_key,
+)
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,7 @@ def on_path(switches: list[Switch], timeline: int, stop_lsn: str) -> bool:
     path = path_from(switches, timeline)
     if path is None:
         return False
-    return not path or _lsn(stop_lsn) <= _lsn(path[0].lsn)
+    return not path or lsn_value(stop_lsn) <= lsn_value(path[0].lsn)
 
 
 def check_chain(
@@ -182,8 +191,3 @@ def _archived_at(storage: Storage, name: str) -> datetime | None:
     with contextlib.suppress(OSError):
         return datetime.fromtimestamp(os.stat(storage.path(sum_key(name))).st_mtime, UTC)
     return None
-
-
-def _lsn(text: str) -> int:
-    high, low = text.split("/")
-    return (int(high, 16) << 32) | int(low, 16)
