@@ -50,7 +50,8 @@ def recover(target_dir: Path, server: Server, deadline: float) -> tuple[str, int
             raise
     last = ""
     while time.monotonic() < deadline:
-        stopped = not running(server, target_dir)  # before reading the log: no race with it
+        # Before reading the log (no race with it); postmaster.pid, not a pg_ctl process per poll
+        stopped = not pid_alive(target_dir)
         text = log.read_text(errors="replace") if log.exists() else ""
         if NOT_REACHED in text:
             pg_ctl(server, target_dir, "-m", "immediate", "-w", "stop", check=False)
