@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import naming
 from .errors import IntegrityError, UsageError
-from .model import BackupRecord, BackupSet, Kind, Manifest
+from .model import BACKUP_KINDS, BackupRecord, BackupSet, Kind, Manifest
 from .storage import LocalStorage, Storage
 
 
@@ -72,6 +72,15 @@ def scan(storage: Storage) -> list[BackupRecord]:
     return records
 
 
+def companions(manifest: Manifest | None) -> tuple[str, ...]:
+    """Artifacts that travel with a backup wherever it goes (copied, fetched, pruned with it):
+    a database dump's globals (``facts["globals"]``, written by the backup)."""
+    if manifest is None or manifest.kind != "database":
+        return ()
+    name = manifest.facts.get("globals")
+    return (str(name),) if name else ()
+
+
 def write_set(storage: Storage, backup_set: BackupSet) -> None:
     """The commit point of a full-system backup: written after every member's manifest."""
     body = json.dumps(backup_set.to_json(), indent=2, sort_keys=True).encode() + b"\n"
@@ -114,10 +123,13 @@ def _parseable(names: Iterable[str]) -> set[str]:
 def newest_by_target(
     records: Iterable[BackupRecord], *, good_only: bool = True
 ) -> dict[tuple[Kind, str], BackupRecord]:
-    """The newest record of each (kind, target) among ``records`` (oldest first, as ``scan``
-    returns them); only good backups unless ``good_only`` is false."""
+    """The newest backup of each (kind, target) among ``records`` (oldest first, as ``scan``
+    returns them); only good backups unless ``good_only`` is false. Globals and safety copies
+    are not a target's backups."""
     newest: dict[tuple[Kind, str], BackupRecord] = {}
     for record in records:
+        if record.kind not in BACKUP_KINDS:
+            continue
         if record.manifest is not None and (record.status == "ok" or not good_only):
             newest[(record.kind, record.manifest.target)] = record
     return newest

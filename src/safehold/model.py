@@ -10,7 +10,12 @@ from typing import Any, Literal, Protocol
 
 MANIFEST_FORMAT = 1
 
-Kind = Literal["database", "volume"]
+# "database" and "volume" are a target's backups. "globals" is the cluster objects (roles,
+# database settings) a database backup needs on a fresh server, written beside each dump under
+# the same stamp. "safety" is a volume's content taken just before a restore replaced it: kept
+# for a short while, never a target's latest backup nor a retention representative.
+Kind = Literal["database", "volume", "globals", "safety"]
+BACKUP_KINDS: tuple[Kind, ...] = ("database", "volume")
 Status = Literal["ok", "unverified/foreign", "damaged", "missing"]
 
 

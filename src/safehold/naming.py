@@ -1,7 +1,11 @@
 """Artifact names: the seed's conventions, parsed and produced in one place.
 
 ``db_backup_YYYYMMDD_HHMMSS.sql[.zst]`` and ``volume_NAME_YYYYMMDD_HHMMSS.tar.gz|.tar.zst``,
-timestamps in UTC. Anything else in a repository folder is not a backup artifact.
+timestamps in UTC. Beside them: ``db_globals_YYYYMMDD_HHMMSS.sql`` (the roles and database
+settings a dump needs, plain SQL for ``psql``, same stamp as its dump) and
+``safety_volume_NAME_YYYYMMDD_HHMMSS.tar.gz|.tar.zst`` (a volume's content taken before a
+restore replaced it). ``.age`` is appended to an encrypted one. Anything else in a repository
+folder is not a backup artifact.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ DB_LATEST_LINKS = ("db_backup_latest.sql", "latest_db_backup.sql")
 _DB = re.compile(r"^db_backup_(?P<stamp>\d{8}_\d{6})\.sql(?P<ext>\.zst)?(?P<age>\.age)?$")
 _VOLUME = re.compile(
     r"^volume_(?P<target>.+)_(?P<stamp>\d{8}_\d{6})\.tar\.(?P<ext>gz|zst)(?P<age>\.age)?$"
+)
+_GLOBALS = re.compile(r"^db_globals_(?P<stamp>\d{8}_\d{6})\.sql(?P<age>\.age)?$")
+_SAFETY = re.compile(
+    r"^safety_volume_(?P<target>.+)_(?P<stamp>\d{8}_\d{6})\.tar\.(?P<ext>gz|zst)(?P<age>\.age)?$"
 )
 COMPRESSIONS: tuple[str, ...] = ("gzip", "zstd", "none")  # of database dumps
 AGE_SUFFIX = ".age"  # encrypted artifacts: the plain name + .age
@@ -51,8 +59,34 @@ def database_artifact(moment: datetime, compression: str, encrypted: bool = Fals
     )
 
 
+def globals_artifact(dump: str) -> str:
+    """The globals artifact written beside database dump ``dump`` (same stamp)."""
+    parsed = parse(dump)
+    if parsed is None or parsed.kind != "database":
+        raise ValueError(f"{dump} is not a database artifact name")
+    return f"db_globals_{stamp(parsed.created)}.sql" + (AGE_SUFFIX if parsed.encrypted else "")
+
+
+def safety_artifact(volume_artifact: str) -> str:
+    """The name a volume artifact gets when it is a pre-restore safety copy."""
+    return f"safety_{volume_artifact}"
+
+
 def parse(name: str) -> ArtifactName | None:
     """Recognise an artifact name; ``None`` for anything that is not one (links, temp files...)."""
+    if match := _GLOBALS.match(name):
+        return ArtifactName(
+            name, "globals", _created(match["stamp"]), None, zstd=False, encrypted=bool(match["age"])
+        )
+    if match := _SAFETY.match(name):
+        return ArtifactName(
+            name,
+            "safety",
+            _created(match["stamp"]),
+            match["target"],
+            zstd=match["ext"] == "zst",
+            encrypted=bool(match["age"]),
+        )
     if match := _DB.match(name):
         return ArtifactName(
             name,
@@ -98,6 +132,8 @@ def set_key(set_id: str) -> str:
 def latest_links(artifact: ArtifactName) -> tuple[str, ...]:
     """Names that point at the newest good backup of this kind and format (an encrypted one has
     its own, so the seed's ``pg_restore db_backup_latest.sql`` never meets ciphertext)."""
+    if artifact.kind not in ("database", "volume"):
+        return ()  # globals and safety copies are never what a seed name means
     age = AGE_SUFFIX if artifact.encrypted else ""
     if artifact.kind == "database":
         if artifact.zstd:
