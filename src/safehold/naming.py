@@ -76,7 +76,7 @@ def parse(name: str) -> ArtifactName | None:
     """Recognise an artifact name; ``None`` for anything that is not one (links, temp files...)."""
     if match := _GLOBALS.match(name):
         return ArtifactName(
-            name, "globals", _created(match["stamp"]), None, zstd=False, encrypted=bool(match["age"])
+            name, "globals", _created(match["stamp"]), None, False, bool(match["age"])
         )
     if match := _SAFETY.match(name):
         return ArtifactName(
