@@ -6,6 +6,7 @@
 #   age                  the standard age CLI: encrypted backups must open with it
 #   docker.io            dockerd (+ containerd, runc) for the throwaway engine of the tests/demo
 #   busybox-static       a static /bin/busybox: the whole rootfs of the local test image
+#   libarchive-tools     bsdtar: the tests restore archives made by it, as operators hand them in
 #   chromium             headless, renders the 'safehold report' page in the tests
 # No system Docker service is needed: the sandbox starts its own dockerd on a private socket.
 set -euo pipefail
@@ -21,6 +22,7 @@ have dockerd && have containerd && have runc || missing+=(docker.io)
 # The package, not the command: Debian's plain "busybox" is dynamic and useless in a bare image.
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" \
   || missing+=(busybox-static)
+have bsdtar || missing+=(libarchive-tools)
 have chromium || have chromium-browser || missing+=(chromium)
 # shellcheck source=scripts/_apt-install.sh
 . "$(dirname "$0")/_apt-install.sh"

@@ -2,7 +2,8 @@
 
 Refused, with an IntegrityError naming the member (the target is left as it was):
 
-- names that are absolute or have a ``..`` component;
+- names that are absolute, have a ``..`` component or a NUL byte (GNU tar would cut the
+  name at the NUL and extract something else than the archive names);
 - device nodes, fifos, any type but file, folder, symlink and hardlink;
 - symlinks whose target is absolute or climbs above the root. Absolute targets are refused
   although GNU tar extracts them and they can make sense inside a container
@@ -22,7 +23,22 @@ stream passed, and the caller's ``before_swap`` agreed (the place to compare a s
 facts with the manifest), are the target's entries moved aside and the staged ones renamed
 in. The target folder keeps its inode, so a container mounting it sees the new content, and
 ends up holding exactly the archive. Owners are restored numerically (as root only); modes
-and mtimes always, folders after their content.
+and mtimes (to the nanosecond when a pax header carries them) always, folders after their
+content.
+
+What GNU tar extracts from a well-formed archive, this extracts too, the same way: headers
+are read as GNU tar reads them (:mod:`.extract_headers`: repeated, long-name, pax and global
+headers; every sparse form, restored with its holes), whichever tool wrote the archive
+(GNU tar in any format, busybox tar, bsdtar, Python's tarfile, Docker). Compare with
+``tar --numeric-owner -xpf``. Deliberate differences besides the refusals above:
+
+- setuid and setgid bits of files are dropped, with a warning event, unless ``keep_setuid``
+  (the default for library callers; ``safehold restore --volume`` passes it only for a backup
+  with a safehold manifest, or with ``--keep-setuid``). GNU tar run as root keeps them, but an
+  archive handed in from elsewhere should not plant setuid programs on this host's disk. A
+  folder's setgid bit is kept: it only makes new entries inherit the folder's group;
+- a file whose data the target's filesystem has no room for is refused before it is
+  written (a decompression bomb, or a disk too small): :mod:`.extract_unpack`.
 """
 
 from __future__ import annotations
@@ -31,48 +47,14 @@ import contextlib
 import os
 import secrets
 import shutil
-import stat
-import tarfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, cast
 
-from ..errors import IntegrityError, RestoreError, SafeholdError, UsageError
+from ..errors import RestoreError, SafeholdError, UsageError
 from ..model import ByteSource, Event, EventSink, null_sink
+from .extract_unpack import ExtractFacts, Unpacker, damaged, member_path
 
-CHUNK = 1 << 20
-IMPLICIT_DIR_MODE = 0o777  # folders the archive does not list: like GNU tar, umask decides
-_SPECIAL = {
-    tarfile.CHRTYPE: "device node",
-    tarfile.BLKTYPE: "device node",
-    tarfile.FIFOTYPE: "fifo",
-}
-
-
-def member_path(name: str) -> str:
-    """A member's path relative to the root (``./a//b`` -> ``a/b``); ValueError saying why
-    when it would leave the root."""
-    if name.startswith("/"):
-        raise ValueError("has an absolute path")
-    parts = [part for part in name.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise ValueError("climbs out of the folder with '..'")
-    return "/".join(parts)
-
-
-@dataclass
-class ExtractFacts:
-    """Counted like ``TreeFacts``: dirs include ``./``, bytes count each file once."""
-
-    files: int = 0
-    dirs: int = 0
-    symlinks: int = 0
-    hardlinks: int = 0
-    bytes: int = 0
-
-    def to_json(self) -> dict[str, int]:
-        return asdict(self)
+__all__ = ["ExtractFacts", "Source", "extract_tree", "member_path"]
 
 
 def extract_tree(
@@ -81,8 +63,10 @@ def extract_tree(
     *,
     events: EventSink = null_sink,
     before_swap: Callable[[ExtractFacts], None] | None = None,
+    keep_setuid: bool = True,
 ) -> ExtractFacts:
-    """Replace the content of ``target`` with the tar stream (already decompressed)."""
+    """Replace the content of ``target`` with the tar stream (already decompressed).
+    ``keep_setuid=False`` drops the setuid/setgid bits of files (a warning event each)."""
     target = Path(target)
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise UsageError(f"{target} is not a folder", hint="give the folder to restore into")
@@ -97,8 +81,8 @@ def extract_tree(
     os.mkdir(staging, 0o700)
     swapped = False
     try:
-        unpacker = _Unpacker(staging, target)
-        unpacker.run(_Source(stream))
+        unpacker = Unpacker(staging, target, keep_setuid=keep_setuid, events=events)
+        unpacker.run(Source(stream))
         unpacker.check_symlinks()
         if before_swap is not None:
             before_swap(unpacker.facts)
@@ -125,11 +109,7 @@ def extract_tree(
     return unpacker.facts
 
 
-class _StreamTar(tarfile.TarFile):
-    members: list[tarfile.TarInfo]  # set by TarFile; declared here to bound it (see run)
-
-
-class _Source:
+class Source:
     """Reports any failure of the (decompressing) source as a damaged archive."""
 
     def __init__(self, inner: ByteSource) -> None:
@@ -141,192 +121,7 @@ class _Source:
         except SafeholdError:
             raise
         except Exception as exc:
-            raise _damaged(exc) from exc
-
-
-class _Unpacker:
-    def __init__(self, staging: Path, target: Path) -> None:
-        self._staging = staging
-        self._target = target
-        self._owners = os.geteuid() == 0
-        self._dirs: set[str] = {""}  # verified real folders (never symlinks), relative names
-        self._dir_meta: dict[str, tarfile.TarInfo] = {}
-        self._root_meta: tarfile.TarInfo | None = None
-        self.facts = ExtractFacts()
-
-    def run(self, source: _Source) -> None:
-        try:
-            with _StreamTar.open(
-                fileobj=cast(IO[bytes], source),  # tarfile only calls read() in "r|" mode
-                mode="r|",
-                bufsize=CHUNK,
-                encoding="utf-8",
-                errors="surrogateescape",
-            ) as tar:
-                while (member := tar.next()) is not None:
-                    self._add(tar, member)
-                    # A stream-mode TarFile still keeps every header it read; let them go.
-                    tar.members.clear()
-        except (tarfile.TarError, EOFError) as exc:
-            raise _damaged(exc) from exc
-        while source.read(CHUNK):  # the caller may hash the stream: let it see every byte
-            pass
-
-    def _add(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
-        rel = self._name(member.name, member)
-        if not rel:
-            if not member.isdir():
-                raise self._refuse(member, "is the archive's root but not a folder")
-            self._root_meta = member
-            self.facts.dirs += 1
-            return
-        # A hardlink's source is checked before anything at ``rel`` is replaced.
-        source = self._link_source(member) if member.islnk() else ""
-        parent = rel.rpartition("/")[0]
-        self._ensure_dir(parent, member)
-        dest = self._staging / rel
-        kept = self._clear(dest, member)  # True: a folder made earlier (implicitly or listed)
-        if member.isdir():
-            if not kept:
-                os.mkdir(dest, 0o700)  # writable while its content arrives; real mode at the end
-            if rel not in self._dir_meta:
-                self.facts.dirs += 1
-            self._dirs.add(rel)
-            self._dir_meta[rel] = member
-        elif member.isreg():
-            self._write_file(tar, member, dest)
-        elif member.issym():
-            self._check_link_target(rel, member)
-            os.symlink(member.linkname, dest)
-            if self._owners:
-                os.lchown(dest, member.uid, member.gid)
-            os.utime(dest, ns=_times(member), follow_symlinks=False)
-            self.facts.symlinks += 1
-        elif member.islnk():
-            os.link(self._staging / source, dest, follow_symlinks=False)
-            self.facts.hardlinks += 1
-        else:
-            kind = _SPECIAL.get(member.type, f"member of tar type {member.type!r}")
-            raise self._refuse(member, f"is a {kind}; volumes are restored without them")
-
-    def _name(self, name: str, member: tarfile.TarInfo) -> str:
-        try:
-            return member_path(name)
-        except ValueError as why:
-            raise self._refuse(member, str(why)) from None
-
-    def _ensure_dir(self, rel: str, member: tarfile.TarInfo) -> None:
-        """Make ``rel`` a real folder inside staging; refuse paths through symlinks or files."""
-        if rel in self._dirs:
-            return
-        done = ""
-        for part in rel.split("/"):
-            done = f"{done}/{part}" if done else part
-            if done in self._dirs:
-                continue
-            path = self._staging / done
-            try:
-                mode = os.lstat(path).st_mode
-            except FileNotFoundError:
-                os.mkdir(path, IMPLICIT_DIR_MODE)
-                mode = stat.S_IFDIR
-            if stat.S_ISLNK(mode):
-                raise self._refuse(member, f"goes through the symlink ./{done}")
-            if not stat.S_ISDIR(mode):
-                raise self._refuse(member, f"needs ./{done} to be a folder, but it is a file")
-            self._dirs.add(done)
-
-    def _clear(self, dest: Path, member: tarfile.TarInfo) -> bool:
-        """Make room at ``dest``; True when it is a folder that the member (a folder) keeps."""
-        try:
-            mode = os.lstat(dest).st_mode
-        except FileNotFoundError:
-            return False
-        if stat.S_ISDIR(mode):
-            if member.isdir():
-                return True
-            raise self._refuse(member, "would replace a folder of the archive")
-        os.unlink(dest)  # a later member replaces an earlier one, as with GNU tar
-        return False
-
-    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:
-        reader = tar.extractfile(member)
-        assert reader is not None, "regular members always have a reader"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(dest, flags, 0o600)
-        try:
-            while chunk := reader.read(CHUNK):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
-            if self._owners:
-                os.fchown(fd, member.uid, member.gid)
-            os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears set-id bits
-            os.utime(fd, ns=_times(member))
-        finally:
-            os.close(fd)
-        self.facts.files += 1
-        self.facts.bytes += member.size
-
-    def _check_link_target(self, rel: str, member: tarfile.TarInfo) -> None:
-        link = member.linkname
-        if link.startswith("/"):
-            raise self._refuse(member, f"is a symlink to the absolute path {link}")
-        depth = rel.count("/")  # folders between the root and the link
-        for part in link.split("/"):
-            if part == "..":
-                depth -= 1
-                if depth < 0:
-                    raise self._refuse(member, f"is a symlink to {link}, outside the folder")
-            elif part not in ("", "."):
-                depth += 1
-
-    def _link_source(self, member: tarfile.TarInfo) -> str:
-        source = self._name(member.linkname, member)
-        parent, _, _ = source.rpartition("/")
-        try:
-            mode = os.lstat(self._staging / source).st_mode
-        except FileNotFoundError:
-            mode = 0
-        if not source or mode == 0 or stat.S_ISDIR(mode) or parent not in self._dirs:
-            raise self._refuse(member, f"is a hardlink to {member.linkname}, not an earlier file")
-        return source
-
-    def check_symlinks(self) -> None:
-        """Resolve every symlink of the finished tree: chains must not lead outside either."""
-        if not self.facts.symlinks:
-            return
-        root = os.path.realpath(self._staging)
-        folders = [self._staging]
-        while folders:
-            with os.scandir(folders.pop()) as entries:
-                for entry in entries:
-                    if entry.is_symlink():
-                        real = os.path.realpath(entry.path)
-                        if real != root and not real.startswith(root + "/"):
-                            rel = os.path.relpath(entry.path, self._staging)
-                            raise _refused(self._target, f"./{rel}", "resolves outside the folder")
-                    elif entry.is_dir(follow_symlinks=False):
-                        folders.append(Path(entry.path))
-
-    def apply_dir_meta(self) -> None:
-        # Deepest first: setting a parent's mtime (or a read-only mode) must come after its
-        # content is complete.
-        for rel in sorted(self._dir_meta, key=lambda name: name.count("/"), reverse=True):
-            self._set_meta(self._staging / rel, self._dir_meta[rel])
-
-    def apply_root_meta(self, target: Path) -> None:
-        if self._root_meta is not None:
-            self._set_meta(target, self._root_meta)
-
-    def _set_meta(self, path: Path, member: tarfile.TarInfo) -> None:
-        if self._owners:
-            os.chown(path, member.uid, member.gid, follow_symlinks=False)
-        os.chmod(path, member.mode & 0o7777)
-        os.utime(path, ns=_times(member))
-
-    def _refuse(self, member: tarfile.TarInfo, why: str) -> IntegrityError:
-        return _refused(self._target, member.name, why)
+            raise damaged(exc) from exc
 
 
 def _swap(staging: Path, target: Path, trash: Path, skip: set[str]) -> None:
@@ -375,24 +170,3 @@ def _remove_tree(path: Path) -> bool:
     except OSError:
         return False
     return True
-
-
-def _times(member: tarfile.TarInfo) -> tuple[int, int]:
-    mtime = member.mtime
-    ns = mtime * 1_000_000_000 if isinstance(mtime, int) else round(mtime * 1e9)
-    return ns, ns
-
-
-def _refused(target: Path, name: str, why: str) -> IntegrityError:
-    return IntegrityError(
-        f"refusing to restore into {target}: archive member {name!r} {why}",
-        hint="this archive is not a safe volume backup; nothing was changed in the folder "
-        "(inspect the archive with 'tar -tvf')",
-    )
-
-
-def _damaged(exc: BaseException) -> IntegrityError:
-    return IntegrityError(
-        f"the archive is damaged or not a tar archive: {exc or type(exc).__name__}",
-        hint="restore an older backup ('safehold list' shows them); the folder was left as it was",
-    )

@@ -20,15 +20,17 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, closing
-from typing import cast
+from typing import IO, cast
 
 import docker
 
 from ..errors import DockerUnavailable, IntegrityError, RestoreError, SafeholdError
 from ..model import ByteSink, ByteSource, Event, EventSink, null_sink
-from ..sources.tree import BLOCK, CHUNK, ENCODING, ERRORS, TreeFacts, _TarOut, gnu_header
+from ..sources.tree import BLOCK, CHUNK, TreeFacts, _TarOut, gnu_header
 from .engine import refuse_if_in_use, unavailable, volume_mountpoint
-from .extract import _SPECIAL, ExtractFacts, _damaged, _Source, member_path
+from .extract import Source
+from .extract_headers import entries
+from .extract_unpack import _SPECIAL, SET_ID, ExtractFacts, damaged, member_path
 from .helper_image import (
     DOCKER_ERRORS,
     MOUNT,
@@ -43,7 +45,6 @@ from .helper_image import (
 # The kernel stops following a symlink chain after 40 links; a longer one cannot lead anywhere.
 MAX_HOPS = 128
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
-_EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 
 
 def read_volume_tar(
@@ -79,6 +80,7 @@ def replace_volume_content(
     *,
     events: EventSink = null_sink,
     before_swap: Callable[[ExtractFacts], None] | None = None,
+    keep_setuid: bool = True,
 ) -> ExtractFacts:
     """Replace the content of volume ``name`` with the tar stream ``archive`` (decompressed).
 
@@ -89,14 +91,18 @@ def replace_volume_content(
     holds only the names of its entries). Then ``before_swap(facts)`` may veto; only after
     that does the engine unpack it beside the current content and swap it in, so the volume
     ends up holding exactly the archive, with owners, modes, mtimes (whole seconds) and
-    links. Refused while a running container uses the volume.
+    links. Refused while a running container uses the volume. Headers are read as GNU tar
+    reads them (:mod:`.extract_headers`), but sparse members are refused: the engine would
+    write their holes as zeros. A file the spool's filesystem has no room for is refused
+    before it is spooled, and ``keep_setuid=False`` drops the setuid/setgid bits of files
+    (a warning event each), as extract.py does.
     """
     volume_mountpoint(client, name)
     token = secrets.token_hex(6)
     with tempfile.TemporaryFile(prefix="safehold-volume-") as spool:
-        stager = _Stager(name, f"{MOUNT[1:]}/{STAGE}{token}", spool)
+        stager = _Stager(name, f"{MOUNT[1:]}/{STAGE}{token}", spool, keep_setuid, events)
         try:
-            stager.run(_Source(archive))
+            stager.run(Source(archive))
         except OSError as exc:
             raise RestoreError(
                 f"cannot spool the archive for volume {name}: {exc.strerror or exc}",
@@ -156,28 +162,15 @@ class _Pull:
         return b"".join(parts)
 
     def members(self, damaged: Callable[[str], SafeholdError]) -> Iterator[tarfile.TarInfo]:
-        """Each member with what PAX and GNU long-name headers say applied. The data of a
-        regular one (size rounded up to whole blocks) must be taken before the next; other
-        types have none, whatever their size field says (as tarfile and Go's reader do)."""
-        over: dict[str, str] = {}
-        while (block := self.take(BLOCK)).count(0) != BLOCK:
-            try:
-                info = tarfile.TarInfo.frombuf(block, ENCODING, ERRORS)
-                if info.type in _EXTENDED:
-                    data = self.take(info.size + -info.size % BLOCK)[: info.size]
-                    over.update(_extended(info.type, data))
-                    continue
-                info.name = over.get("path", info.name)
-                info.linkname = over.get("linkpath", info.linkname)
-                info.size = int(over.get("size", info.size))
-                info.uid, info.gid = int(over.get("uid", info.uid)), int(over.get("gid", info.gid))
-                info.mtime = math.floor(float(over.get("mtime", info.mtime)))
-            except (tarfile.HeaderError, ValueError) as exc:
-                raise damaged(f"a damaged header ({exc})") from exc
-            if any(key.startswith("GNU.sparse.") for key in over):
-                info.type = tarfile.GNUTYPE_SPARSE  # its data is a map and pieces, not the file
-            over = {}
-            yield info
+        """Each member with its extended headers applied as GNU tar applies them
+        (:mod:`.extract_headers`). The data of a regular one (size rounded up to whole
+        blocks) must be taken before the next; other types have none, whatever their size
+        field says (as tarfile and Go's reader do). A sparse member comes as GNUTYPE_SPARSE,
+        its map already read."""
+        for entry in entries(self.take, damaged):
+            if entry.pieces is not None:
+                entry.info.type = tarfile.GNUTYPE_SPARSE  # its data is pieces, not the file
+            yield entry.info
 
     def rest(self) -> None:
         for _ in self._chunks:
@@ -217,26 +210,6 @@ def _rehead(chunks: Iterable[bytes], out: ByteSink, events: EventSink) -> TreeFa
     return facts
 
 
-def _extended(kind: bytes, data: bytes) -> dict[str, str]:
-    if kind == tarfile.GNUTYPE_LONGNAME:
-        return {"path": data.rstrip(b"\0").decode(ENCODING, ERRORS)}
-    if kind == tarfile.GNUTYPE_LONGLINK:
-        return {"linkpath": data.rstrip(b"\0").decode(ENCODING, ERRORS)}
-    if kind == tarfile.XGLTYPE:
-        return {}  # global defaults, which the engine never writes
-    records: dict[str, str] = {}  # "%d %s=%s\n" each; xattrs among them are not kept
-    pos = 0
-    while pos < len(data) and data[pos]:
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        if length <= space - pos:
-            raise ValueError("a PAX record shorter than its own length field")
-        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
-        records[key.decode(ENCODING, ERRORS)] = value.decode(ENCODING, ERRORS)
-        pos += length
-    return records
-
-
 def _engine_error(what: str) -> DockerUnavailable:
     return DockerUnavailable(
         f"the Docker engine's archive of the volume holds {what}, which safehold cannot read",
@@ -259,8 +232,11 @@ class _Stager:
     staging folder. Where extract.py asks its staging tree on disk, this keeps the tree's shape
     in memory: the names of its folders, files and symlinks (with their targets)."""
 
-    def __init__(self, volume: str, stage: str, spool: ByteSink) -> None:
+    def __init__(
+        self, volume: str, stage: str, spool: IO[bytes], keep_setuid: bool, events: EventSink
+    ) -> None:
         self._volume, self._stage, self._out = volume, stage, _TarOut(spool)
+        self._spool, self._keep_setuid, self._events = spool.fileno(), keep_setuid, events
         self._dirs: set[str] = {""}  # real folders, never symlinks (listed or implicit)
         self._listed: set[str] = set()
         self._files: set[str] = set()
@@ -271,8 +247,8 @@ class _Stager:
     def run(self, archive: ByteSource) -> None:
         self._out.put(gnu_header(self._stage, tarfile.DIRTYPE, _stat(0o700, 0, 0, 0, 0)))
         chunks = iter(lambda: archive.read(CHUNK), b"")
-        source = _Pull(chunks, lambda exc: _damaged(exc or EOFError("unexpected end of data")))
-        for member in source.members(lambda what: _damaged(ValueError(what))):
+        source = _Pull(chunks, lambda exc: damaged(exc or EOFError("unexpected end of data")))
+        for member in source.members(lambda what: damaged(ValueError(what))):
             self._add(source, member)
         source.rest()  # the caller may hash the stream: let it see every byte
         for rel in self._links:
@@ -296,7 +272,14 @@ class _Stager:
         self._links.pop(rel, None)
         staged = f"{self._stage}/{rel}"
         size = member.size if member.isreg() else 0
-        st = _stat(member.mode, member.uid, member.gid, size, math.floor(member.mtime))
+        mode = member.mode
+        if member.isreg() and mode & SET_ID and not self._keep_setuid:
+            mode &= ~SET_ID
+            message = f"dropped the setuid/setgid bits of {member.name}: the archive has no "
+            message += "safehold manifest; restore with --keep-setuid to keep them"
+            data = {"path": member.name, "reason": "setuid"}
+            self._events(Event("restore", message, "warning", data))
+        st = _stat(mode, member.uid, member.gid, size, math.floor(member.mtime))
         if member.isdir():
             self.facts.dirs += rel not in self._listed
             self._dirs.add(rel)
@@ -305,6 +288,7 @@ class _Stager:
         elif member.type == tarfile.GNUTYPE_SPARSE:
             raise self._refuse(member.name, "is stored sparse; restore it at the volume's folder")
         elif member.isreg():
+            self._check_room(member)
             self._out.put(gnu_header(staged, tarfile.REGTYPE, st))
             source.take(size + -size % BLOCK, self._out.put)
             self._files.add(rel)
@@ -329,6 +313,16 @@ class _Stager:
         except ValueError as why:
             raise self._refuse(member.name, str(why)) from None
 
+    def _check_room(self, member: tarfile.TarInfo) -> None:
+        fs = os.fstatvfs(self._spool)
+        if member.size + CHUNK > fs.f_bavail * fs.f_frsize:  # CHUNK: the spool's own buffer
+            raise RestoreError(
+                f"cannot spool the archive for volume {self._volume}: member {member.name!r} "
+                f"needs {member.size} bytes and TMPDIR has {fs.f_bavail * fs.f_frsize} free",
+                hint="free space in TMPDIR or point it at a bigger disk (or the archive is a "
+                "decompression bomb); the volume was left as it was",
+            )
+
     def _ensure_dir(self, rel: str, member: tarfile.TarInfo) -> None:
         """Folders the archive does not list are made by the engine (0755, root)."""
         if rel in self._dirs:
@@ -352,6 +346,8 @@ class _Stager:
 
     def _check_link_target(self, rel: str, member: tarfile.TarInfo) -> None:
         link = member.linkname
+        if "\0" in link:
+            raise self._refuse(member.name, "is a symlink with a NUL byte in its target")
         if link.startswith("/"):
             raise self._refuse(member.name, f"is a symlink to the absolute path {link}")
         depth = rel.count("/")  # folders between the root and the link

@@ -1,14 +1,24 @@
-"""Timestamped log lines for cron and log files; JSON lines for log shippers."""
+"""Timestamped log lines for cron and log files; JSON lines for log shippers.
+
+A log file can hold what a backup touched, so it is kept private whatever the umask: folders
+made for it are 0700, the file is made 0600. It is opened without following a symlink
+(``O_NOFOLLOW``: one planted at its name would point the appends at another file), and must be
+a regular file of this user; the folder it is in must belong to this user or root and, unless
+sticky, be writable by no one else, or someone else could swap the file under us.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from ..errors import ConfigError
 from ..model import Event, EventSink
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -29,8 +39,7 @@ class LogSink:
         self._stream = stream
         self._file: TextIO | None = None
         if log_file is not None:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = open_log_file(Path(log_file))
             self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
         self._fmt = fmt
         self._level = LEVELS[level]
@@ -78,6 +87,60 @@ class LogSink:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+
+
+def open_log_file(path: Path) -> int:
+    """An fd appending to ``path``, made (and its missing folders) private; ConfigError for a
+    symlink, a file of someone else, or a folder others could change."""
+    _private_folder(path.parent)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            os.fchmod(fd, 0o600)  # the umask may have taken bits away; none were to be added
+            return fd
+        except FileExistsError:
+            fd = os.open(path, flags)
+    except OSError as exc:
+        why = "is a symlink" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise _unsafe(path, why) from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise _unsafe(path, "is not a regular file of this user")
+    return fd
+
+
+def _private_folder(folder: Path) -> None:
+    missing: list[Path] = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    try:
+        st = os.stat(folder)  # a folder given through a symlink is the folder it names
+    except OSError as exc:
+        raise _unsafe(folder, exc.strerror or str(exc)) from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise _unsafe(folder, "is not a folder")
+    if st.st_uid not in (0, os.geteuid()):
+        raise _unsafe(folder, f"belongs to uid {st.st_uid}")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise _unsafe(folder, f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})")
+    for made in reversed(missing):
+        try:
+            os.mkdir(made, 0o700)
+            os.chmod(made, 0o700, follow_symlinks=False)  # whatever the umask
+        except FileExistsError:
+            _private_folder(made)  # made meanwhile by someone else: check it like any other
+        except OSError as exc:
+            raise _unsafe(made, exc.strerror or str(exc)) from exc
+
+
+def _unsafe(path: Path, why: str) -> ConfigError:
+    return ConfigError(
+        f"cannot use the log file: {path} {why}",
+        hint="point log_file at a file in a folder that only this user (or root) can change",
+    )
 
 
 def _plain(data: dict[str, object]) -> dict[str, object]:

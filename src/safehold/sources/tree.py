@@ -9,6 +9,9 @@ uids belong to the container that uses it, not to the host's ``/etc/passwd``.
 A live volume can change while it is read. The archive stays well-formed whatever happens:
 an entry that vanishes is skipped; a file that shrinks is padded with zeros and one that grows
 is cut, both to the size its header already promised; each case is a ``warning`` event.
+Files with holes are stored as GNU sparse members (``tar --sparse``'s ``S`` type, found
+with SEEK_DATA/SEEK_HOLE), so a 1 TiB disk image with 1 MiB written takes 1 MiB in the
+archive and comes back sparse from ``tar -xf`` and from restore alike.
 Sockets, fifos and device nodes are skipped with a warning (restore refuses them anyway).
 Entries that exist but cannot be read fail the backup: an archive silently missing files is
 worse than no archive.
@@ -217,20 +220,32 @@ class _TreeWriter:
         if not stat.S_ISREG(st.st_mode):
             self._warn_vanished(name)
             return
-        self._header(name, tarfile.REGTYPE, st)
-        size = left = st.st_size
+        size = st.st_size
         try:
-            while left and (got := self._out.read_from(fd, left)):
-                left -= got
+            # Only a file with fewer blocks than its size can have holes worth a map.
+            pieces = data_map(fd, size) if st.st_blocks * 512 < size else None
+        except OSError as exc:
+            raise _unreadable(name, exc) from exc
+        if pieces is None:
+            self._header(name, tarfile.REGTYPE, st)
+            pieces = [(0, size)]
+        else:
+            self._out.put(sparse_header(name, st, pieces))
+        short = 0  # bytes the header promised that the file no longer had
+        try:
+            for offset, left in pieces:
+                os.lseek(fd, offset, os.SEEK_SET)
+                while left and (got := self._out.read_from(fd, left)):
+                    left -= got
+                self._out.zeros(left)
+                short += left
             after = os.fstat(fd)
         except OSError as exc:
             raise _unreadable(name, exc) from exc
-        if left:
-            self._out.zeros(left)
         self._out.pad_block()
-        if left or after.st_size != size or after.st_mtime_ns != st.st_mtime_ns:
+        if short or after.st_size != size or after.st_mtime_ns != st.st_mtime_ns:
             self.facts.changed += 1
-            how = "shrank" if left else "grew" if after.st_size > size else "changed"
+            how = "shrank" if short else "grew" if after.st_size > size else "changed"
             self._warn(
                 name,
                 f"{name} {how} while it was read; the archive holds {size} bytes "
@@ -293,6 +308,60 @@ def gnu_header(name: str, kind: bytes, st: os.stat_result, link: str = "") -> by
     info.type, info.linkname = kind, link
     info.mode, info.uid, info.gid, info.size, info.mtime = mode, uid, gid, size, mtime
     return info.tobuf(tarfile.GNU_FORMAT, ENCODING, ERRORS)
+
+
+def data_map(fd: int, size: int) -> list[tuple[int, int]] | None:
+    """The ``(offset, length)`` of each run of data of a file with holes, as SEEK_DATA and
+    SEEK_HOLE find them, ending with ``(size, 0)`` when the file ends in a hole (GNU tar
+    needs that piece to cut the file to its size); None when there is no hole to keep."""
+    pieces: list[tuple[int, int]] = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole from pos to the end
+                break
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                return None  # a filesystem that cannot say
+            raise
+        if start >= size:
+            break
+        pos = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        pieces.append((start, pos - start))
+    if pieces == [(0, size)]:
+        return None
+    if not pieces or sum(pieces[-1]) < size:
+        pieces.append((size, 0))
+    return pieces
+
+
+def _number(value: int) -> bytes:
+    """A 12-byte GNU number field: octal, or base-256 beyond what 11 octal digits hold."""
+    return b"%011o\0" % value if value < _MAX11 else b"\x80" + value.to_bytes(11, "big")
+
+
+def sparse_header(name: str, st: os.stat_result, pieces: list[tuple[int, int]]) -> bytes:
+    """An old GNU sparse member's headers (``tar --sparse --format=gnu``, type ``S``): the
+    size field counts the data stored; the map has four pieces in the header and 21 in each
+    extension block that follows; the real size goes at offset 483."""
+    stored = sum(length for _, length in pieces)
+    fields = (st.st_mode, 0, 0, 1, st.st_uid, st.st_gid, stored, 0, 0, 0)
+    fake = os.stat_result(fields, {"st_mtime_ns": st.st_mtime_ns})
+    blocks = gnu_header(name, tarfile.REGTYPE, fake)
+    head = bytearray(blocks[-BLOCK:])
+    slots = [_number(offset) + _number(length) for offset, length in pieces]
+    head[156:157] = tarfile.GNUTYPE_SPARSE
+    head[386:482] = b"".join(slots[:4]).ljust(96, b"\0")
+    head[482] = len(slots) > 4
+    head[483:495] = _number(st.st_size)
+    head[148:156] = b" " * 8
+    head[148:156] = b"%06o\0 " % sum(head)
+    extensions = []
+    for first in range(4, len(slots), 21):
+        more = b"".join(slots[first : first + 21]).ljust(504, b"\0")
+        extensions.append(more + bytes([first + 21 < len(slots)]) + bytes(7))
+    return blocks[:-BLOCK] + bytes(head) + b"".join(extensions)
 
 
 def _kind(mode: int) -> str:

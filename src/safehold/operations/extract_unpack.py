@@ -1,0 +1,319 @@
+"""The member-by-member half of :func:`~.extract.extract_tree`: each member checked and
+written into the staging folder. The rules are listed in extract.py's docstring.
+
+File data is written where the archive says it goes: a sparse member's pieces at their
+offsets and the file then cut to its size, so holes stay holes (as GNU tar leaves them).
+Before a file's data is written, the bytes it will take are checked against the free space
+of the staging folder's filesystem, so an archive that would fill the disk (a decompression
+bomb, or a backup too big for it) is refused before it does; the bytes written never exceed
+the sizes the headers declared.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import IntegrityError, RestoreError
+from ..model import ByteSource, Event, EventSink
+from .extract_headers import Entry, entries
+
+CHUNK = 1 << 20
+IMPLICIT_DIR_MODE = 0o777  # folders the archive does not list: like GNU tar, umask decides
+SET_ID = stat.S_ISUID | stat.S_ISGID
+_SPECIAL = {
+    tarfile.CHRTYPE: "device node",
+    tarfile.BLKTYPE: "device node",
+    tarfile.FIFOTYPE: "fifo",
+}
+
+
+def member_path(name: str) -> str:
+    """A member's path relative to the root (``./a//b`` -> ``a/b``); ValueError saying why
+    when it would leave the root."""
+    if "\0" in name:
+        raise ValueError("has a NUL byte in its name")
+    if name.startswith("/"):
+        raise ValueError("has an absolute path")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ValueError("climbs out of the folder with '..'")
+    return "/".join(parts)
+
+
+@dataclass
+class ExtractFacts:
+    """Counted like ``TreeFacts``: dirs include ``./``, bytes count each file once."""
+
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    hardlinks: int = 0
+    bytes: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Exact:
+    """``take(n)``: exactly n bytes of the source, or a damaged-archive error."""
+
+    def __init__(self, source: ByteSource) -> None:
+        self._source = source
+
+    def take(self, size: int) -> bytes:
+        data = self._source.read(size)
+        if len(data) == size:
+            return data
+        parts = [data]
+        got = len(data)
+        while got < size:
+            more = self._source.read(size - got)
+            if not more:
+                raise damaged(EOFError("unexpected end of data"))
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+
+
+class Unpacker:
+    def __init__(
+        self, staging: Path, target: Path, *, keep_setuid: bool, events: EventSink
+    ) -> None:
+        self._staging = staging
+        self._target = target
+        self._keep_setuid = keep_setuid
+        self._events = events
+        self._owners = os.geteuid() == 0
+        self._dirs: set[str] = {""}  # verified real folders (never symlinks), relative names
+        self._dir_meta: dict[str, Entry] = {}
+        self._root_meta: Entry | None = None
+        self._room = 0  # bytes known free on the staging filesystem, less those since used
+        self.facts = ExtractFacts()
+
+    def run(self, source: ByteSource) -> None:
+        reader = Exact(source)
+        for entry in entries(reader.take, lambda what: damaged(ValueError(what))):
+            self._add(reader, entry)
+        while source.read(CHUNK):  # the caller may hash the stream: let it see every byte
+            pass
+
+    def _add(self, reader: Exact, entry: Entry) -> None:
+        member = entry.info
+        rel = self._name(member.name, member)
+        if not rel:
+            if not member.isdir():
+                raise self._refuse(member, "is the archive's root but not a folder")
+            self._root_meta = entry
+            self.facts.dirs += 1
+            return
+        # A hardlink's source is checked before anything at ``rel`` is replaced.
+        source = self._link_source(member) if member.islnk() else ""
+        parent = rel.rpartition("/")[0]
+        self._ensure_dir(parent, member)
+        dest = self._staging / rel
+        kept = self._clear(dest, member)  # True: a folder made earlier (implicitly or listed)
+        if member.isdir():
+            if not kept:
+                os.mkdir(dest, 0o700)  # writable while its content arrives; real mode at the end
+            if rel not in self._dir_meta:
+                self.facts.dirs += 1
+            self._dirs.add(rel)
+            self._dir_meta[rel] = entry
+        elif member.isreg():
+            self._write_file(reader, entry, dest)
+        elif member.issym():
+            self._check_link_target(rel, member)
+            os.symlink(member.linkname, dest)
+            if self._owners:
+                os.lchown(dest, member.uid, member.gid)
+            os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+            self.facts.symlinks += 1
+        elif member.islnk():
+            os.link(self._staging / source, dest, follow_symlinks=False)
+            self.facts.hardlinks += 1
+        else:
+            kind = _SPECIAL.get(member.type, f"member of tar type {member.type!r}")
+            raise self._refuse(member, f"is a {kind}; volumes are restored without them")
+
+    def _name(self, name: str, member: tarfile.TarInfo) -> str:
+        try:
+            return member_path(name)
+        except ValueError as why:
+            raise self._refuse(member, str(why)) from None
+
+    def _ensure_dir(self, rel: str, member: tarfile.TarInfo) -> None:
+        """Make ``rel`` a real folder inside staging; refuse paths through symlinks or files."""
+        if rel in self._dirs:
+            return
+        done = ""
+        for part in rel.split("/"):
+            done = f"{done}/{part}" if done else part
+            if done in self._dirs:
+                continue
+            path = self._staging / done
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                os.mkdir(path, IMPLICIT_DIR_MODE)
+                mode = stat.S_IFDIR
+            if stat.S_ISLNK(mode):
+                raise self._refuse(member, f"goes through the symlink ./{done}")
+            if not stat.S_ISDIR(mode):
+                raise self._refuse(member, f"needs ./{done} to be a folder, but it is a file")
+            self._dirs.add(done)
+
+    def _clear(self, dest: Path, member: tarfile.TarInfo) -> bool:
+        """Make room at ``dest``; True when it is a folder that the member (a folder) keeps."""
+        try:
+            mode = os.lstat(dest).st_mode
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(mode):
+            if member.isdir():
+                return True
+            raise self._refuse(member, "would replace a folder of the archive")
+        os.unlink(dest)  # a later member replaces an earlier one, as with GNU tar
+        return False
+
+    def _write_file(self, reader: Exact, entry: Entry, dest: Path) -> None:
+        member = entry.info
+        self._reserve(entry.stored, member)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(dest, flags, 0o600)
+        try:
+            pieces = entry.pieces if entry.pieces is not None else [(0, entry.stored)]
+            for offset, length in pieces:
+                os.lseek(fd, offset, os.SEEK_SET)  # a sparse file's holes are skipped
+                while length:
+                    view = memoryview(reader.take(min(length, CHUNK)))
+                    length -= len(view)
+                    while view:
+                        view = view[os.write(fd, view) :]
+            reader.take(entry.padded - entry.stored)
+            if entry.pieces is not None:
+                os.ftruncate(fd, member.size)  # a hole at the end has no piece to write
+            if self._owners:
+                os.fchown(fd, member.uid, member.gid)
+            os.fchmod(fd, self._file_mode(member))  # after chown, which clears set-id bits
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        finally:
+            os.close(fd)
+        self.facts.files += 1
+        self.facts.bytes += member.size
+
+    def _reserve(self, size: int, member: tarfile.TarInfo) -> None:
+        """Refuse a file whose data the filesystem has no room left for; statvfs is asked
+        again only when the room counted down since the last answer runs out."""
+        if size <= self._room:
+            self._room -= size
+            return
+        fs = os.statvfs(self._staging)
+        self._room = fs.f_bavail * fs.f_frsize
+        need = size + -size % fs.f_frsize if fs.f_frsize else size
+        if need > self._room:
+            raise RestoreError(
+                f"cannot restore into {self._target}: archive member {member.name!r} needs "
+                f"{need} bytes and only {self._room} are free on its filesystem",
+                hint="free space there (or the archive is a decompression bomb); the folder "
+                "was left as it was",
+            )
+        self._room -= need
+
+    def _file_mode(self, member: tarfile.TarInfo) -> int:
+        mode = member.mode & 0o7777
+        if mode & SET_ID and not self._keep_setuid:
+            self._events(
+                Event(
+                    "restore",
+                    f"dropped the setuid/setgid bits of {member.name} (mode {mode:04o} -> "
+                    f"{mode & ~SET_ID:04o}): the archive has no safehold manifest; restore "
+                    "with --keep-setuid to keep them",
+                    "warning",
+                    {"path": member.name, "reason": "setuid"},
+                )
+            )
+            mode &= ~SET_ID
+        return mode
+
+    def _check_link_target(self, rel: str, member: tarfile.TarInfo) -> None:
+        link = member.linkname
+        if "\0" in link:
+            raise self._refuse(member, "is a symlink with a NUL byte in its target")
+        if link.startswith("/"):
+            raise self._refuse(member, f"is a symlink to the absolute path {link}")
+        depth = rel.count("/")  # folders between the root and the link
+        for part in link.split("/"):
+            if part == "..":
+                depth -= 1
+                if depth < 0:
+                    raise self._refuse(member, f"is a symlink to {link}, outside the folder")
+            elif part not in ("", "."):
+                depth += 1
+
+    def _link_source(self, member: tarfile.TarInfo) -> str:
+        source = self._name(member.linkname, member)
+        parent, _, _ = source.rpartition("/")
+        try:
+            mode = os.lstat(self._staging / source).st_mode
+        except FileNotFoundError:
+            mode = 0
+        if not source or mode == 0 or stat.S_ISDIR(mode) or parent not in self._dirs:
+            raise self._refuse(member, f"is a hardlink to {member.linkname}, not an earlier file")
+        return source
+
+    def check_symlinks(self) -> None:
+        """Resolve every symlink of the finished tree: chains must not lead outside either."""
+        if not self.facts.symlinks:
+            return
+        root = os.path.realpath(self._staging)
+        folders = [self._staging]
+        while folders:
+            with os.scandir(folders.pop()) as found:
+                for entry in found:
+                    if entry.is_symlink():
+                        real = os.path.realpath(entry.path)
+                        if real != root and not real.startswith(root + "/"):
+                            rel = os.path.relpath(entry.path, self._staging)
+                            raise refused(self._target, f"./{rel}", "resolves outside the folder")
+                    elif entry.is_dir(follow_symlinks=False):
+                        folders.append(Path(entry.path))
+
+    def apply_dir_meta(self) -> None:
+        # Deepest first: setting a parent's mtime (or a read-only mode) must come after its
+        # content is complete.
+        for rel in sorted(self._dir_meta, key=lambda name: name.count("/"), reverse=True):
+            self._set_meta(self._staging / rel, self._dir_meta[rel])
+
+    def apply_root_meta(self, target: Path) -> None:
+        if self._root_meta is not None:
+            self._set_meta(target, self._root_meta)
+
+    def _set_meta(self, path: Path, entry: Entry) -> None:
+        # A folder's setgid bit is kept: it only makes new entries inherit the group.
+        member = entry.info
+        if self._owners:
+            os.chown(path, member.uid, member.gid, follow_symlinks=False)
+        os.chmod(path, member.mode & 0o7777)
+        os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
+
+    def _refuse(self, member: tarfile.TarInfo, why: str) -> IntegrityError:
+        return refused(self._target, member.name, why)
+
+
+def refused(target: Path, name: str, why: str) -> IntegrityError:
+    return IntegrityError(
+        f"refusing to restore into {target}: archive member {name!r} {why}",
+        hint="this archive is not a safe volume backup; nothing was changed in the folder "
+        "(inspect the archive with 'tar -tvf')",
+    )
+
+
+def damaged(exc: BaseException) -> IntegrityError:
+    return IntegrityError(
+        f"the archive is damaged or not a tar archive: {exc or type(exc).__name__}",
+        hint="restore an older backup ('safehold list' shows them); the folder was left as it was",
+    )
