@@ -169,7 +169,7 @@ def test_listing_shows_foreign_files_and_hides_partials(db: PgTarget, repo: Loca
 
     records = {r.name: r for r in catalog.scan(repo)}
 
-    assert set(records) == {manifest.artifact, foreign.name}
+    assert set(records) == {manifest.artifact, manifest.facts["globals"], foreign.name}
     assert records[manifest.artifact].status == "ok"
     assert records[foreign.name].status == "unverified/foreign"
     # 'latest' never picks a file without a manifest, even a newer-looking one
@@ -180,7 +180,12 @@ def test_two_backups_in_one_second_get_distinct_names(db: PgTarget, repo: LocalS
     first = backup_database(db, repo)
     second = backup_database(db, repo)
     assert first.artifact != second.artifact
-    assert [r.status for r in catalog.scan(repo)] == ["ok", "ok"]
+    assert [(r.kind, r.status) for r in catalog.scan(repo)] == [
+        ("globals", "ok"),
+        ("database", "ok"),
+        ("globals", "ok"),
+        ("database", "ok"),
+    ]
     assert repo.path("db_backup_latest.sql").resolve().name == second.artifact
 
 

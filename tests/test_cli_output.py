@@ -26,7 +26,11 @@ def test_json_results_and_json_logs(run_cli: CliRunner, repo: LocalStorage) -> N
     assert all(line["time"].endswith("Z") for line in log_lines)
 
     listing = json.loads(run_cli("list", "--json").stdout)
-    assert [item["name"] for item in listing] == [manifest["artifact"]]
+    # Newest first: the dump, then the globals written beside it.
+    assert [item["name"] for item in listing] == [
+        manifest["artifact"],
+        manifest["facts"]["globals"],
+    ]
     assert listing[0]["status"] == "ok" and listing[0]["sha256"] == manifest["sha256"]
 
     plan = run_cli("restore", "--database", "latest", "--dry-run", "--json")

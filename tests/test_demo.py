@@ -23,7 +23,8 @@ def test_demo_backs_up_restores_and_drills_a_database_and_a_volume() -> None:
     report = json.loads(result.stdout)
     assert report["identical"] is True
     members = report["set"]["members"]
-    assert members[0].startswith("db_backup_") and members[1].startswith("volume_app-data_")
+    assert members[0].startswith("db_backup_") and members[1].startswith("db_globals_")
+    assert members[2].startswith("volume_app-data_")
     assert report["drill"]["outcome"] == "ok"
     assert {m["kind"] for m in report["drill"]["members"]} == {"database", "volume"}
     # The volume was a real Docker volume of the demo's private engine, not the fallback folder.

@@ -357,7 +357,9 @@ def test_a_broken_manifest_is_listed_as_damaged_and_doctor_still_runs(
     assert report["database"]["result"] == "OK"
     assert report["storage local"]["result"] == "OK"
     listed = json.loads(run_cli("list", "--json").stdout)
-    assert [(r["name"], r["status"]) for r in listed] == [(name, "damaged")]
+    assert [(r["name"], r["status"]) for r in listed if r["kind"] == "database"] == [
+        (name, "damaged")
+    ]
 
 
 # ------------------------------------------------------------------ scripts

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from safehold import naming
+from safehold import catalog, naming
 from safehold.sandbox import SandboxCluster, load_sample
 from safehold.sandbox.cluster import free_port
 from safehold.sources.pg_admin import db_name_with_suffix
@@ -103,6 +103,8 @@ def assert_intact(root: Path, name: str) -> None:
 def assert_nothing_half_written(root: Path, good: Iterable[str] = ()) -> None:
     """Only the earlier good backups (with manifests and latest links) and the lock file."""
     kept = set(good)
+    for name in list(kept):  # a dump's globals are written with it
+        kept.update(catalog.companions(catalog.read_manifest(LocalStorage(root), name)))
     allowed = {naming.LOCK_FILE, *kept, *(naming.manifest_key(name) for name in kept)}
     if kept:
         allowed |= set(naming.DB_LATEST_LINKS)
@@ -406,8 +408,10 @@ def test_file_that_is_not_a_dump(
 
     result = run_cli("restore", "--database", str(path))
 
-    stderr = fails(result, 6)
-    assert "not a PostgreSQL custom-format dump" in stderr
+    if content == "random":
+        assert "is binary data, not a PostgreSQL dump" in fails(result, 6)
+    else:  # plain SQL is a dump format: run by psql into staging, where it fails
+        assert "psql failed" in fails(result, 7)
     assert fingerprint(db) == before
     assert_no_restore_leftovers(db)
     if where == "inside":
@@ -553,10 +557,11 @@ def _gone(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] == "Z"  # exited, waiting to be reaped by init
 
 
-def listed(run_cli: CliRunner) -> list[dict[str, Any]]:
+def listed(run_cli: CliRunner, kind: str = "database") -> list[dict[str, Any]]:
+    """The listed records of one kind (a dump's globals are listed beside it)."""
     records = json.loads(ok(run_cli("list", "--json")).stdout)
     assert isinstance(records, list)
-    return records
+    return [r for r in records if r["kind"] == kind]
 
 
 def test_kill_9_mid_backup(
@@ -591,6 +596,8 @@ def test_kill_9_mid_backup(
     records = listed(run_cli)
     assert [r["name"] for r in records] == [earlier]
     assert records[0]["status"] == "ok"
+    # The killed run's globals are written after its dump: none of them is left either.
+    assert [r["name"] for r in listed(run_cli, "globals")] == [naming.globals_artifact(earlier)]
     assert_intact(repo.root, earlier)
 
     result = ok(run_cli("backup", "--json"))

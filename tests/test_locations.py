@@ -48,12 +48,16 @@ def test_backups_are_copied_listed_and_restored_from_the_copy(
     assert listed[0]["locations"] == ["local", "offsite"]
     again = run_cli("copy", "--to", "offsite", "--json", env=offsite)
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)[0]["skipped"] == [name]
+    globals_name = json.loads(made.stdout)["facts"]["globals"]
+    assert json.loads(again.stdout)[0]["skipped"] == [globals_name, name]  # the globals travel too
 
     # Verify and drill read the bucket's copy (into scratch space), not the local one.
     checked = run_cli("verify", "--from", "offsite", "--level", "full", "--json", env=offsite)
     assert checked.returncode == 0, checked.stderr
-    assert [(r["artifact"], r["outcome"]) for r in json.loads(checked.stdout)] == [(name, "ok")]
+    assert [(r["artifact"], r["outcome"]) for r in json.loads(checked.stdout)] == [
+        (name, "ok"),
+        (globals_name, "ok"),
+    ]
     drilled = run_cli("drill", "--from", "offsite", "--json", env=offsite)
     assert drilled.returncode == 0, drilled.stderr
     assert json.loads(drilled.stdout)["subject"].endswith("(from offsite)")
@@ -100,7 +104,7 @@ def test_backups_are_copied_listed_and_restored_from_the_copy(
     assert pruned.returncode == 0, pruned.stderr
     local, bucket = json.loads(pruned.stdout)
     assert not local["location"].startswith("s3://") and bucket["location"].startswith("s3://")
-    assert [b["name"] for b in bucket["backups"] if b["keep"]] == [name]
+    assert [b["name"] for b in bucket["backups"] if b["keep"]] == [globals_name, name]
 
 
 def test_unknown_location_and_copy_of_nothing(run_cli: CliRunner, offsite: dict[str, str]) -> None:

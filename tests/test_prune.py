@@ -268,17 +268,17 @@ def test_last_verified_copy_orphans_foreign_files_and_other_formats(
     assert not stale.exists()
     assert set(result.cleaned) == {verify_key(gone.artifact), pin_key(gone.artifact)}
     assert not repo.exists(verify_key(gone.artifact))
-    # Every .tar.gz backup went but the verified one, so its link now points there ...
+    # The seed's name follows the newest backup whatever its format (issue 11) ...
     gz_link = repo.path("volume_app-data_latest.tar.gz")
-    assert gz_link.resolve() == repo.path(verified).resolve()
-    # ... and when that goes too, a link with nothing to point at is removed, not left dangling.
+    assert gz_link.resolve() == repo.path(newest).resolve()
+    # ... so removing the last .tar.gz backup leaves no link pointing at it.
     unverified = prune(repo, policy(keep_last=1), now=NOW)
     assert unverified.removed == []
     repo.delete(verify_key(verified))
     last = prune(repo, policy(keep_last=1), now=NOW)
     assert last.removed == [verified]
-    assert last.links_removed == ["volume_app-data_latest.tar.gz"]
-    assert not os.path.lexists(gz_link)
+    assert last.links_removed == []
+    assert gz_link.resolve() == repo.path(newest).resolve()
     zst_link = repo.path("volume_app-data_latest.tar.zst")
     assert zst_link.resolve() == repo.path(newest).resolve()
 
@@ -307,11 +307,12 @@ def test_database_links_follow_the_kept_backups(
             manifest = dump_database(db, repo, name, at(when), options, null_sink)
             commit(repo, manifest, null_sink, "")
         made.append(name)
-    assert repo.path("db_backup_latest.sql").resolve().name == made[1]
+    # The seed's names follow the newest backup whatever its format (issue 11).
+    assert repo.path("db_backup_latest.sql").resolve().name == made[2]
     result = prune(repo, policy(daily=1, keep_last=1), now=NOW)
-    assert result.removed == sorted(made[:2])
+    assert sorted(r for r in result.removed if r.startswith("db_backup_")) == sorted(made[:2])
     for link in naming.DB_LATEST_LINKS:
-        assert not os.path.lexists(repo.path(link))
+        assert repo.path(link).resolve().name == made[2]
     assert repo.path("db_backup_latest.sql.zst").resolve().name == made[2]
     assert decided(result)[made[2]][1][0] == "newest good backup"
 

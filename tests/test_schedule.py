@@ -663,6 +663,6 @@ def test_daemon_runs_a_real_backup(db: PgTarget, repo: LocalStorage, tmp_path: P
     )
     assert runs[0].outcome.exit_code == 0, runs[0].outcome.detail + raw.getvalue()
     records = catalog.scan(repo)
-    assert [(r.kind, r.status) for r in records] == [("database", "ok")]
+    assert [(r.kind, r.status) for r in records] == [("globals", "ok"), ("database", "ok")]
     assert records[0].manifest is not None and records[0].manifest.target == db.dbname
     assert "backing up database" in raw.getvalue() or records[0].name in raw.getvalue()

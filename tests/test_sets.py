@@ -96,7 +96,8 @@ def test_backup_all_makes_one_set_of_database_and_selected_volumes(
     set_id = made["id"]
     assert made["database"] == db.dbname
     assert made["volumes"] == [f"app-{tag}", f"user-1-{tag}", f"user-2-{tag}"]
-    assert len(made["members"]) == 4 and made["members"][0].startswith("db_backup_")
+    assert len(made["members"]) == 5 and made["members"][0].startswith("db_backup_")
+    assert made["members"][1].startswith("db_globals_")  # the roles the dump needs
     # Every member carries the set's stamp and id; the set record is in the repository.
     assert all(set_id in member for member in made["members"])
     assert {m["set_id"] for m in made["manifests"]} == {set_id}

@@ -143,7 +143,9 @@ def test_restore_all_brings_back_database_and_volume_and_checks_health(
     assert service.container.status == "running"
     assert status_of(service.url) == 200
     kinds = [s["kind"] for s in report["timings_s"]]
-    assert kinds == ["verify", "stop", "database", "volume", "post", "start", "connect", "health"]
+    assert kinds == [
+        "verify", "stop", "roles", "database", "volume", "post", "start", "connect", "health"
+    ]  # fmt: skip
     assert all(s["seconds"] >= 0 for s in report["timings_s"])
     objectives = {o["objective"]: o for o in report["objectives"]}
     assert set(objectives) == {"database", "container data", "full system"}
@@ -195,8 +197,8 @@ def test_a_failed_step_says_where_it_stopped_and_how_to_continue(
     )
 
     assert failed.returncode == 9, failed.stderr
-    assert "stopped at step 5" in failed.stderr and "exit 3" in failed.stderr
-    assert "--from-step 5" in failed.stderr
+    assert "stopped at step 6" in failed.stderr and "exit 3" in failed.stderr
+    assert "--from-step 6" in failed.stderr
     assert "containers were started again" in failed.stderr
     service.container.reload()
     assert service.container.status == "running"
@@ -212,7 +214,7 @@ def test_a_failed_step_says_where_it_stopped_and_how_to_continue(
         "--project",
         service.project,
         "--from-step",
-        "5",
+        "6",
         "--post-restore-cmd",
         "true",
         "--json",

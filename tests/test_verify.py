@@ -91,10 +91,16 @@ def copy(templates: dict[str, Path], tmp_path: Path) -> Copy:
         if not root.exists():
             shutil.copytree(templates[kind], root, symlinks=True)
         storage = LocalStorage(root)
-        (name,) = [key for key in storage.list() if naming.parse(key) and OLD not in key]
+        (name,) = [key for key in storage.list() if _backup(key) and OLD not in key]
         return storage, name
 
     return make
+
+
+def _backup(key: str) -> bool:
+    """A database or volume backup (not the globals a dump writes beside it)."""
+    parsed = naming.parse(key)
+    return parsed is not None and parsed.kind in ("database", "volume")
 
 
 def manifest_json(storage: LocalStorage, name: str) -> dict[str, Any]:
@@ -345,19 +351,21 @@ def merged(copy: Copy) -> tuple[LocalStorage, dict[str, str]]:
         shutil.copyfile(source.path(key), storage.path(key))
     names = {"db_old": clone(storage, db_new), "db_new": db_new}
     names.update(volume_old=clone(storage, volume_new), volume_new=volume_new)
+    (names["globals"],) = catalog.companions(catalog.read_manifest(storage, db_new))
     return storage, names
 
 
 def test_default_checks_the_newest_of_each_target_even_when_it_is_damaged(copy: Copy) -> None:
     storage, names = merged(copy)
     results = verify_newest(storage, "quick")
-    assert sorted(r.artifact for r in results) == sorted([names["db_new"], names["volume_new"]])
+    newest = [names["db_new"], names["volume_new"], names["globals"]]  # the dump's globals too
+    assert sorted(r.artifact for r in results) == sorted(newest)
     assert all(r.ok for r in results)
 
     flip_middle(storage.path(names["db_new"]))
     results = verify_newest(storage, "full")
     by_name = {r.artifact: r for r in results}
-    assert set(by_name) == {names["db_new"], names["volume_new"]}  # not the older good one
+    assert set(by_name) == set(newest)  # not the older good one
     assert by_name[names["db_new"]].outcome == "failed"
     assert by_name[names["volume_new"]].ok
 
@@ -375,6 +383,7 @@ def test_all_goes_on_after_failures_and_reports_every_backup(copy: Copy) -> None
         names["db_old"]: "failed",
         names["volume_old"]: "failed",
         foreign: "unverifiable",
+        names["globals"]: "ok",
         names["db_new"]: "ok",
         names["volume_new"]: "ok",
     }
@@ -434,12 +443,13 @@ def test_cli_exit_codes_messages_and_json(run_cli: CliRunner, repo: LocalStorage
     assert run_cli("backup").returncode == 0
     ok = run_cli("verify", "--level", "full")
     assert ok.returncode == 0, ok.stderr
-    (name,) = [key for key in repo.list() if naming.parse(key)]
+    (name,) = [key for key in repo.list() if _backup(key)]
     assert name in ok.stdout and "ok" in ok.stdout
 
     as_json = run_cli("verify", "latest", "--json")
     assert as_json.returncode == 0, as_json.stderr
-    (result,) = json.loads(as_json.stdout)
+    result, companion = json.loads(as_json.stdout)  # the dump and the globals beside it
+    assert companion["kind"] == "globals" and companion["outcome"] == "ok"
     assert set(result) == RECORD_KEYS and result["outcome"] == "ok"
     assert result["artifact"] == name and result["kind"] == "database"
 
@@ -452,8 +462,11 @@ def test_cli_exit_codes_messages_and_json(run_cli: CliRunner, repo: LocalStorage
 
     bad_json = run_cli("verify", "--all", "--level", "full", "--json")
     assert bad_json.returncode == 6
-    (result,) = json.loads(bad_json.stdout)  # one JSON document, the results
+    # One JSON document, the results: the damaged dump, and its globals still good.
+    outcomes = {r["artifact"]: r for r in json.loads(bad_json.stdout)}
+    assert outcomes[companion["artifact"]]["outcome"] == "ok"
+    result = outcomes[name]
     assert result["outcome"] == "failed" and result["level"] == "full"
-    assert "sha256" in result["error"] and "error: backup" in bad_json.stderr
+    assert "sha256" in result["error"] and "is damaged: sha256" in bad_json.stderr
 
     assert run_cli("verify", name, "--all").returncode == 2

@@ -191,7 +191,8 @@ def test_volume_backup_change_restore(
     assert run_in(client, image, name, READ_BACK) == original
     assert result.source == backup.artifact
     assert result.safety_backup is not None
-    assert any("normal backup" in e.message for e in events)
+    assert result.safety_backup.kind == "safety"  # never the volume's latest backup
+    assert any("a safety copy" in e.message for e in events)
 
     safety = tmp_path / "safety"
     restore_tree(repo, result.safety_backup.artifact, safety)

@@ -6,7 +6,9 @@ from unfinished writes never match an artifact name, so they are never listed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +70,9 @@ def scan(storage: Storage) -> list[BackupRecord]:
             status = "ok"
         created = manifest.started_at if manifest else parsed.created
         records.append(BackupRecord(name, parsed.kind, created, size, status, manifest))  # type: ignore[arg-type]
-    records.sort(key=lambda r: (r.created, r.name))
+    # A dump's globals share its time; ordered just before it, so a newest-first listing shows
+    # each dump followed by its globals.
+    records.sort(key=lambda r: (r.created, r.kind != "globals", r.name))
     return records
 
 
@@ -159,7 +163,13 @@ class Resolved:
 
 
 def resolve(storage: LocalStorage, ref: str, kind: Kind, target: str | None = None) -> Resolved:
-    """``latest``, an artifact name in the repository, or a path to any file."""
+    """``latest``, an artifact name in the repository, or a path to any file. A fixed
+    ``latest`` name of the repository (``db_backup_latest.sql``...) means what it links to,
+    the newest good backup, read from the manifests: also where the link is missing."""
+    fixed = _fixed_name(storage, ref)
+    if fixed is not None and fixed[0] == kind:
+        # Like the link: the database names mean the newest dump of any database.
+        ref, target = "latest", fixed[1]
     if ref == "latest":
         record = latest(scan(storage), kind, target)
         if record is None:
@@ -188,17 +198,63 @@ def resolve(storage: LocalStorage, ref: str, kind: Kind, target: str | None = No
     return Resolved(candidate, candidate.name, None, False)
 
 
-def update_latest_links(storage: Storage, records: list[BackupRecord]) -> None:
-    """Point the seed's ``latest`` names at the newest good backup of each kind and format."""
-    if not isinstance(storage, LocalStorage):
-        return
-    newest: dict[str, str] = {}
+def _fixed_name(storage: LocalStorage, ref: str) -> tuple[Kind, str | None] | None:
+    """(kind, volume) when ``ref`` is a fixed ``latest`` name, bare or in the repository."""
+    given = Path(ref)
+    if given.name != ref and given.parent.resolve() != storage.root.resolve():
+        return None  # a file of that name elsewhere is a file the user hands us
+    return naming.latest_link_of(given.name)
+
+
+def latest_link_plan(records: Iterable[BackupRecord]) -> dict[str, str]:
+    """Fixed name -> artifact: each target's newest good backup (``records`` oldest first)
+    takes every name ``naming.latest_links`` gives it."""
+    plan: dict[str, str] = {}
     for record in records:
-        if record.status != "ok":
-            continue
         parsed = naming.parse(record.name)
-        if parsed is not None:
+        if record.status == "ok" and parsed is not None and parsed.kind in BACKUP_KINDS:
+            for link in _links_of_target(parsed):
+                plan.pop(link, None)  # a newer backup of the target drops the older's names
             for link in naming.latest_links(parsed):
-                newest[link] = record.name
-    for link, artifact in newest.items():
+                plan[link] = record.name
+    return plan
+
+
+def stale_latest_links(storage: Storage, plan: dict[str, str]) -> list[str]:
+    """The fixed-name links (local disk only) that ``plan`` does not keep: a format-specific
+    name whose format is no longer the newest, or a target with no good backup left."""
+    if not isinstance(storage, LocalStorage) or not storage.root.is_dir():
+        return []
+    with os.scandir(storage.root) as entries:
+        return sorted(
+            entry.name
+            for entry in entries
+            if entry.is_symlink()
+            and naming.latest_link_of(entry.name) is not None
+            and entry.name not in plan
+        )
+
+
+def update_latest_links(storage: Storage, records: list[BackupRecord]) -> list[str]:
+    """Point the fixed ``latest`` names at the newest good backup of each target and remove
+    the ones that name none (links first, so a name never points at nothing newer); returns
+    the links removed."""
+    if not isinstance(storage, LocalStorage):
+        return []
+    plan = latest_link_plan(records)
+    for link, artifact in plan.items():
         storage.link(link, artifact)
+    stale = stale_latest_links(storage, plan)
+    for link in stale:
+        storage.delete(link)
+    return stale
+
+
+def _links_of_target(parsed: naming.ArtifactName) -> tuple[str, ...]:
+    """Every fixed name a backup of this target could have, in any format."""
+    return tuple(
+        link
+        for zstd in (False, True)
+        for encrypted in (False, True)
+        for link in naming.latest_links(dataclasses.replace(parsed, zstd=zstd, encrypted=encrypted))
+    )

@@ -130,17 +130,37 @@ def set_key(set_id: str) -> str:
 
 
 def latest_links(artifact: ArtifactName) -> tuple[str, ...]:
-    """Names that point at the newest good backup of this kind and format (an encrypted one has
-    its own, so the seed's ``pg_restore db_backup_latest.sql`` never meets ciphertext)."""
-    if artifact.kind not in ("database", "volume"):
-        return ()  # globals and safety copies are never what a seed name means
-    age = AGE_SUFFIX if artifact.encrypted else ""
+    """The fixed names that point at ``artifact`` when it is the newest good backup of its
+    target. The seed's names (``db_backup_latest.sql``, ``latest_db_backup.sql``,
+    ``volume_NAME_latest.tar.gz``) always name the newest, whatever its format, so they never
+    lag behind a zstd or encrypted backup; the name with the artifact's own suffixes
+    (``db_backup_latest.sql.zst.age``...) is added, and exists only while the newest is in
+    that format, so a suffix never lies about the content."""
+    seed: tuple[str, ...]
     if artifact.kind == "database":
-        if artifact.zstd:
-            return (f"db_backup_latest.sql.zst{age}",)
-        return DB_LATEST_LINKS if not age else (f"db_backup_latest.sql{age}",)
-    ext = "tar.zst" if artifact.zstd else "tar.gz"
-    return (f"volume_{artifact.target}_latest.{ext}{age}",)
+        own = f"db_backup_latest.sql{'.zst' if artifact.zstd else ''}"
+        seed = DB_LATEST_LINKS
+    elif artifact.kind == "volume":
+        own = f"volume_{artifact.target}_latest.tar.{'zst' if artifact.zstd else 'gz'}"
+        seed = (f"volume_{artifact.target}_latest.tar.gz",)
+    else:
+        return ()  # globals and safety copies are never what a fixed name means
+    own += AGE_SUFFIX if artifact.encrypted else ""
+    return seed if own in seed else (*seed, own)
+
+
+_LATEST_LINK = re.compile(
+    r"^(?:(?P<db>db_backup_latest\.sql(?:\.zst)?(?:\.age)?|latest_db_backup\.sql)"
+    r"|volume_(?P<target>.+)_latest\.tar\.(?:gz|zst)(?:\.age)?)$"
+)
+
+
+def latest_link_of(name: str) -> tuple[Kind, str | None] | None:
+    """What a fixed ``latest`` name stands for: (kind, volume name), or ``None``."""
+    match = _LATEST_LINK.match(name)
+    if match is None:
+        return None
+    return ("database", None) if match["db"] else ("volume", match["target"])
 
 
 def _created(text: str) -> datetime:

@@ -23,6 +23,12 @@ and a backup kept by any rule is kept, with every reason that keeps it:
 - Damaged backups and manifests whose file is missing are never representatives. They are
   removed when a newer good backup of the same target exists (with that reason), else kept.
 - Sets: when any member of a full-system set is kept, every member of it is kept.
+- Safety copies (kind ``safety``: a volume's content taken before a restore replaced it) are
+  not the volume's backups: never a representative, never the newest; each is kept while it
+  is at most ``safety_days`` old (or pinned, or created after ``now``), then removed.
+- Globals (kind ``globals``) are never judged on their own: one is kept exactly when the
+  database dump it belongs to (``companion_of``) is kept, and removed with it, or when no
+  dump of the location names it (pinned or foreign ones excepted).
 - Refused: a policy whose counts and keep_last are all 0, negative counts, and (a safety net the
   rules above already guarantee) any outcome that removes every good backup of a target.
 """
@@ -32,7 +38,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from .errors import UsageError
@@ -50,10 +56,16 @@ class Policy:
     monthly: int = 12
     yearly: int = 7
     keep_last: int = 1
+    safety_days: int = 7  # how long a pre-restore safety copy is kept
 
     def check(self) -> None:
         counts = {name: getattr(self, name) for name in ("daily", "weekly", "monthly", "yearly")}
         counts["keep_last"] = self.keep_last
+        if self.safety_days < 0:
+            raise UsageError(
+                f"retention.safety_days is {self.safety_days}: it cannot be negative",
+                hint="use 0 to remove safety copies at the next prune",
+            )
         negative = [name for name, value in counts.items() if value < 0]
         if negative:
             raise UsageError(
@@ -80,6 +92,7 @@ class Candidate:
     pinned: bool = False
     verified_ok: bool = False  # the last recorded verify of this backup was ok
     set_id: str | None = None
+    companion_of: str | None = None  # globals: the database dump it belongs to
 
     @property
     def good(self) -> bool:
@@ -143,10 +156,15 @@ def decide(backups: list[Candidate], policy: Policy, now: datetime) -> list[Deci
     removals: dict[int, str] = {}
     groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
     for index, candidate in enumerate(backups):
-        groups[(candidate.kind, candidate.target)].append(index)
+        if candidate.kind == "safety":
+            _decide_safety(candidate, policy, now, reasons[index])
+            removals[index] = f"remove: safety copy older than {policy.safety_days} days"
+        elif candidate.kind != "globals":
+            groups[(candidate.kind, candidate.target)].append(index)
     for members in groups.values():
         _decide_group(backups, members, policy, now, reasons, removals)
     _keep_sets(backups, reasons)
+    _follow_dumps(backups, now, reasons, removals)
     decisions = []
     for index, candidate in enumerate(backups):
         why = reasons[index]
@@ -204,6 +222,46 @@ def _decide_group(
             removals[i] = REMOVE_OUTSIDE
 
 
+def _decide_safety(candidate: Candidate, policy: Policy, now: datetime, why: list[str]) -> None:
+    until = candidate.created + timedelta(days=policy.safety_days)
+    if candidate.pinned:
+        why.append("pinned")
+    if candidate.created > now:
+        why.append("created after now (clock skew?): kept")
+    if candidate.status == "unverified/foreign":
+        why.append("unverified/foreign: no manifest, prune never removes it")
+    if now <= until:
+        why.append(f"safety copy, kept until {until.astimezone(UTC):%Y-%m-%d %H:%M} UTC")
+
+
+def _follow_dumps(
+    backups: list[Candidate],
+    now: datetime,
+    reasons: dict[int, list[str]],
+    removals: dict[int, str],
+) -> None:
+    """Each globals artifact shares its dump's decision (after sets are settled)."""
+    kept = {c.name for i, c in enumerate(backups) if c.kind == "database" and reasons[i]}
+    for i, candidate in enumerate(backups):
+        if candidate.kind != "globals":
+            continue
+        dump = candidate.companion_of
+        if candidate.pinned:
+            reasons[i].append("pinned")
+        if candidate.created > now:
+            reasons[i].append("created after now (clock skew?): kept")
+        if candidate.status == "unverified/foreign":
+            reasons[i].append("unverified/foreign: no manifest, prune never removes it")
+        if dump in kept:
+            reasons[i].append(f"globals of kept dump {dump}")
+        present = any(c.name == dump for c in backups)
+        removals[i] = (
+            f"remove: its dump {dump} is removed"
+            if present
+            else "remove: no database dump it belongs to is left"
+        )
+
+
 def _keep_sets(backups: list[Candidate], reasons: dict[int, list[str]]) -> None:
     """A kept member keeps its whole set; repeated until nothing changes."""
     changed = True
@@ -220,7 +278,7 @@ def _refuse_losing_everything(decisions: list[Decision]) -> None:
     targets: dict[tuple[str, str | None], bool] = {}
     for d in decisions:
         c = d.candidate
-        if c.good:
+        if c.good and c.kind not in ("safety", "globals"):
             key = (c.kind, c.target)
             targets[key] = targets.get(key, False) or d.keep
     lost = [key for key, kept in targets.items() if not kept]

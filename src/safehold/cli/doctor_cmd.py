@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import config
-from ..errors import ConfigError
+from ..crypto import DecryptionKey
+from ..errors import ConfigError, SafeholdError
 from ..operations.doctor import RESULTS, Check, DoctorSetup, run_checks
 from .runtime import runtime, shared_options
 
@@ -35,7 +36,9 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
 
     Checks the configuration, the backup folder (writable; no backup or manifest readable by
     group or others), free space against the newest backups' size, each storage location (a
-    probe file), the database server (TCP and protocol), the login and the database, pg_dump and
+    probe file), the database server (TCP and protocol), the login and the database, the rights a
+    restore needs (CREATEDB and ownership of the database, or superuser), the roles the newest
+    backup's globals name (present here, or creatable by this role: CREATEROLE), pg_dump and
     pg_restore against the server's version, ./scripts/backup.sh and restore.sh, the Docker
     engine and each configured volume (only when volumes are configured or DOCKER_HOST is set).
 
@@ -72,7 +75,17 @@ def _setup(settings: config.Settings) -> DoctorSetup:
         volume_exclude=volumes.exclude,
         script_dirs=tuple(unique),
         docker_host=os.environ.get("DOCKER_HOST") or None,
+        key=_key(settings),
     )
+
+
+def _key(settings: config.Settings) -> DecryptionKey | None:
+    """The configured identity, when it loads: doctor reads the newest backup's globals with it
+    (a key that does not load is the encryption check's finding, not a reason to stop)."""
+    try:
+        return settings.decryption_key()
+    except SafeholdError:
+        return None
 
 
 def _config_check(settings: config.Settings) -> Check:

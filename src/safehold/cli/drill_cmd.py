@@ -13,7 +13,7 @@ from ..operations.drill import DrillRecord, drill, write_drill
 from ..sandbox import SandboxCluster
 from ..sources.postgres import PgTarget
 from ..storage import LocalStorage
-from .locations import mirrored
+from .locations import mirrored, read_source
 from .physical import COMMAND_HELP, run_pitr_drill
 from .runtime import runtime, shared_options
 
@@ -96,6 +96,7 @@ def drill_cmd(
     subject = name or (f"set:{set_ref}" if set_ref else "latest")
     with runtime(ctx, as_json=as_json) as rt, contextlib.ExitStack() as stack:
         storage = LocalStorage(rt.settings.backup_dir)
+        source = read_source(rt, storage, source)
         if source is not None:
             storage = stack.enter_context(mirrored(rt, source, _picker(name, set_ref)))
         live = rt.settings.pg_target()

@@ -13,31 +13,44 @@ from ..operations.pitr import BaseBackup
 from ..operations.prune_pitr import base_status, read_bases
 from ..operations.verify import VerifyResult, read_verify
 from ..sinks.log import human_bytes
-from ..storage import LocalStorage
-from .locations import locations
+from ..storage import LocalStorage, Storage
+from .locations import location_storage, locations, read_source
 from .output import STATUS_STYLE, backups_table, sets_table
 from .runtime import runtime, shared_options
 
 
 @click.command("list")
 @click.option("--sets", "only_sets", is_flag=True, help="one line per full-system backup set")
+@click.option(
+    "--from",
+    "source",
+    metavar="LOCATION",
+    help="list what this location ([locations.NAME]) holds instead of the local repository",
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @shared_options
 @click.pass_context
-def list_cmd(ctx: click.Context, only_sets: bool, as_json: bool) -> None:
+def list_cmd(ctx: click.Context, only_sets: bool, source: str | None, as_json: bool) -> None:
     """List the backups in the repository, newest first.
 
     Files without a manifest show as "unverified/foreign"; unfinished files never show. Members
     of a full-system set (backup --all) show the set id; --sets lists the sets themselves.
     PITR base backups follow in their own table (kind "base", with the WAL segment their
     replay starts from).
+
+    --from LOCATION lists a location's copies (nothing is written locally). When the local
+    repository holds no backups and one location is configured, that one is listed.
     """
-    show_backups(ctx, as_json, only_sets=only_sets)
+    show_backups(ctx, as_json, only_sets=only_sets, source=source)
 
 
-def show_backups(ctx: click.Context, as_json: bool, *, only_sets: bool = False) -> None:
+def show_backups(
+    ctx: click.Context, as_json: bool, *, only_sets: bool = False, source: str | None = None
+) -> None:
     with runtime(ctx, as_json=as_json) as rt:
-        storage = LocalStorage(rt.settings.backup_dir)
+        local = LocalStorage(rt.settings.backup_dir)
+        source = read_source(rt, local, source, strict=False)
+        storage: Storage = local if source is None else location_storage(rt, source)
         records = catalog.scan(storage)
         sets = catalog.read_sets(storage)
         if only_sets:
@@ -52,14 +65,15 @@ def show_backups(ctx: click.Context, as_json: bool, *, only_sets: bool = False) 
             else:
                 sets_table(sets, records, rt.out, storage.description)
             return
-        checks = {r.name: read_verify(storage, r.name) for r in records}
+        # Verify results are records of the local repository, about its own copies.
+        checks = {r.name: read_verify(local, r.name) if source is None else None for r in records}
         held = holders(locations(rt.settings)) if rt.settings.locations else None
-        bases = [_base_row(storage, b, held) for b in reversed(read_bases(storage)[0])]
+        bases = [_base_row(storage, b, held, source) for b in reversed(read_bases(storage)[0])]
         if as_json:
             rows = [
                 {
                     **_with_check(r.to_json(), checks[r.name]),
-                    "locations": ["local", *(held or {}).get(r.name, [])],
+                    "locations": _places(r.name, held, source),
                 }
                 for r in reversed(records)
             ]
@@ -68,7 +82,8 @@ def show_backups(ctx: click.Context, as_json: bool, *, only_sets: bool = False) 
             rt.emit_json(rows)
         else:
             if records or not bases:
-                backups_table(records, rt.out, storage.description, sets, checks, held)
+                shown = held if source is None else None  # its column starts with "local"
+                backups_table(records, rt.out, storage.description, sets, checks, shown)
             if bases:
                 _bases_table(bases, rt.out, storage.description)
 
@@ -78,8 +93,16 @@ def _with_check(record: dict[str, object], check: VerifyResult | None) -> dict[s
     return {**record, "verified": {k: check.to_json()[k] for k in keys} if check else None}
 
 
+def _places(name: str, held: dict[str, list[str]] | None, source: str | None) -> list[str]:
+    """Where a listed backup is: the repository listed first, then the locations holding it."""
+    found = (held or {}).get(name, [])
+    if source is None:
+        return ["local", *found]
+    return [source, *(place for place in found if place != source)]
+
+
 def _base_row(
-    storage: LocalStorage, base: BaseBackup, held: dict[str, list[str]] | None
+    storage: Storage, base: BaseBackup, held: dict[str, list[str]] | None, source: str | None
 ) -> dict[str, Any]:
     """A base backup as a ``list --json`` row: the logical rows' fields where they apply."""
     status, size = base_status(storage, base)
@@ -103,7 +126,7 @@ def _base_row(
         "timeline": base.timeline,
         "file": base.data_key,
         "verified": None,
-        "locations": ["local", *(held or {}).get(base.name, [])],
+        "locations": _places(base.name, held, source),
     }
 
 

@@ -1,5 +1,11 @@
 """The configured copy locations ([locations.NAME]) as storages, and the copy steps commands
-share: after a backup, and before a restore that reads from another location."""
+share: after a backup, and before a restore that reads from another location.
+
+A new host after a disaster has the config file, the key and an empty BACKUP_DIR: the commands
+that read (list, restore, verify, drill) then take the one configured location as ``--from``
+(``read_source``), and what a restore reads is fetched into the local repository, verified and
+with its manifest, so the local repository afterwards is one a later copy finds complete.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import contextlib
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 
 from .. import catalog, naming
@@ -14,7 +21,8 @@ from ..config import LocationSettings, Settings
 from ..errors import StorageError, UsageError
 from ..model import BackupRecord, Kind, Manifest
 from ..operations.copy import CopyResult, Location, copy_backups, fetch, mirror
-from ..storage import LocalStorage
+from ..operations.pitr import BASE
+from ..storage import LocalStorage, Storage
 from .runtime import Runtime
 
 MIB = 1 << 20
@@ -51,6 +59,46 @@ def locations(settings: Settings, names: Sequence[str] = ()) -> list[Location]:
                 hint="configured: " + (", ".join(known) or "none ([locations.NAME] in the file)"),
             )
     return [open_location(known[n]) for n in (names or list(known))]
+
+
+def location_storage(rt: Runtime, name: str) -> Storage:
+    (place,) = locations(rt.settings, [name])
+    return place.storage
+
+
+def holds_backups(storage: Storage) -> bool:
+    """Anything a reading command could use: an artifact, a manifest, a set or a base backup
+    (listings only: a large repository is not read to answer this)."""
+    return (
+        any(naming.parse(key) is not None for key in storage.list())
+        or bool(storage.list(naming.MANIFEST_DIR))
+        or bool(storage.list(naming.SETS_DIR))
+        or any(key.endswith(".json") for key in storage.list(BASE))
+    )
+
+
+def read_source(
+    rt: Runtime, storage: LocalStorage, source: str | None, *, strict: bool = True
+) -> str | None:
+    """The location a reading command reads from: ``source`` when given; when the local
+    repository holds no backups (a new host), the only configured location, said in one line.
+    With several, which one is the user's choice: ``strict`` commands stop and name the flag,
+    the others (list) warn and go on with the empty repository."""
+    if source is not None or not rt.settings.locations or holds_backups(storage):
+        return source
+    names = [spec.name for spec in rt.settings.locations]
+    if len(names) == 1:
+        rt.sink_info(
+            f"{storage.description} holds no backups: reading from location {names[0]}, "
+            "the only one configured"
+        )
+        return names[0]
+    message = f"{storage.description} holds no backups and {len(names)} locations are configured"
+    hint = f"add --from NAME to read from one of them ({', '.join(names)})"
+    if strict:
+        raise UsageError(message, hint=hint)
+    rt.sink_warning(f"{message}; {hint}")
+    return None
 
 
 def copy_to(
@@ -116,6 +164,8 @@ def local_ref(
     if "/" in ref or (source is None and not rt.settings.locations):
         return ref
     name = ref
+    if naming.latest_link_of(ref) is not None:
+        ref = "latest"  # a seed's fixed name means the newest good backup, not a file to fetch
     if ref == "latest":
         where = locations(rt.settings, [source]) if source else []
         records = catalog.scan(where[0].storage if where else storage)
@@ -125,6 +175,40 @@ def local_ref(
         name = newest.name
     ensure_local(rt, storage, name, source)
     return name
+
+
+def fetch_set(
+    rt: Runtime, storage: LocalStorage, source: str, ref: str | None, moment: datetime | None
+) -> str:
+    """Fetch a complete set from location ``source`` into the local repository: every member
+    (verified, with its manifest and companions), then the set record, last as in a backup.
+    ``ref`` is a set id or latest; ``moment`` picks the newest good set taken at or before it.
+    Returns the set's id."""
+    (location,) = locations(rt.settings, [source])
+    sets = catalog.read_sets(location.storage)
+    if ref not in (None, "latest"):
+        chosen = [s for s in sets if s.id == ref]
+    else:
+        by_name = {r.name: r for r in catalog.scan(location.storage)}
+        chosen = [
+            s
+            for s in sets
+            if catalog.set_status(s, by_name) == "ok" and (moment is None or s.started_at <= moment)
+        ][-1:]
+    if not chosen:
+        raise UsageError(
+            f"no complete backup set {ref or 'latest'} in location {source}"
+            + (f" taken at or before {moment:%Y-%m-%d %H:%M:%S %Z}" if moment else ""),
+            hint=f"'safehold list --sets --from {source}' shows the sets it holds",
+        )
+    backup_set = chosen[0]
+    rt.sink_info(
+        f"fetching set {backup_set.id} ({len(backup_set.members)} members) from location {source}"
+    )
+    for member in backup_set.members:
+        fetch(storage, [location], member, rt.sink, force=True)
+    catalog.write_set(storage, backup_set)
+    return backup_set.id
 
 
 @contextlib.contextmanager

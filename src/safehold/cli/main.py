@@ -22,6 +22,7 @@ from ..errors import SafeholdError
 # archive_command starts `safehold wal-push` once per WAL segment, so start-up time counts.
 COMMANDS = {
     "backup": "backup_cmd:backup",
+    "cat": "cat_cmd:cat_cmd",
     "config": "config_cmd:config_cmd",
     "copy": "copy_cmd:copy_cmd",
     "daemon": "daemon_cmd:daemon_cmd",

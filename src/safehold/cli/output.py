@@ -52,7 +52,8 @@ def backups_table(
         set_id = manifest.set_id if manifest else None
         table.add_row(
             record.name,
-            record.kind,
+            # A safety copy is the content a volume restore replaced, not a backup of the volume.
+            "[yellow]safety[/]" if record.kind == "safety" else record.kind,
             manifest.target if manifest else "?",
             "-" if set_id is None else set_id + ("" if set_id in complete else " (incomplete)"),
             record.created.strftime("%Y-%m-%d %H:%M:%S"),

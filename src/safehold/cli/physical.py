@@ -3,6 +3,7 @@ base backup with its copies, and the point-in-time restore with its options."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import pwd
@@ -15,10 +16,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..errors import StorageError, UsageError
-from ..operations import pitr, pitr_restore, pitr_setup
+from ..operations import pitr, pitr_restore, pitr_setup, wal
 from ..operations.copy import copy_repository_key
 from ..sandbox.cluster import free_port, server_bin_dir
-from ..storage import LocalStorage
+from ..storage import LocalStorage, Storage
 from .runtime import Runtime
 from .wal_places import wal_archive
 
@@ -160,7 +161,24 @@ def _server(rt: Runtime, request: PitrRequest) -> pitr_restore.Server:
     )
 
 
-def run_restore(rt: Runtime, request: PitrRequest) -> None:
+def from_location(
+    rt: Runtime, archive: wal.WalArchive, source: str | None
+) -> tuple[wal.WalArchive, Storage | None]:
+    """The archive to restore from and where its base backup records are read: with a
+    location (``--from``, or a new host's only one), its records, and the location among the
+    places base backups and WAL are read from (it is already there unless it is an archive)."""
+    if source is None:
+        return archive, None
+    held = dict(archive.copies)
+    if source in held:
+        return archive, held[source]
+    from .locations import location_storage
+
+    storage = location_storage(rt, source)
+    return dataclasses.replace(archive, copies=(*archive.copies, (source, storage))), storage
+
+
+def run_restore(rt: Runtime, request: PitrRequest, source: str | None = None) -> None:
     target = request.target()
     if request.target_dir is None:
         raise UsageError(
@@ -168,8 +186,9 @@ def run_restore(rt: Runtime, request: PitrRequest) -> None:
             hint="a new folder, or the cluster's own data folder with --force",
         )
     server = _server(rt, request)
+    archive, records = from_location(rt, wal_archive(rt, fetching=True), source)
     result = pitr_restore.restore(
-        wal_archive(rt, fetching=True),
+        archive,
         request.target_dir,
         target,
         server,
@@ -178,6 +197,7 @@ def run_restore(rt: Runtime, request: PitrRequest) -> None:
         archiving=request.archiving,
         sink=rt.sink,
         timeout=request.timeout,
+        records=records,
     )
     if rt.as_json:
         data = dict(result.__dict__)

@@ -41,6 +41,7 @@ def policy_of(settings: RetentionSettings) -> Policy:
         monthly=settings.monthly,
         yearly=settings.yearly,
         keep_last=settings.keep_last,
+        safety_days=settings.safety_days,
     )
 
 

@@ -18,6 +18,7 @@ from ..operations.system_restore import (
     run_system_restore,
 )
 from ..storage import LocalStorage
+from .locations import fetch_set
 from .runtime import Runtime
 
 
@@ -32,6 +33,8 @@ class AllRequest:
     from_step: int
     safety_backup: bool
     dry_run: bool
+    source: str | None = None  # a location: the set and its members are fetched from it first
+    roles: str | None = None  # --roles: what the roles step does with the dump's globals
 
 
 def restore_all(rt: Runtime, storage: LocalStorage, request: AllRequest) -> None:
@@ -39,7 +42,12 @@ def restore_all(rt: Runtime, storage: LocalStorage, request: AllRequest) -> None
     if request.set_ref and request.point_in_time:
         raise UsageError("give --set or --point-in-time, not both")
     moment = parse_moment(request.point_in_time) if request.point_in_time else None
-    backup_set, why = choose_set(storage, request.set_ref, moment)
+    set_ref = request.set_ref
+    if request.source is not None:
+        # Chosen among the location's sets; once fetched, the local repository holds it
+        # whole (members verified, record last), and the plan below reads it from there.
+        set_ref, moment = fetch_set(rt, storage, request.source, set_ref, moment), None
+    backup_set, why = choose_set(storage, set_ref, moment)
     health_url = request.health_url or settings.restore.health_url or None
     if health_url and not health_url.startswith(("http://", "https://")):
         raise UsageError(f"--health-url {health_url!r} is not an http(s) URL")
@@ -74,7 +82,9 @@ def restore_all(rt: Runtime, storage: LocalStorage, request: AllRequest) -> None
         client=client,
         database=database,
         options=SystemRestoreOptions(
-            database=settings.restore_options(),
+            database=settings.restore_options(
+                **({"roles": request.roles} if request.roles else {})
+            ),
             safety_backup=request.safety_backup,
             volume_compression="zstd" if settings.backup.compress == "zstd" else "gzip",
             volume_access=settings.volume_access(),

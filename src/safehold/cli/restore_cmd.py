@@ -2,17 +2,15 @@ from __future__ import annotations
 
 import click
 
-from .. import catalog
-from ..errors import UsageError
-from ..operations.docker_volume import restore_volume
-from ..operations.engine import connect_docker, users_of
+from ..errors import RestoreError, UsageError
 from ..operations.restore import RestoreResult, restore_database
 from ..storage import LocalStorage
 from .list_cmd import show_backups
-from .locations import local_ref
+from .locations import local_ref, read_source
 from .physical import PitrRequest, pitr_options, run_restore
 from .restore_all import AllRequest, restore_all
-from .runtime import Runtime, runtime, shared_options
+from .restore_volumes import plan_volumes, restore_volumes
+from .runtime import runtime, shared_options
 
 
 @click.command()
@@ -39,6 +37,13 @@ from .runtime import Runtime, runtime, shared_options
 )
 @click.option("--no-owner", is_flag=True, help="do not restore ownership and privileges")
 @click.option(
+    "--roles",
+    type=click.Choice(["create", "skip", "only"]),
+    default=None,
+    help="roles named by the backup's globals that this server lacks: create them (default), "
+    "skip them, or only create them and stop [restore.roles]",
+)
+@click.option(
     "--volume",
     "volume_refs",
     multiple=True,
@@ -54,6 +59,12 @@ from .runtime import Runtime, runtime, shared_options
     "--no-safety-backup",
     is_flag=True,
     help="do not back up a volume's current content before replacing it",
+)
+@click.option(
+    "--keep-setuid",
+    is_flag=True,
+    help="keep setuid/setgid bits of files from an archive without a safehold manifest "
+    "(dropped by default, with a warning)",
 )
 @click.option(
     "--all",
@@ -117,9 +128,11 @@ def restore(
     jobs: int | None,
     drop_previous: bool,
     no_owner: bool,
+    roles: str | None,
     volume_refs: tuple[str, ...],
     stop_containers: bool,
     no_safety_backup: bool,
+    keep_setuid: bool,
     full: bool,
     set_ref: str | None,
     point_in_time: str | None,
@@ -153,7 +166,7 @@ def restore(
     cluster's own folder, moved aside first), then reports the exact point reached.
     """
     if list_only:
-        show_backups(ctx, as_json)
+        show_backups(ctx, as_json, source=source)
         return
     if pitr:
         if full or database_ref or volume_refs or dry_run:
@@ -163,8 +176,14 @@ def restore(
                 hint="run it on its own",
             )
         with runtime(ctx, as_json=as_json) as rt:
-            run_restore(rt, pitr_request)
+            storage = LocalStorage(rt.settings.backup_dir)
+            run_restore(rt, pitr_request, read_source(rt, storage, source))
         return
+    if full and roles == "only":
+        raise UsageError(
+            "--roles only creates a dump's roles and stops; --all restores the whole set",
+            hint="use --roles only with --database, or --roles create|skip with --all",
+        )
     if full and (database_ref or volume_refs):
         raise UsageError(
             "--all restores a whole set; it does not mix with --database or --volume",
@@ -178,6 +197,8 @@ def restore(
     volumes = [_volume_ref(text) for text in volume_refs]
     with runtime(ctx, as_json=as_json) as rt:
         storage = LocalStorage(rt.settings.backup_dir)
+        if "/" not in (database_ref or "") and all("/" not in ref for _, ref in volumes):
+            source = read_source(rt, storage, source)  # a new host: its one location
         if full:
             request = AllRequest(
                 set_ref,
@@ -189,6 +210,8 @@ def restore(
                 from_step,
                 not no_safety_backup,
                 dry_run,
+                source,
+                roles,
             )
             restore_all(rt, storage, request)
             return
@@ -201,6 +224,8 @@ def restore(
             }
             if jobs is not None:
                 overrides["jobs"] = jobs
+            if roles is not None:
+                overrides["roles"] = roles
             target = rt.settings.pg_target()
             database_ref = local_ref(rt, storage, database_ref, "database", target.dbname, source)
             db_result = restore_database(
@@ -215,12 +240,17 @@ def restore(
                 _show(db_result, None)
         volumes = [(n, local_ref(rt, storage, r, "volume", n, source)) for n, r in volumes]
         if dry_run:
-            restored = _plan_volumes(
+            restored = plan_volumes(
                 rt, storage, volumes, safety=not no_safety_backup, stop=stop_containers
             )
         else:
-            restored = _restore_volumes(
-                rt, storage, volumes, safety=not no_safety_backup, stop=stop_containers
+            restored = restore_volumes(
+                rt,
+                storage,
+                volumes,
+                safety=not no_safety_backup,
+                stop=stop_containers,
+                keep_setuid=keep_setuid,
             )
         if as_json and db_result is not None and not volumes:
             rt.emit_json(db_result.to_json())
@@ -228,6 +258,21 @@ def restore(
             rt.emit_json(
                 {"database": db_result.to_json() if db_result else None, "volumes": restored}
             )
+        if db_result is not None and db_result.dry_run:
+            _refuse_if_refused(db_result)
+
+
+def _refuse_if_refused(result: RestoreResult) -> None:
+    """A dry run whose plan a real run would refuse exits as that run would (after the plan)."""
+    plan = result.plan
+    if plan.refused:
+        raise RestoreError(f"a restore would be refused: {plan.refused[0]}", hint=plan.refused[1])
+    if plan.roles is not None and plan.roles.blocked:
+        raise RestoreError(
+            f"a restore would be refused: roles {', '.join(plan.roles.missing)} are missing and "
+            f"{plan.roles.blocked}",
+            hint=f"create them first as a superuser from {plan.roles.artifact}",
+        )
 
 
 def _volume_ref(text: str) -> tuple[str, str]:
@@ -239,86 +284,6 @@ def _volume_ref(text: str) -> tuple[str, str]:
             "or --volume user-data:latest",
         )
     return name, ref
-
-
-def _plan_volumes(
-    rt: Runtime, storage: LocalStorage, volumes: list[tuple[str, str]], *, safety: bool, stop: bool
-) -> list[dict[str, object]]:
-    """What a volume restore would do, checked as far as possible without changing anything."""
-    if not volumes:
-        return []
-    client = connect_docker()
-    plans: list[dict[str, object]] = []
-    for name, ref in volumes:
-        source = catalog.resolve(storage, ref, "volume", name)
-        exists = any(str(v.name) == name for v in client.volumes.list())
-        users = sorted(str(c.name) for c in users_of(client, name)) if exists else []
-        steps = [
-            f"verify {source.name} (sha256 against its manifest)"
-            if source.manifest
-            else f"{source.name} has no manifest: extract it as a tar archive (warning)"
-        ]
-        if users and not stop:
-            steps.append(
-                f"REFUSED: running containers use it: {', '.join(users)} (add --stop-containers)"
-            )
-        elif users:
-            steps.append(f"stop {', '.join(users)}")
-        if not exists:
-            steps.append(f"create Docker volume {name}")
-        elif safety:
-            steps.append(f"safety backup of the current content of {name}")
-        steps.append(f"replace the content of {name} with exactly the archive's")
-        if users and stop:
-            steps.append(f"start {', '.join(reversed(users))} again")
-        plans.append({"volume": name, "source": source.name, "steps": steps})
-        if not rt.as_json:
-            click.echo(f"plan (dry run, nothing changed): restore volume {name} from {source.name}")
-            for number, step in enumerate(steps, 1):
-                click.echo(f"  {number}. {step}")
-    return plans
-
-
-def _restore_volumes(
-    rt: Runtime, storage: LocalStorage, volumes: list[tuple[str, str]], *, safety: bool, stop: bool
-) -> list[dict[str, object]]:
-    if not volumes:
-        return []
-    client = connect_docker()
-    compression = "zstd" if rt.settings.backup.compress == "zstd" else "gzip"
-    done: list[dict[str, object]] = []
-    for name, ref in volumes:
-        result = restore_volume(
-            client,
-            name,
-            storage,
-            ref,
-            safety_backup=safety,
-            stop_containers=stop,
-            compression=compression,
-            lock_timeout=rt.settings.lock_timeout,
-            sink=rt.sink,
-            access=rt.settings.volume_access(),
-            encryption=rt.settings.encryption_key() if safety else None,
-            key=rt.settings.decryption_key(),
-        )
-        kept = result.safety_backup.artifact if result.safety_backup else None
-        done.append(
-            {
-                "volume": name,
-                "source": result.source,
-                "safety_backup": kept,
-                **result.facts.to_json(),
-            }
-        )
-        if not rt.as_json:
-            click.echo(
-                f"restored volume {name} from {result.source}: {result.facts.files} "
-                f"files, {result.facts.bytes} bytes"
-            )
-            if kept:
-                click.echo(f"its previous content is kept as the backup {kept}")
-    return done
 
 
 def _show(result: RestoreResult, emit_json: object) -> None:
@@ -333,6 +298,11 @@ def _show(result: RestoreResult, emit_json: object) -> None:
         for number, step in enumerate(plan.steps(), 1):
             click.echo(f"  {number}. {step}")
         return
+    if plan.roles is not None:
+        created = ", ".join(result.roles_created) or "none (none missing, or --roles skip)"
+        click.echo(f"roles created from {plan.roles.artifact}: {created}")
+        if plan.roles.mode == "only":
+            return
     total = sum(result.timings.values())
     parts = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     click.echo(f"restored {plan.source.name} into {plan.database!r} in {total:.1f}s ({parts})")

@@ -23,7 +23,7 @@ from ..operations.verify import (
 )
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage
-from .locations import mirrored
+from .locations import mirrored, read_source
 from .runtime import runtime, shared_options
 
 OUTCOME_STYLE = {"ok": "green", "unverifiable": "yellow", "failed": "red"}
@@ -76,6 +76,7 @@ def verify(
         raise UsageError("give a backup NAME or --all, not both")
     with runtime(ctx, as_json=as_json) as rt, contextlib.ExitStack() as stack:
         storage = LocalStorage(rt.settings.backup_dir)
+        source = read_source(rt, storage, source)
         if source is not None:
             storage = stack.enter_context(mirrored(rt, source, _picker(name, every)))
         options: dict[str, Any] = {

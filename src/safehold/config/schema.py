@@ -70,6 +70,13 @@ class RestoreSettings:
     )
     health_url: str = field(default="", metadata=_key(doc="URL that must answer 200 afterwards"))
     health_timeout: float = field(default=120.0, metadata=_key(doc="seconds to wait for it"))
+    roles: str = field(
+        default="create",
+        metadata=_key(
+            choices=("create", "skip"),
+            doc="roles a dump's globals name that the server lacks: create them, or skip",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,9 @@ class RetentionSettings:
     monthly: int = field(default=12, metadata=_key(doc="months with a kept monthly backup"))
     yearly: int = field(default=7, metadata=_key(doc="years with a kept yearly backup"))
     keep_last: int = field(default=1, metadata=_key(doc="newest backups always kept"))
+    safety_days: int = field(
+        default=7, metadata=_key(doc="days a volume's pre-restore safety copy is kept")
+    )
     prune_after_backup: bool = field(
         default=True, metadata=_key(doc="prune after each scheduled run")
     )
@@ -245,12 +255,14 @@ class Settings:
     def restore_options(self, **overrides: Any) -> RestoreOptions:
         from ..operations.restore import RestoreOptions
 
-        return RestoreOptions(
-            jobs=self.restore.jobs,
-            lock_timeout=self.lock_timeout,
-            decryption=self.decryption_key(),
-            **overrides,
-        )
+        # A flag overrides the file's value: merged first, or `-j` would be given twice.
+        values: dict[str, Any] = {
+            "jobs": self.restore.jobs,
+            "lock_timeout": self.lock_timeout,
+            "decryption": self.decryption_key(),
+            "roles": self.restore.roles,
+        }
+        return RestoreOptions(**(values | overrides))
 
 
 SECTIONS: dict[str, type] = {

@@ -1,4 +1,7 @@
-"""Database backup: pg_dump -> [zstd] -> sha256 -> atomic file, then the manifest (commit point)."""
+"""Database backup: pg_dump -> [zstd] -> sha256 -> atomic file, then the manifest (commit point).
+
+Beside each dump: its globals (roles, memberships, database settings) as a psql script.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,16 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
-from .. import naming
+from .. import catalog, naming
 from .._version import __version__
 from ..compress import ZstdWriter
 from ..crypto import EncryptionKey
 from ..errors import UsageError
 from ..model import Event, EventSink, Manifest, null_sink
 from ..naming import COMPRESSIONS
-from ..sources.postgres import DumpStream, PgTarget
+from ..sources import pg_globals, pg_globals_sql
+from ..sources.pg_globals import Globals
+from ..sources.postgres import DumpStream, PgTarget, connect
 from ..storage import LocalStorage
 from ._pipeline import (
     HashingWriter,
@@ -57,12 +62,19 @@ def backup_database(
         encrypted = opts.encryption is not None
         started, name = fresh_name(
             storage,
-            lambda moment: [naming.database_artifact(moment, opts.compression, encrypted)],
+            lambda moment: _with_globals(
+                naming.database_artifact(moment, opts.compression, encrypted)
+            ),
         )
         sink(Event("backup", f"backing up database {target.where()} to {storage.path(name)}"))
         manifest = dump_database(target, storage, name, started, opts, sink)
         commit(storage, manifest, sink, f"{len(manifest.tables)} tables, ")
     return manifest
+
+
+def _with_globals(dump: str) -> list[str]:
+    """The dump's name, then its globals artifact's (same stamp: both must be free)."""
+    return [dump, naming.globals_artifact(dump)]
 
 
 def dump_database(
@@ -75,7 +87,10 @@ def dump_database(
     set_id: str | None = None,
 ) -> Manifest:
     """Write the artifact ``name`` (the caller holds the repository session) and return its
-    manifest, not yet committed."""
+    manifest, not yet committed. Its globals artifact is committed before that manifest, once
+    the dump's bytes are durable (a failed dump leaves no globals behind)."""
+    # Captured before pg_dump starts: a role dropped meanwhile is still in the globals.
+    captured = capture_globals(target)
     # With zstd, pg_dump writes uncompressed and our multi-threaded zstd does the work.
     level = None if opts.compression == "gzip" else 0
     with DumpStream(target, compress_level=level) as dump, storage.open_writer(name) as writer:
@@ -104,6 +119,7 @@ def dump_database(
             raise
         dump.finish()  # a failed pg_dump raises here, so the writer aborts instead of committing
         progress.close()
+    roles = write_globals(storage, name, captured, started, opts.encryption, set_id)
     return Manifest(
         artifact=name,
         kind="database",
@@ -114,7 +130,56 @@ def dump_database(
         started_at=started,
         finished_at=datetime.now(UTC),
         tool_version=__version__,
-        facts={**dump.facts, "dump_bytes": progress.done},
+        facts={**dump.facts, "dump_bytes": progress.done, "globals": roles.artifact},
         set_id=set_id,
         encryption=opts.encryption.describe() if opts.encryption else None,
     )
+
+
+# --- globals ----------------------------------------------------------------------------------
+
+
+def capture_globals(target: PgTarget) -> Globals:
+    with connect(target, autocommit=True) as conn:
+        return pg_globals.capture(conn)
+
+
+def write_globals(
+    storage: LocalStorage,
+    dump_name: str,
+    captured: Globals,
+    started: datetime,
+    key: EncryptionKey | None,
+    set_id: str | None = None,
+) -> Manifest:
+    """Write and commit the globals artifact of ``dump_name``; return its manifest."""
+    name = naming.globals_artifact(dump_name)
+    plain_name = name.removesuffix(naming.AGE_SUFFIX)
+    script = pg_globals_sql.render_script(captured, plain_name, started.isoformat()).encode()
+    with storage.open_writer(name) as writer:
+        hashed = HashingWriter(writer)
+        out, age = encrypting(hashed, key)
+        try:
+            out.write(script)
+            if age is not None:
+                age.finish()
+        except BaseException:
+            if age is not None:
+                age.abort()
+            raise
+    manifest = Manifest(
+        artifact=name,
+        kind="globals",
+        target=captured.database.name,
+        compression="none",
+        size=hashed.size,
+        sha256=hashed.hexdigest(),
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        tool_version=__version__,
+        facts={**captured.facts(), "dump": dump_name},
+        set_id=set_id,
+        encryption=key.describe() if key else None,
+    )
+    catalog.write_manifest(storage, manifest)
+    return manifest

@@ -91,7 +91,8 @@ def backup_set(
         encrypted = key is not None
 
         def names_at(moment: datetime) -> list[str]:
-            names = [naming.database_artifact(moment, db_format, encrypted)] if database else []
+            dump = naming.database_artifact(moment, db_format, encrypted)
+            names = [dump, naming.globals_artifact(dump)] if database else []
             return names + [
                 volume_artifact(v, moment, c, encrypted)
                 for v in targets
@@ -153,7 +154,12 @@ def backup_set(
             id=set_id,
             started_at=started,
             finished_at=datetime.now(UTC),
-            members=tuple(m.artifact for m in sorted(members.manifests, key=_member_order)),
+            # A dump's globals artifact is a member too: the set is whole only with it.
+            members=tuple(
+                name
+                for m in sorted(members.manifests, key=_member_order)
+                for name in (m.artifact, *catalog.companions(m))
+            ),
             database=database.dbname if database else None,
             volumes=tuple(targets),
             tool_version=__version__,

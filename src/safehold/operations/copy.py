@@ -10,6 +10,9 @@ manifest's size and a manifest is skipped.
 ``fetch`` is the way back: when the local copy of a backup is missing or damaged, the first
 location holding a good copy is read into the local repository (verified the same way), so
 restore, verify and drill can fall back to another location.
+
+A backup's companions (``catalog.companions``: a dump's globals) go wherever it goes, ahead of
+it: a restore on a fresh host needs them beside the dump.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def copy_backups(
 ) -> CopyResult:
     """Copy the named artifacts (with manifests) and the records of sets they complete."""
     result = CopyResult(destination.name)
-    for name in names:
+    for name in with_companions(source, names, sink):
         manifest = catalog.read_manifest(source, name)
         if manifest is None:
             raise UsageError(
@@ -106,6 +109,7 @@ def fetch(
     ("local" when it was already good there). ``force``: read it from ``locations`` anyway."""
     manifest = catalog.read_manifest(local, name)
     if not force and manifest is not None and _good_locally(local, manifest):
+        _fetch_companions(local, locations, manifest, sink, force=False)
         return "local"
     problems = []
     for location in locations:
@@ -116,6 +120,9 @@ def fetch(
                 continue
             sink(Event("fetch", f"{name}: reading the copy in {location.name}"))
             local.ensure()
+            # Passphrase mode: the fetched copy opens only with the wrapped repository key.
+            copy_repository_key(location.storage, local)
+            _fetch_companions(local, locations, remote, sink, force=force)
             _transfer(location.storage, local, remote, sink, f"fetch {name}")
             catalog.write_manifest(local, remote)
             catalog.update_latest_links(local, catalog.scan(local))
@@ -131,6 +138,46 @@ def fetch(
         f"no good copy of {name}: " + ("; ".join(problems) or "no other location configured"),
         hint="'safehold list' shows which locations hold each backup",
     )
+
+
+def with_companions(
+    storage: Storage, names: Sequence[str], sink: EventSink = null_sink
+) -> list[str]:
+    """``names`` with each backup's companions ahead of it (a copy is usable once its own
+    manifest is there, so what it needs arrives first); a companion ``storage`` lacks is left
+    out with a warning: the backup itself is still good."""
+    ordered: list[str] = []
+    for name in names:
+        try:
+            manifest = catalog.read_manifest(storage, name)
+        except SafeholdError:
+            manifest = None  # the caller reports the backup itself
+        for companion in catalog.companions(manifest):
+            if catalog.read_manifest(storage, companion) is None:
+                sink(Event("copy", f"{name}: its companion {companion} is missing", "warning"))
+            elif companion not in ordered:
+                ordered.append(companion)
+        if name not in ordered:
+            ordered.append(name)
+    return ordered
+
+
+def _fetch_companions(
+    local: LocalStorage,
+    locations: Sequence[Location],
+    manifest: Manifest,
+    sink: EventSink,
+    *,
+    force: bool,
+) -> None:
+    """The companions of a fetched (or locally good) backup, fetched and verified the same way.
+    One that no location holds is a warning: the backup restores into a server that already
+    has its roles, and the restore says what is missing on one that does not."""
+    for companion in catalog.companions(manifest):
+        try:
+            fetch(local, locations, companion, sink, force=force)
+        except SafeholdError as exc:
+            sink(Event("fetch", f"{manifest.artifact}: {exc.message}", "warning"))
 
 
 def holders(locations: Sequence[Location]) -> dict[str, list[str]]:
@@ -207,7 +254,7 @@ def mirror(source: Storage, destination: LocalStorage, names: Sequence[str]) -> 
     for key in source.list(naming.MANIFEST_DIR) + source.list(naming.SETS_DIR):
         destination.put_bytes(key, source.read_bytes(key))
     copy_repository_key(source, destination)
-    for name in names:
+    for name in with_companions(source, names):
         try:
             raw = source.open_reader(name)
         except FileNotFoundError:

@@ -27,13 +27,13 @@ from .engine import (
     users_of,
     volume_mountpoint,
 )
+from .extract import extract_tree
 from .volume import (
     TreeSource,
     Unpack,
     VolumeRestore,
     backup_source,
     folder_source,
-    folder_unpack,
     restore_into,
 )
 from .volume_api import read_volume_tar, replace_volume_content
@@ -53,14 +53,19 @@ def volume_source(client: docker.DockerClient, name: str, access: Access = "auto
 
 
 def volume_unpack(
-    client: docker.DockerClient, name: str, access: Access, sink: EventSink
+    client: docker.DockerClient, name: str, access: Access, sink: EventSink, keep_setuid: bool
 ) -> tuple[Unpack, str]:
     root = _folder(client, name, access)
     if root is not None:
-        return folder_unpack(root, sink), str(root)
+        return (
+            lambda stream, check: extract_tree(
+                stream, root, events=sink, before_swap=check, keep_setuid=keep_setuid
+            ),
+            str(root),
+        )
     return (
         lambda stream, check: replace_volume_content(
-            client, name, stream, events=sink, before_swap=check
+            client, name, stream, events=sink, before_swap=check, keep_setuid=keep_setuid
         ),
         f"Docker volume {name} (engine API)",
     )
@@ -134,8 +139,10 @@ def restore_volume(
     access: Access = "auto",
     encryption: EncryptionKey | None = None,
     key: DecryptionKey | None = None,
+    keep_setuid: bool = False,
 ) -> VolumeRestore:
-    """``encryption``: for the safety backup; ``key``: opens an encrypted backup."""
+    """``encryption``: for the safety backup; ``key``: opens an encrypted backup;
+    ``keep_setuid``: keep set-id bits from an archive without a safehold manifest too."""
     """Replace a volume's content; refused while a running container uses it, unless
     ``stop_containers``: then they are stopped, and started again afterwards."""
     check_target_name(name)
@@ -154,6 +161,7 @@ def restore_volume(
             sink,
             access,
             (encryption, key),
+            keep_setuid or source.manifest is not None,
         )
 
 
@@ -168,6 +176,7 @@ def _replace(
     sink: EventSink,
     access: Access,
     keys: tuple[EncryptionKey | None, DecryptionKey | None],
+    keep_setuid: bool,
 ) -> VolumeRestore:
     refuse_if_in_use(client, name)
     created = False
@@ -190,18 +199,20 @@ def _replace(
             lock_timeout=lock_timeout,
             sink=sink,
             encryption=keys[0],
+            safety=True,
         )
         sink(
             Event(
                 "restore",
-                f"the current content of {name} is kept as {safety.artifact}; it is a normal "
-                "backup (listed, and the 'latest' link until the next backup)",
+                f"the current content of {name} is kept as {safety.artifact}, a safety copy: "
+                "never the volume's latest backup, removed by prune after retention.safety_days "
+                "unless pinned",
                 data={"safety_backup": safety.artifact},
             )
         )
     # A container started meanwhile would see the swap happen under it; check again.
     refuse_if_in_use(client, name)
-    unpack, where = volume_unpack(client, name, access, sink)
+    unpack, where = volume_unpack(client, name, access, sink, keep_setuid)
     facts = restore_into(
         storage, str(source.path), unpack, where, name, sink, lock_timeout, keys[1]
     )

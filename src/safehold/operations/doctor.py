@@ -1,11 +1,7 @@
 """``safehold doctor``: the troubleshooting list as checks that each say OK, WARN, FAIL or SKIP,
-what was found and how to fix it.
-
-A check never raises: an expected failure (a ``SafeholdError``) becomes a FAIL carrying its
-message and hint, anything else a FAIL saying the check itself broke. Nothing here changes the
-setup, except the storage probe: a small hidden file written through the storage API and
-removed again. No password appears in any result: the target's password is redacted from every
-text and so is the password of a URL (user:secret@host).
+what was found and how to fix it. A check never raises: an expected failure becomes a FAIL with
+its message and hint, anything else a FAIL saying the check itself broke. Nothing is changed but
+the storage probe (a hidden file written and removed). No password appears in any result.
 """
 
 from __future__ import annotations
@@ -24,11 +20,13 @@ from typing import Any, Literal
 import docker
 
 from .. import _proc, catalog, naming
+from ..crypto import DecryptionKey
 from ..errors import AuthenticationFailed, DatabaseMissing, DatabaseUnreachable, SafeholdError
 from ..model import BackupRecord, Event, EventSink, null_sink
 from ..sinks.log import human_bytes
 from ..sources.postgres import PgTarget, connect, require_tool_for, tool_major
 from ..storage import LocalStorage, Storage
+from .doctor_rights import rights, roles
 from .engine import connect_docker, select_volumes, volume_mountpoint
 
 Result = Literal["OK", "WARN", "FAIL", "SKIP"]
@@ -67,6 +65,7 @@ class DoctorSetup:
     script_dirs: tuple[Path, ...] = ()
     docker_host: str | None = None
     storages: tuple[Storage, ...] = ()
+    key: DecryptionKey | None = None  # reads the newest backup's globals when encrypted
 
 
 @dataclass
@@ -85,6 +84,8 @@ def run_checks(setup: DoctorSetup, sink: EventSink = null_sink) -> list[Check]:
         ("free space", _one(_free_space, setup.backup_dir)),
         *[(_storage_name(s), _one(_storage, s)) for s in storages],
         ("database server", lambda: _database(setup.target, state)),
+        ("restore rights", lambda: [rights(setup.target, _reached(state))]),
+        ("roles", lambda: [roles(setup.target, setup.backup_dir, setup.key, _reached(state))]),
         ("pg_dump", _one(_tool, setup.target, "pg_dump", state)),
         ("pg_restore", _one(_tool, setup.target, "pg_restore", state)),
         ("scripts", _one(_scripts, setup.script_dirs)),
@@ -285,6 +286,10 @@ def _database(target: PgTarget, state: _State) -> list[Check]:
         detail = f"PostgreSQL {num // 10000}.{num % 10000} answers at {where}"
         server_ok = Check("database server", "OK", detail)
     return [server_ok, login_ok, database]
+
+
+def _reached(state: _State) -> bool:
+    return state.server_version_num is not None
 
 
 def _tcp(target: PgTarget) -> str:

@@ -125,7 +125,8 @@ def drill_members(storage: LocalStorage, subject: str) -> tuple[list[Manifest], 
         if chosen is None:
             raise UsageError(f"no backup set {ref!r}", hint="'safehold list --sets' shows the sets")
         manifests = [catalog.read_manifest(storage, m) for m in chosen.members]
-        return [m for m in manifests if m is not None], chosen.id
+        # A dump's globals are applied by that dump's drill, not drilled on their own.
+        return [m for m in manifests if m is not None and m.kind != "globals"], chosen.id
     if subject == "latest":
         newest = [r.manifest for r in catalog.newest_by_target(records).values() if r.manifest]
         if not newest:
@@ -245,8 +246,15 @@ def _drill_database(
             server,
             storage,
             manifest.artifact,
+            # A sandbox has none of the dump's roles, yet its policies name them: the roles
+            # come from the dump's globals (created when missing, existing ones left alone).
             RestoreOptions(
-                target_db=scratch, jobs=jobs, drop_previous=True, no_owner=True, decryption=key
+                target_db=scratch,
+                jobs=jobs,
+                drop_previous=True,
+                no_owner=True,
+                decryption=key,
+                roles="create",
             ),
             sink=sink,
         )

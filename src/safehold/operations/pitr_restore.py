@@ -30,8 +30,8 @@ from pathlib import Path
 
 from ..errors import IntegrityError, UsageError
 from ..model import Event, EventSink
-from ..storage import LocalStorage
-from . import pitr_setup, wal, wal_prefetch
+from ..storage import LocalStorage, Storage
+from . import pitr_setup, wal, wal_chain, wal_prefetch
 from .base_extract import Flusher, clear, extract
 from .pitr import choose_base, timeline_switches
 from .restored_server import (
@@ -113,15 +113,20 @@ def restore(
     archiving: bool | None = None,
     sink: EventSink,
     timeout: float = 3600.0,
+    records: Storage | None = None,
 ) -> RestoreResult:
     """Restore into ``target_dir`` (new, or with ``force`` the current one, moved aside first)
     and recover to ``target``. ``archiving`` (default: on when restoring in place) keeps the
-    restored server archiving into this repository."""
+    restored server archiving into this repository. ``records``: the place whose base backup
+    records and timelines are read (default: the repository; a location on a new host)."""
     began = time.monotonic()
     preload()
-    switches = timeline_switches(archive)
+    if records is None:
+        switches = timeline_switches(archive)
+    else:
+        switches = wal_chain.read_history(archive, wal_chain.newest_timeline(records))
     candidates = choose_base(
-        archive.primary, to_time=target.time, to_lsn=target.lsn, switches=switches
+        records or archive.primary, to_time=target.time, to_lsn=target.lsn, switches=switches
     )
     if target.name is None:
         candidates = candidates[:1]

@@ -12,8 +12,9 @@ not keep:
 A prune killed between 2 and 3 leaves a file without a manifest, which looks foreign; its
 intent record says it is ours, so the next prune deletes it when its size still matches (a
 pinned one is never deleted). Also cleaned: verify records and pins of backups that are gone,
-set records whose members are all gone, and ``latest`` links that would point at a removed
-backup (repointed to the newest kept good backup of that format, or removed when none is left).
+set records whose members are all gone, and ``latest`` links (repointed to the newest kept
+good backup of their target, or removed when their format or target has none left). Safety
+copies go after ``safety_days``; a dump's globals go with the dump (``catalog.companions``).
 Files without a manifest and no intent record are never removed: they are not ours.
 PITR base backups and WAL of the location are pruned too, by ``prune_pitr``.
 
@@ -27,7 +28,6 @@ import contextlib
 import getpass
 import json
 import os
-import re
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,9 +47,6 @@ from .verify import VERIFY_DIR, read_verify, verify_key
 
 PINS_DIR = ".safehold/pins"
 PRUNING_DIR = ".safehold/pruning"
-_LATEST_LINK = re.compile(
-    r"^(db_backup_latest\.sql(\.zst)?|latest_db_backup\.sql|volume_.+_latest\.tar\.(gz|zst))$"
-)
 
 
 def pin_key(artifact: str) -> str:
@@ -158,20 +155,24 @@ def prune_location(
     pins = read_pins(storage)
     orphaned, cleaned = _orphans(storage, records, pins, sink)
     records = [r for r in records if r.name not in orphaned]
-    decisions = retention.decide([_candidate(storage, r, pins) for r in records], policy, now)
+    dumps = _dumps_by_globals(records)
+    decisions = retention.decide(
+        [_candidate(storage, r, pins, dumps) for r in records], policy, now
+    )
     by_name = {r.name: r for r in records}
-    doomed = [d for d in decisions if not d.keep]
+    # A dump goes before its globals: a dump is never left without what it needs.
+    doomed = sorted(
+        (d for d in decisions if not d.keep), key=lambda d: d.candidate.kind == "globals"
+    )
     gone = {d.candidate.name for d in doomed}
     kept = [r for r in records if r.name not in gone]
     freed = sum(by_name[name].size or 0 for name in gone) + sum(orphaned.values())
     sets_gone = _sets_gone(storage, {r.name for r in kept}, sink)
-    links = _links_to_remove(storage, kept, gone)
+    links = catalog.stale_latest_links(storage, catalog.latest_link_plan(kept))
     pitr = prune_pitr.plan(storage, policy, now, dry_run=dry_run, sink=sink)
     if not dry_run:
         # Links first: they never point at a removed backup, not even for a moment.
         catalog.update_latest_links(storage, kept)
-        for link in links:
-            _delete(storage, link)
         for decision in doomed:
             _remove(storage, by_name[decision.candidate.name], decision.reasons[0], sink)
         for key in cleaned:
@@ -197,7 +198,19 @@ def prune_location(
     return result
 
 
-def _candidate(storage: Storage, record: BackupRecord, pins: dict[str, Pin]) -> Candidate:
+def _dumps_by_globals(records: list[BackupRecord]) -> dict[str, str]:
+    """Globals artifact -> its dump: as the dump's manifest names it, else by the stamp."""
+    dumps: dict[str, str] = {}
+    for record in records:
+        if record.kind == "database":
+            dumps[naming.globals_artifact(record.name)] = record.name
+            dumps.update(dict.fromkeys(catalog.companions(record.manifest), record.name))
+    return dumps
+
+
+def _candidate(
+    storage: Storage, record: BackupRecord, pins: dict[str, Pin], dumps: dict[str, str]
+) -> Candidate:
     manifest = record.manifest
     parsed = naming.parse(record.name)
     target = manifest.target if manifest else (parsed.target if parsed else None)
@@ -211,6 +224,7 @@ def _candidate(storage: Storage, record: BackupRecord, pins: dict[str, Pin]) -> 
         pinned=record.name in pins,
         verified_ok=check is not None and check.ok,
         set_id=manifest.set_id if manifest else None,
+        companion_of=dumps.get(record.name) if record.kind == "globals" else None,
     )
 
 
@@ -262,27 +276,6 @@ def _sets_gone(storage: Storage, remaining: set[str], sink: EventSink) -> list[s
         sink(Event("prune", f"set records not cleaned: {exc.message}", "warning"))
         return []
     return [s.id for s in sets if not remaining.intersection(s.members)]
-
-
-def _links_to_remove(storage: Storage, kept: list[BackupRecord], gone: set[str]) -> list[str]:
-    """``latest`` links (local disk only) that point at a removed or vanished backup and that
-    no kept good backup of their format can take over."""
-    if not isinstance(storage, LocalStorage):
-        return []
-    wanted: set[str] = set()
-    for record in kept:
-        parsed = naming.parse(record.name)
-        if record.status == "ok" and parsed is not None:
-            wanted.update(naming.latest_links(parsed))
-    found = []
-    with os.scandir(storage.root) as entries:
-        for entry in entries:
-            if not entry.is_symlink() or not _LATEST_LINK.match(entry.name):
-                continue
-            points_at = Path(os.readlink(entry.path)).name
-            if entry.name not in wanted and (points_at in gone or not os.path.exists(entry.path)):
-                found.append(entry.name)
-    return sorted(found)
 
 
 def _announce(result: PruneResult, sink: EventSink) -> None:

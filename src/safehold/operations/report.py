@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from .. import catalog, naming
 from ..errors import UsageError
-from ..model import BackupRecord, BackupSet, Kind, Objectives
+from ..model import BACKUP_KINDS, BackupRecord, BackupSet, Kind, Objectives
 from ..storage import LocalStorage
 from .drill import DrillRecord, read_drills
 from .status import StatusReport, read_status
@@ -211,7 +211,12 @@ def gather_report(
         objectives=objectives,
         status=status,
         targets=targets,
-        backups=[BackupPoint.of(r) for r in records if since <= r.created <= now],
+        # A target's backups only: a dump's globals and pre-restore safety copies are not.
+        backups=[
+            BackupPoint.of(r)
+            for r in records
+            if r.kind in BACKUP_KINDS and since <= r.created <= now
+        ],
         sets=[s for s in sets if since <= s.started_at <= now],
         drills=[d for d in drills if since <= d.started_at <= now],
         verifies=[v for v in verifies if since <= v.checked_at <= now],

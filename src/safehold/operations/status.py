@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .. import catalog
-from ..model import BackupRecord, Kind, Objectives
+from ..model import BACKUP_KINDS, BackupRecord, Kind, Objectives
 from ..storage import LocalStorage
 from .drill import DrillRecord, read_drills
 from .status_wal import DEFAULT_WAL_STALL_S, LEVELS, Level, WalStatus, read_wal_status
@@ -123,7 +123,8 @@ def read_status(
     for volume in volumes:
         wanted[("volume", volume)] = None
     for record in records:
-        if record.manifest is not None:
+        # Safety copies and globals are not a target's backups: never its newest.
+        if record.manifest is not None and record.kind in BACKUP_KINDS:
             wanted[(record.kind, record.manifest.target)] = None
     targets = [
         _judge(storage, kind, target, records, drills, now, objectives, copies or {}, expected)

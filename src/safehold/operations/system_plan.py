@@ -25,10 +25,10 @@ from .engine import unavailable
 COMPOSE_PROJECT = "com.docker.compose.project"
 HELPER_LABEL = "org.safehold.helper"
 StepKind = Literal[
-    "verify", "stop", "database", "volume", "folder", "post", "start", "connect", "health"
+    "verify", "stop", "roles", "database", "volume", "folder", "post", "start", "connect", "health"
 ]
 # Steps that change data and may be skipped when resuming with --from-step.
-RESUMABLE: frozenset[str] = frozenset({"database", "volume", "folder", "post"})
+RESUMABLE: frozenset[str] = frozenset({"roles", "database", "volume", "folder", "post"})
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,10 @@ def plan_system_restore(
     if containers:
         names = ", ".join(str(c.name) for c in containers)
         steps.append(("stop", f"stop containers {names}", names, None))
+    for m in manifests:  # a fresh server needs the dump's roles before the database step
+        if m.kind == "globals" and database:
+            title = f"create the roles missing here from {m.artifact} (existing ones unchanged)"
+            steps.append(("roles", title, m.artifact, m))
     for m in manifests:
         if m.kind == "database" and database:
             title = f"restore database {database!r} from {m.artifact} (previous kept)"

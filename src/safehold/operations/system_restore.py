@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import docker
@@ -66,7 +66,7 @@ class SystemRestoreResult:
         for step, took in self.timings:
             if step.kind in ("volume", "folder"):
                 spent["volume"] += took
-            elif step.kind == "database":
+            elif step.kind in ("database", "roles"):
                 spent["database"] += took
         kinds = {s.kind for s, _ in self.timings}
         rows = []
@@ -105,7 +105,8 @@ def run_system_restore(
     began = time.monotonic()
     steps = {s.kind: s for s in plan.steps if s.kind in ("verify", "stop", "start")}
     runner.step(steps["verify"], lambda: _verify(plan, storage, sink))
-    restore_steps = [s for s in plan.steps if s.kind in ("database", "volume", "folder", "post")]
+    changing = ("roles", "database", "volume", "folder", "post")
+    restore_steps = [s for s in plan.steps if s.kind in changing]
     stop_step, start_step = steps.get("stop"), steps.get("start")
     why = f"restore of set {plan.backup_set.id}"
     down: list[Container] = []  # stopped so far: started again however the run ends
@@ -163,7 +164,7 @@ class _Runner:
         done = [
             s.title
             for s, _ in self._result.timings
-            if s.kind in ("database", "volume", "folder", "post")
+            if s.kind in ("roles", "database", "volume", "folder", "post")
         ]
         state = ("done: " + "; ".join(done)) if done else "no data was changed"
         containers = (
@@ -196,6 +197,9 @@ def _action(
     if step.kind == "database":
         assert database is not None
         return lambda: _restore_db(step, storage, database, options, result, sink)
+    if step.kind == "roles":
+        assert database is not None
+        return lambda: _create_roles(step, storage, database, options, result, sink)
     if step.kind == "volume":
         assert client is not None
         return lambda: _restore_one_volume(step, storage, client, options, result, sink)
@@ -238,6 +242,28 @@ def _restore_db(
     done = restore_database(database, storage, step.member.artifact, options.database, sink=sink)
     if done.plan.previous and not done.plan.drop_previous:
         result.notes.append(f"the replaced database is kept as {done.plan.previous!r}")
+
+
+def _create_roles(
+    step: Step,
+    storage: LocalStorage,
+    database: PgTarget,
+    options: SystemRestoreOptions,
+    result: SystemRestoreResult,
+    sink: EventSink,
+) -> None:
+    """The set's globals before its database: the missing roles, nothing else (the database
+    step then finds them; ``--roles skip`` skips this step's work too)."""
+    assert step.member is not None
+    if options.database.roles == "skip":
+        result.notes.append("roles were not created (--roles skip)")
+        return
+    dump = str(step.member.facts.get("dump", ""))
+    done = restore_database(
+        database, storage, dump, replace(options.database, roles="only"), sink=sink
+    )
+    if done.roles_created:
+        result.notes.append(f"roles created: {', '.join(done.roles_created)}")
 
 
 def _restore_one_volume(

@@ -9,6 +9,7 @@ volume through the engine API (``docker_volume.py`` chooses).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -113,8 +114,11 @@ def backup_source(
     lock_timeout: float = 300.0,
     sink: EventSink = null_sink,
     encryption: EncryptionKey | None = None,
+    safety: bool = False,
 ) -> Manifest:
-    """Back up ``source`` as the volume ``target_name``: session, fresh name, write, commit."""
+    """Back up ``source`` as the volume ``target_name``: session, fresh name, write, commit.
+    ``safety``: a pre-restore safety copy (kind "safety", ``safety_volume_...``), never the
+    volume's latest backup."""
     check_target_name(target_name)
     if compression not in VOLUME_COMPRESSIONS:
         raise UsageError(
@@ -125,20 +129,24 @@ def backup_source(
         storage, lock_timeout=lock_timeout, purpose="safehold volume backup", sink=sink
     ):
         key = bind_key(storage, encryption)
+        named = naming.safety_artifact if safety else str
         # A backup in another format in the same second would share the stamp: wait too.
         started, name = fresh_name(
             storage,
-            lambda moment: (
-                [
+            lambda moment: [
+                named(artifact)
+                for artifact in [
                     volume_artifact(target_name, moment, c, key is not None)
                     for c in (compression, *VOLUME_COMPRESSIONS)
                 ]
                 + [volume_artifact(target_name, moment, compression, key is None)]
-            ),
+            ],
         )
         manifest = write_tree_backup(
             source, target_name, storage, name, started, compression, sink, encryption=key
         )
+        if safety:
+            manifest = dataclasses.replace(manifest, kind="safety")
         commit(storage, manifest, sink, f"{manifest.facts['files']} files, ")
     return manifest
 
@@ -219,7 +227,7 @@ def restore_into(
     """Verify and unpack a volume backup with ``unpack`` (a folder here, or a volume through
     the engine), holding the repository lock shared when the backup is in the repository."""
     source = catalog.resolve(storage, ref, "volume", target_name)
-    if source.manifest is not None and source.manifest.kind != "volume":
+    if source.manifest is not None and source.manifest.kind not in ("volume", "safety"):
         raise UsageError(f"{source.name} is not a volume backup")
     with source.path.open("rb") as fh:
         encrypted = is_age(fh.read(64))

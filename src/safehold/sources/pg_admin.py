@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import re
+import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -95,6 +97,73 @@ def drop(conn: psycopg.Connection[Any], name: str) -> None:
     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+@dataclass(frozen=True)
+class RoleRights:
+    """What the connected role may do that a restore needs (see ``restore_refusal``)."""
+
+    role: str
+    superuser: bool
+    createdb: bool
+    createrole: bool
+
+
+def role_rights(conn: psycopg.Connection[Any]) -> RoleRights:
+    row = conn.execute(
+        "SELECT rolname, rolsuper, rolcreatedb, rolcreaterole FROM pg_roles"
+        " WHERE rolname = current_user"
+    ).fetchone()
+    if row is None:  # current_user always has a pg_roles row; be safe anyway
+        return RoleRights("?", False, False, False)
+    return RoleRights(str(row[0]), bool(row[1]), bool(row[2]), bool(row[3]))
+
+
+def restore_refusal(conn: psycopg.Connection[Any], database: str) -> tuple[str, str] | None:
+    """Why this role cannot restore into ``database`` (message, hint), or None when it can.
+
+    A restore creates a staging database (CREATEDB) and, when ``database`` exists, renames it
+    aside (its owner or a superuser; a non-superuser owner needs CREATEDB too).
+    """
+    rights = role_rights(conn)
+    if rights.superuser:
+        return None
+    role = _sql_name(rights.role)
+    if not rights.createdb:
+        return (
+            f"role {rights.role!r} lacks the CREATEDB privilege: a restore builds a staging "
+            "database first and renames databases",
+            f"as a superuser: ALTER ROLE {role} CREATEDB; or restore as a superuser",
+        )
+    row = conn.execute(
+        "SELECT pg_get_userbyid(datdba), pg_has_role(current_user, datdba, 'MEMBER')"
+        " FROM pg_database WHERE datname = %s",
+        (database,),
+    ).fetchone()
+    if row is not None and not row[1]:
+        name = _sql_name(database)
+        return (
+            f"role {rights.role!r} does not own database {database!r} (its owner is "
+            f"{row[0]!r}): only the owner or a superuser may rename it for the swap",
+            f"restore as {row[0]!r} or a superuser, or as a superuser: "
+            f"ALTER DATABASE {name} OWNER TO {role}",
+        )
+    return None
+
+
+def restore_rights_report(target: PgTarget) -> tuple[bool, str, str]:
+    """For ``doctor``: whether a restore of ``target.dbname`` may run, what was found, the fix."""
+    with admin(target) as conn:
+        refused, rights = restore_refusal(conn, target.dbname), role_rights(conn)
+    if refused:
+        return False, *refused
+    how = "is a superuser" if rights.superuser else "has CREATEDB and may rename the database"
+    return True, f"role {rights.role!r} {how}: restore can stage and swap {target.dbname!r}", ""
+
+
+def _sql_name(name: str) -> str:
+    """``name`` as typed in a statement: bare when PostgreSQL would read it back unchanged."""
+    return name if re.fullmatch(r"[a-z_][a-z0-9_]*", name) else '"' + name.replace('"', '""') + '"'
+
+
 def try_lock_restore(conn: psycopg.Connection[Any], dbname: str) -> bool:
     """Server-side guard so two restores of one database never race each other."""
     row = conn.execute(
@@ -145,6 +214,46 @@ def pg_restore(
         if "role" in text and "does not exist" in text:
             hint = "the dump names roles this server lacks: create them, or restore with --no-owner"
         raise RestoreError(f"pg_restore failed: {detail}", hint=hint)
+
+
+def psql_restore(
+    target: PgTarget,
+    dbname: str,
+    sql_chunks: Iterable[bytes],
+    *,
+    server_version_num: int,
+) -> None:
+    """Run plain SQL in one transaction that stops at the first error.
+
+    When ``sql_chunks`` raises (a damaged or truncated file), psql is stopped before it reaches
+    the end of its input: an end of input would commit the statements read so far.
+    """
+    tool, _ = require_tool_for(target, "psql", server_version_num)
+    argv = [tool, "--no-password", "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1"]
+    # psql applies --single-transaction only to -c/-f input: "-f -" is stdin as a file.
+    argv += ["--single-transaction", "--dbname", dbname, "--file", "-"]
+    proc = _proc.spawn(argv, env=target.env(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    tail = _proc.StderrTail(proc.stderr) if proc.stderr else None
+    assert proc.stdin is not None
+    try:
+        for chunk in sql_chunks:
+            proc.stdin.write(chunk)
+    except BrokenPipeError:
+        pass  # psql stopped at an error: its exit status and messages say which
+    except BaseException:
+        _proc.stop(proc)
+        raise
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
+    code = proc.wait()
+    if code != 0:
+        text = _proc.redact(tail.text() if tail else "", [target.password])
+        errors = [ln for ln in text.splitlines() if "error" in ln.lower() or "detail" in ln.lower()]
+        detail = "; ".join(errors[-3:] or text.splitlines()[-1:]) or f"exit status {code}"
+        hint = "fix the statement named above (the file's line number follows <stdin>:)"
+        if "role" in text and "does not exist" in text:
+            hint = "the dump names roles this server lacks: create them, then restore again"
+        raise RestoreError(f"psql failed: {detail}", hint=hint)
 
 
 def toc_entries(target: PgTarget, archive: IO[bytes] | Path, server_version_num: int) -> list[str]:
