@@ -188,4 +188,12 @@ def runtime(ctx: click.Context, *, as_json: bool = False) -> Runtime:
     if not out.is_terminal:
         out = Console(width=250)  # piped or in a log: never squeeze or cut columns
     command = ctx.command_path.partition(" ")[2] or ctx.info_name or ""
-    return Runtime(settings, sink, as_json, out, closers, file_log, recent, command)
+    rt = Runtime(settings, sink, as_json, out, closers, file_log, recent, command)
+    from .recovery import recover_interrupted  # (it imports this module)
+
+    try:
+        recover_interrupted(rt)
+    except Exception as exc:  # recovery reports; it never stops the command that found it
+        why = redact(f"{type(exc).__name__}: {exc}", [settings.password])
+        sink(Event("recover", f"finishing interrupted runs failed: {why}", "warning"))
+    return rt

@@ -1,0 +1,38 @@
+"""Before a command touches the repository, what interrupted runs left behind is finished or
+rolled back (``operations.journal``), and the command says what it did."""
+
+from __future__ import annotations
+
+import importlib
+
+from ..operations import journal
+from ..storage import LocalStorage
+from .runtime import Runtime
+
+# Commands that recover first: every one that reads or writes backups, databases or volumes.
+# (wal-push and wal-fetch run under the server with tight latency; they leave nothing behind.)
+RECOVERING = frozenset(
+    {"backup", "restore", "verify", "drill", "prune", "copy", "list", "status", "doctor", "cat"}
+)
+
+# The modules that register a journal resolver (imported only when there is something to do).
+RESOLVER_MODULES: tuple[str, ...] = ()
+
+
+def recover_interrupted(rt: Runtime) -> int:
+    """Resolve the repository's interrupted entries; how many were resolved."""
+    if rt.command.partition(" ")[0] not in RECOVERING:
+        return 0
+    storage = LocalStorage(rt.settings.backup_dir)
+    if not storage.path(journal.JOURNAL_DIR).is_dir():
+        return 0  # the usual case, one stat: nothing was ever left behind here
+    for name in RESOLVER_MODULES:
+        importlib.import_module(name)
+    context = journal.Context(storage, {"pg": rt.settings.pg_target, "docker": _docker})
+    return journal.recover(context, rt.sink)
+
+
+def _docker() -> object:
+    from ..operations.engine import connect_docker
+
+    return connect_docker()
