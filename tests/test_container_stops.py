@@ -70,16 +70,33 @@ def test_labelled_containers_stop_for_the_copy_and_restart_in_reverse_order(
 def test_containers_restart_when_the_copy_fails(
     tmp_path: Path, client: docker.DockerClient, image: Image, volume: Volume
 ) -> None:
+    run_in(client, image, volume.name, "head -c 4194304 /dev/urandom > /data/big")
+    writer = start(client, image, volume, f"{volume.name}-w", labelled=True)
+    before = started_at(writer)
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)], check=True)
+    try:
+        with pytest.raises(StorageError):  # the disk fills during the copy
+            backup_volume(client, volume.name, LocalStorage(full / "repo"))
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
+
+    assert started_at(writer) != before  # it was stopped, and it runs again
+
+
+def test_a_broken_repository_is_found_before_any_container_stops(
+    tmp_path: Path, client: docker.DockerClient, image: Image, volume: Volume
+) -> None:
     writer = start(client, image, volume, f"{volume.name}-w", labelled=True)
     before = started_at(writer)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
-    broken = LocalStorage(blocker / "repo")  # cannot be created: the copy fails
 
     with pytest.raises(StorageError):
-        backup_volume(client, volume.name, broken)
+        backup_volume(client, volume.name, LocalStorage(blocker / "repo"))
 
-    assert started_at(writer) != before  # it was stopped, and it runs again
+    assert started_at(writer) == before  # never stopped for a copy that could not be written
 
 
 def test_restore_with_stop_containers(

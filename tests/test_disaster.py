@@ -326,9 +326,7 @@ def test_a_new_host_recovers_everything_from_the_bucket_and_the_key(s3: SandboxS
         assert restored.returncode == 0, restored.stdout + restored.stderr
         report = json.loads(restored.stdout)
         for item in report["timings_s"]:
-            clock.steps.append(
-                (f"  {item['kind']} {item.get('target') or ''}".rstrip(), item["seconds"])
-            )
+            clock.steps.append((f"  {item['step']}. {item['title']}"[:80], item["seconds"]))
         with clock.step("compare content"):
             assert cluster_facts(fresh.target) == facts
             assert fingerprint(fresh.target, DB_NAME) == tables
@@ -350,8 +348,11 @@ def test_a_new_host_recovers_everything_from_the_bucket_and_the_key(s3: SandboxS
         assert recovered.returncode == 0, recovered.stdout + recovered.stderr
         result = json.loads(recovered.stdout)
         try:
-            with clock.step("compare rows at T"):
+            with clock.step("compare rows, roles and grants at T"):
                 assert _items(target_dir, int(result["port"])) == [(1, 1000)]
+                # The side copy is the cluster itself: roles, policies and grants came along.
+                side = PgTarget(str(target_dir), int(result["port"]), "postgres", "postgres")
+                assert cluster_facts(side) == facts
         finally:
             pitr_restore.stop(server(fresh.bin_dir, int(result["port"])), target_dir)
             shutil.rmtree(target_dir.parent, ignore_errors=True)

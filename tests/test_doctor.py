@@ -280,7 +280,7 @@ def test_backup_dir_on_a_read_only_mount(
     assert f"{read_only} is not writable: it is on a read-only file system" in folder["detail"]
     storage = report["storage local"]
     assert storage["result"] == "FAIL"
-    assert str(read_only) in storage["detail"] and "Read-only" in storage["detail"]
+    assert str(read_only) in storage["detail"] and "read-only file system" in storage["detail"]
     assert "BACKUP_DIR" in storage["fix"]
 
 

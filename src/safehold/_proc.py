@@ -2,19 +2,31 @@
 
 Secrets travel in the environment (``PGPASSWORD``), never in argv, and every message built from a
 program's output goes through ``redact`` first.
+
+Interruption: ``handle_interrupts`` (the CLI calls it at start-up) turns the first SIGTERM or
+SIGINT into ``Interrupted``, an exception that unwinds like Ctrl-C's KeyboardInterrupt so every
+``finally`` runs (unfinished files removed, containers started again, the lock released). The
+children started by ``spawn`` are sent SIGTERM at once, so a thread or a wait blocked on one
+of them ends too; they share our process group, so a terminal's Ctrl-C reaches them as well.
+Later signals are noted, never raised: they cannot abort the clean-up half-way. Code that must
+not be cut in two (starting stopped containers again) runs ``shielded``: a signal arriving
+inside is raised when the block ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 from .errors import ToolError
@@ -129,6 +141,12 @@ def spawn(
         )
     except FileNotFoundError as exc:
         raise ToolError(f"cannot run {argv[0]}: {exc.strerror}") from exc
+    with _children_guard:
+        for pid in [pid for pid, child in _children.items() if child.returncode is not None]:
+            del _children[pid]
+        _children[proc.pid] = proc
+    if _state.caught is not None:
+        proc.terminate()  # started by a thread that did not hear of the interruption yet
     if proc.stdout is not None:
         widen_pipe(proc.stdout.fileno())
     return proc
@@ -168,3 +186,101 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# ---- interruption (SIGTERM, SIGINT) ----
+
+_children: dict[int, subprocess.Popen[bytes]] = {}
+_children_guard = threading.RLock()  # re-entrant: the handler may run while spawn holds it
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT arrived: unwinds like Ctrl-C, so every ``finally`` runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass
+class _State:
+    caught: int | None = None  # the first signal received
+    depth: int = 0  # nesting of ``shielded`` blocks in the main thread
+    pending: bool = False  # caught inside a shielded block: raise when it ends
+    stopped: list[str] = field(default_factory=list)  # programs the signal stopped
+
+
+_state = _State()
+
+
+def handle_interrupts() -> None:
+    """Install the SIGTERM/SIGINT handlers (main thread only; the CLI does this at start-up)."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _on_signal)
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    name = signal.Signals(signum).name
+    if _state.caught is not None:
+        note = f"safehold: {name} again: still cleaning up (SIGKILL stops without cleaning up)\n"
+        with contextlib.suppress(OSError):
+            os.write(2, note.encode())  # not through sys.stderr: it may be mid-write
+        return
+    _state.caught = signum
+    _state.stopped = [_program(child) for child in terminate_children()]
+    if _state.depth > 0:
+        _state.pending = True
+        return
+    raise Interrupted(signum)
+
+
+def caught_signal() -> int | None:
+    """The signal that interrupted this process, if one did."""
+    return _state.caught
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Run the block to its end even when SIGTERM/SIGINT arrives; the interruption is raised
+    after it. (Only the main thread is ever interrupted: elsewhere this does nothing.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _state.depth += 1
+    try:
+        yield
+    finally:
+        _state.depth -= 1
+    if _state.depth == 0 and _state.pending and _state.caught is not None:
+        _state.pending = False
+        raise Interrupted(_state.caught)
+
+
+def terminate_children() -> list[subprocess.Popen[bytes]]:
+    """Send SIGTERM to every child ``spawn`` started that still runs; returns them."""
+    with _children_guard:
+        running = [child for child in _children.values() if child.poll() is None]
+    for child in running:
+        with contextlib.suppress(OSError):
+            child.terminate()
+    return running
+
+
+def stop_children(grace: float = 5.0) -> list[str]:
+    """Stop every child still running (SIGTERM, SIGKILL after ``grace``); the programs stopped.
+    Called as an interrupted process ends: none of its children may outlive it."""
+    names = []
+    for child in terminate_children():
+        stop(child, grace)
+        names.append(_program(child))
+    return names
+
+
+def stopped_children() -> list[str]:
+    """The programs the interrupting signal stopped (their names)."""
+    return list(_state.stopped)
+
+
+def _program(child: subprocess.Popen[bytes]) -> str:
+    args = child.args if isinstance(child.args, list) else [child.args]
+    return Path(str(args[0])).name

@@ -1,7 +1,9 @@
 """What a repository holds: artifacts joined with their manifests, and which one is "latest".
 
-An artifact counts as a backup only when its manifest exists and agrees on the size. Temp files
-from unfinished writes never match an artifact name, so they are never listed.
+An artifact counts as a backup only when its manifest exists and belongs to it
+(``identity_problem``: the manifest names this artifact, its kind and target agree with the
+name, and its size with the file). Temp files from unfinished writes never match an artifact
+name, so they are never listed.
 """
 
 from __future__ import annotations
@@ -39,6 +41,35 @@ def read_manifest(storage: Storage, artifact: str) -> Manifest | None:
         ) from None
 
 
+def identity_problem(name: str, manifest: Manifest, size: int | None = None) -> str | None:
+    """Why ``manifest`` is not the record of artifact ``name`` (``size``: the file's, when
+    known), or ``None``. The one rule every reader applies before it trusts a manifest: a file
+    copied over another backup's name, with that backup's manifest, matches it on size and
+    sha256, so only the names and the name's kind and target give it away. The sha256 is
+    checked by the readers that read the bytes."""
+    parsed = naming.parse(name)
+    wrong = []
+    if manifest.artifact != name:
+        wrong.append(f"its manifest names {manifest.artifact}")
+    if parsed is not None and manifest.kind != parsed.kind:
+        wrong.append(f"its manifest says {manifest.kind}, the name says {parsed.kind}")
+    if parsed is not None and parsed.target is not None and manifest.target != parsed.target:
+        wrong.append(f"its manifest is of {manifest.target!r}, the name says {parsed.target!r}")
+    if not manifest.target:
+        wrong.append("its manifest names no target")  # a dump's target is its database
+    if size is not None and manifest.size != size:
+        wrong.append(f"{size} bytes on disk, the manifest says {manifest.size}")
+    return "; ".join(wrong) or None
+
+
+def identity_error(name: str, problem: str) -> IntegrityError:
+    return IntegrityError(
+        f"backup {name} is damaged: {problem}",
+        hint="restore another backup ('safehold list' shows them), or its copy in a location "
+        "(--from NAME); the file or its manifest was replaced or changed",
+    )
+
+
 def scan(storage: Storage) -> list[BackupRecord]:
     """Every artifact and every orphaned manifest, oldest first."""
     artifacts = {n.name: n for key in storage.list() if (n := naming.parse(key)) is not None}
@@ -64,11 +95,12 @@ def scan(storage: Storage) -> list[BackupRecord]:
             status = "missing"
         elif manifest is None:
             status = "unverified/foreign"
-        elif manifest.size != size:
+        elif identity_problem(name, manifest, size) is not None:
             status = "damaged"
         else:
             status = "ok"
-        created = manifest.started_at if manifest else parsed.created
+        # A damaged record's manifest may be another backup's: its name tells its time.
+        created = manifest.started_at if manifest and status == "ok" else parsed.created
         records.append(BackupRecord(name, parsed.kind, created, size, status, manifest))  # type: ignore[arg-type]
     # A dump's globals share its time; ordered just before it, so a newest-first listing shows
     # each dump followed by its globals.
@@ -194,7 +226,11 @@ def resolve(storage: LocalStorage, ref: str, kind: Kind, target: str | None = No
         raise UsageError(f"{ref} is not a file")
     repo_root = storage.root.resolve()
     if candidate.resolve().parent == repo_root and naming.parse(candidate.name):
-        return Resolved(candidate, candidate.name, read_manifest(storage, candidate.name), True)
+        manifest = read_manifest(storage, candidate.name)
+        problem = manifest and identity_problem(candidate.name, manifest, candidate.stat().st_size)
+        if problem:
+            raise identity_error(candidate.name, problem)
+        return Resolved(candidate, candidate.name, manifest, True)
     return Resolved(candidate, candidate.name, None, False)
 
 

@@ -1,14 +1,19 @@
 """One lock per repository: shared for readers (restore, list), exclusive for writers (backup).
+And one per volume (or restored folder): exclusive for a restore of it, shared for a backup of
+it, so two restores of one volume never interleave and a backup never reads a swap half-done.
 
-It is an ``flock`` on ``.safehold/lock``, so the kernel frees it the moment a holder dies, even
-by ``kill -9``: a dead process can never block later runs. The holder writes its pid there, so a
-later run can tell a live holder (wait, then fail clearly) from one that died (say so, go on).
+Each is an ``flock`` (``.safehold/lock``, ``.safehold/locks/<key>.lock``), so the kernel frees it
+the moment a holder dies, even by ``kill -9``: a dead process can never block later runs. An
+exclusive holder writes its pid there, so a later run can tell a live holder (wait, then fail
+clearly) from one that died (say so, go on). Order: a volume's lock before the repository's,
+never the other way, so two runs cannot each hold what the other waits for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -43,15 +48,43 @@ class LockInfo:
         return None
 
 
-@contextlib.contextmanager
+LOCKS_DIR = ".safehold/locks"
+
+
 def repository_lock(
     root: Path, *, exclusive: bool, timeout: float, purpose: str
+) -> contextlib.AbstractContextManager[LockInfo]:
+    return _flocked(root / LOCK_FILE, exclusive, timeout, purpose, f"the repository {root}")
+
+
+def volume_lock(
+    root: Path, key: str, *, exclusive: bool, timeout: float, purpose: str
+) -> contextlib.AbstractContextManager[LockInfo]:
+    """The lock of one volume or folder (``volume_key``/``folder_key``) in the repository
+    ``root``: exclusive while it is restored, shared while it is backed up."""
+    what = key.replace("-", " ", 1) if key.startswith("volume-") else f"the folder ({key})"
+    return _flocked(root / LOCKS_DIR / f"{key}.lock", exclusive, timeout, purpose, what)
+
+
+def volume_key(name: str) -> str:
+    return f"volume-{name}"  # Docker volume names are already safe as file names
+
+
+def folder_key(folder: Path) -> str:
+    """A folder is known by its real path, whatever name the caller gives its backups."""
+    real = os.path.realpath(folder)
+    digest = hashlib.sha256(real.encode()).hexdigest()[:16]
+    return f"folder-{Path(real).name[:40]}-{digest}"
+
+
+@contextlib.contextmanager
+def _flocked(
+    path: Path, exclusive: bool, timeout: float, purpose: str, what: str
 ) -> Iterator[LockInfo]:
-    path = root / LOCK_FILE
     path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
     try:
-        _acquire(fd, exclusive, timeout, path)
+        _acquire(fd, exclusive, timeout, what)
         info = LockInfo(_read(fd))
         if exclusive:
             _write(fd, purpose)
@@ -65,7 +98,7 @@ def repository_lock(
         os.close(fd)
 
 
-def _acquire(fd: int, exclusive: bool, timeout: float, path: Path) -> None:
+def _acquire(fd: int, exclusive: bool, timeout: float, what: str) -> None:
     mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
     deadline = time.monotonic() + timeout
     while True:
@@ -78,10 +111,10 @@ def _acquire(fd: int, exclusive: bool, timeout: float, path: Path) -> None:
                 who = (
                     f"pid {holder.get('pid')} ({holder.get('purpose')}) since {holder.get('since')}"
                     if holder
-                    else "another safehold run"
+                    else "another safehold run (a backup or a reader holds it shared)"
                 )
                 raise LockBusy(
-                    f"the repository {path.parent.parent} is locked by {who}",
+                    f"{what} is locked by {who}",
                     hint=f"wait for it to finish, or allow a longer wait with --lock-timeout "
                     f"(waited {timeout:.0f}s)",
                 ) from None

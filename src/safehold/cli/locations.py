@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import catalog, naming
 from ..config import LocationSettings, Settings
-from ..errors import StorageError, UsageError
+from ..errors import SafeholdError, StorageError, UsageError
 from ..model import BackupRecord, Kind, Manifest
 from ..operations.copy import CopyResult, Location, copy_backups, fetch, mirror
 from ..operations.pitr import BASE
@@ -84,6 +84,8 @@ def read_source(
     repository holds no backups (a new host), the only configured location, said in one line.
     With several, which one is the user's choice: ``strict`` commands stop and name the flag,
     the others (list) warn and go on with the empty repository."""
+    if source is None:
+        storage.check_root()  # a BACKUP_DIR that is a file is a mistake, not an empty repository
     if source is not None or not rt.settings.locations or holds_backups(storage):
         return source
     names = [spec.name for spec in rt.settings.locations]
@@ -167,14 +169,52 @@ def local_ref(
     if naming.latest_link_of(ref) is not None:
         ref = "latest"  # a seed's fixed name means the newest good backup, not a file to fetch
     if ref == "latest":
-        where = locations(rt.settings, [source]) if source else []
-        records = catalog.scan(where[0].storage if where else storage)
-        newest = catalog.latest(records, kind, target)
+        if source:
+            (where,) = locations(rt.settings, [source])
+            newest = catalog.latest(catalog.scan(where.storage), kind, target)
+        else:
+            newest = _newest_anywhere(rt, storage, kind, target)
         if newest is None:
             return ref  # the restore says there is none
         name = newest.name
     ensure_local(rt, storage, name, source)
     return name
+
+
+def _newest_anywhere(
+    rt: Runtime, storage: LocalStorage, kind: Kind, target: str | None
+) -> BackupRecord | None:
+    """The newest good backup of the target: the local one, unless a newer backup the local
+    repository holds is damaged or missing there and a location holds a good copy of it (the
+    local copy was replaced or cut: latest is still that backup, read from the location)."""
+    records = catalog.scan(storage)
+    good = catalog.latest(records, kind, target)
+    suspects = {
+        r.name
+        for r in records
+        if r.kind == kind
+        and r.status != "ok"
+        and (good is None or r.created > good.created)
+        and (kind != "volume" or _volume_of(r.name) == target)
+    }
+    if not suspects:
+        return good
+    for place in locations(rt.settings):
+        try:
+            there = catalog.latest(catalog.scan(place.storage), kind, target)
+        except SafeholdError as exc:
+            rt.sink_warning(f"location {place.name} could not be read: {exc.message}")
+            continue
+        newer = there is not None and (good is None or there.created > good.created)
+        if newer and there is not None and there.name in suspects:
+            good = there
+    return good
+
+
+def _volume_of(name: str) -> str | None:
+    """The volume an artifact's name says it holds (a damaged manifest may say another)."""
+    parsed = naming.parse(name)
+    return parsed.target if parsed is not None else None
 
 
 def fetch_set(

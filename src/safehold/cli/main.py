@@ -2,19 +2,27 @@
 
 Exit codes: 0 success; 1 unexpected failure; 2 usage/config; 3 database; 4 external tool;
 5 storage; 6 integrity (damaged or foreign backup); 7 restore failed (live data untouched);
-8 repository locked; 9 a pre/post-backup command in a container failed; 130 interrupted.
+8 repository locked; 9 a pre/post-backup command in a container failed; 130 interrupted by SIGINT
+(Ctrl-C); 143 interrupted by SIGTERM (systemd, ``timeout``, ``docker stop``).
+
+An interrupting signal unwinds like Ctrl-C: every ``finally`` runs (unfinished files removed,
+stopped containers started again, staging dropped, the lock released), the children still
+running are stopped, and one line says so. A second signal during that clean-up is ignored.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import signal
 import sys
 import traceback
 from datetime import UTC, datetime
+from typing import NoReturn
 
 import click
 
+from .. import _proc
 from .._version import __version__
 from ..errors import SafeholdError
 
@@ -75,22 +83,23 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     wants_json = "--json" in args
+    _proc.handle_interrupts()
     try:
         # Without standalone mode, ctx.exit(N) (status's monitoring exit codes) comes back here.
         code = cli.main(args=args, prog_name="safehold", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _interrupted(None, wants_json)
     except SafeholdError as exc:
+        if _proc.caught_signal() is not None:  # the signal's clean-up failed: say both
+            _interrupted(exc, wants_json)
         _report(exc.message, exc.hint, type(exc).__name__, wants_json)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("error: interrupted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except Exception as exc:
+        if _proc.caught_signal() is not None:
+            _interrupted(exc, wants_json)
         traceback.print_exc(file=sys.stderr)
         _report(
             f"unexpected failure: {exc}",
@@ -100,6 +109,23 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted(during_cleanup: BaseException | None, wants_json: bool) -> NoReturn:
+    """One line for an interrupted run, and exit 128 + the signal (130 SIGINT, 143 SIGTERM)."""
+    signum = _proc.caught_signal() or signal.SIGINT  # a KeyboardInterrupt without our handler
+    stopped = _proc.stopped_children() + _proc.stop_children()
+    done = "stopped cleanly: unfinished work undone, lock released"
+    if stopped:
+        done += f", {', '.join(sorted(set(stopped)))} stopped"
+    hint = None
+    if during_cleanup is not None:  # e.g. a container that would not start again
+        done = getattr(during_cleanup, "message", None) or str(during_cleanup)
+        hint = getattr(during_cleanup, "hint", None)
+    _report(
+        f"interrupted by {signal.Signals(signum).name}: {done}", hint, "Interrupted", wants_json
+    )
+    sys.exit(128 + signum)
 
 
 def _report(message: str, hint: str | None, kind: str, wants_json: bool) -> None:

@@ -108,7 +108,12 @@ _OPTIONS = [
         help="data folder for the restored cluster: new and empty, or with --force the "
         "current one (moved aside first, never deleted)",
     ),
-    click.option("--force", is_flag=True, help="restore over a stopped cluster's folder"),
+    click.option(
+        "--force",
+        is_flag=True,
+        help="--pitr: restore over a stopped cluster's folder; --database: restore a backup of "
+        "another database over this one",
+    ),
     click.option("--port", type=int, help="port for the restored server (default: a free one)"),
     click.option("--server-user", help="OS user to run the server as (root only)"),
     click.option("--keep-running", is_flag=True, help="leave the restored server running"),

@@ -153,7 +153,8 @@ def restore(
     replaced one is kept as <name>_pre_restore_<time> unless --drop-previous. A volume is
     verified, its current content backed up, and replaced with exactly the archive's content;
     refused while a running container uses it (unless --stop-containers). A failure leaves live
-    data as it was.
+    data as it was. A backup of another database is refused over the live one unless
+    --target-db or --force.
 
     --all runs the disaster-recovery runbook on a full-system set (--set ID, latest, or
     --point-in-time): verify every member, stop the application's containers, restore the
@@ -221,6 +222,7 @@ def restore(
                 "target_db": target_db,
                 "drop_previous": drop_previous,
                 "no_owner": no_owner,
+                "force": pitr_request.force,  # --force: a backup of another database over this one
             }
             if jobs is not None:
                 overrides["jobs"] = jobs

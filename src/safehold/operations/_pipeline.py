@@ -12,10 +12,11 @@ from typing import IO
 
 from .. import catalog, naming
 from ..crypto import AgeWriter, DecryptionKey, EncryptionKey
-from ..errors import DecryptionKeyError, IntegrityError
+from ..errors import DecryptionKeyError, IntegrityError, StorageError
 from ..lock import repository_lock
 from ..model import ByteSink, Event, EventSink, Manifest
 from ..storage import LocalStorage, Storage
+from ..storage.local import storage_error
 
 PROGRESS_EVERY_S = 0.5
 
@@ -137,9 +138,13 @@ def repository_session(
 ) -> Iterator[None]:
     """The writer's side of a repository: created, locked, and cleared of what dead runs left."""
     storage.ensure()
-    with repository_lock(
-        storage.root, exclusive=True, timeout=lock_timeout, purpose=purpose
-    ) as lock:
+    with contextlib.ExitStack() as stack:
+        try:
+            lock = stack.enter_context(
+                repository_lock(storage.root, exclusive=True, timeout=lock_timeout, purpose=purpose)
+            )
+        except OSError as exc:  # the lock file is the first write: a full or read-only disk
+            raise storage_error(exc, storage.root / naming.LOCK_FILE, "taking the lock") from exc
         if lock.stale_pid is not None:
             sink(
                 Event(
@@ -174,7 +179,13 @@ def commit(
 ) -> None:
     """After the artifact is durable: its manifest (the commit point), then the latest links
     (a set updates them once, at its end), then the news (``detail``: what the backup holds)."""
-    catalog.write_manifest(storage, manifest)
+    try:
+        catalog.write_manifest(storage, manifest)
+    except StorageError:
+        # An artifact without its manifest is not a backup: leave nothing half-written.
+        with contextlib.suppress(StorageError):
+            storage.delete(manifest.artifact)
+        raise
     if links:
         catalog.update_latest_links(storage, catalog.scan(storage))
     name, size, took = manifest.artifact, manifest.size, manifest.duration_s

@@ -107,17 +107,25 @@ def backup_set(
 
         def copy(volume: str) -> Callable[[], Manifest]:
             name = volume_artifact(volume, started, options.volume_compression, encrypted)
-            return lambda: write_tree_backup(
-                roots[volume],
-                volume,
-                storage,
-                name,
-                _now(),  # the member's own start: time spent queued is not its duration
-                options.volume_compression,
-                sink,
-                set_id,
-                key,
-            )
+
+            def job() -> Manifest:
+                made = write_tree_backup(
+                    roots[volume],
+                    volume,
+                    storage,
+                    name,
+                    _now(),  # the member's own start: time spent queued is not its duration
+                    options.volume_compression,
+                    sink,
+                    set_id,
+                    key,
+                )
+                if members.cancelled:  # finished after the containers were started again
+                    storage.delete(made.artifact)
+                    raise SafeholdError(f"{made.artifact} not kept: the backup was interrupted")
+                return made
+
+            return job
 
         try:
             with ThreadPoolExecutor(options.concurrency, thread_name_prefix="safehold") as pool:
@@ -135,9 +143,14 @@ def backup_set(
                     )
                 # One quiet period for all volumes: a container using several is stopped
                 # once, and the volumes are copied at one moment of the application.
-                with quiesced(client, volumes, sink, f"full-system backup {set_id}"):
-                    copies = [pool.submit(members.run, f"volume {v}", copy(v)) for v in targets]
-                    wait(copies)
+                with quiesced(client, volumes, sink, f"full-system backup {set_id}", storage):
+                    try:
+                        copies = [pool.submit(members.run, f"volume {v}", copy(v)) for v in targets]
+                        wait(copies)
+                    except BaseException:  # interrupted: no copy may outlast the quiet period
+                        members.cancelled = True
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        raise
                 wait(jobs)
         finally:
             # Members committed so far are good backups: the links must know them.
@@ -202,6 +215,7 @@ class _Members:
         self.total = total
         self.manifests: list[Manifest] = []
         self.failed: list[str] = []
+        self.cancelled = False  # copies finishing from now on are not kept
 
     def run(self, what: str, job: Callable[[], Manifest]) -> None:
         try:

@@ -111,11 +111,8 @@ def _checked(source: catalog.Resolved, volume: str | None) -> Manifest:
             "repository with a manifest: there is nothing to check it against",
             hint="'safehold list' shows the backups; read a foreign file directly",
         )
-    if manifest.artifact != source.name:
-        raise IntegrityError(
-            f"the manifest of {source.name} describes {manifest.artifact}",
-            hint="restore an older backup ('safehold list' shows them)",
-        )
+    if problem := catalog.identity_problem(source.name, manifest, source.path.stat().st_size):
+        raise catalog.identity_error(source.name, problem)  # resolve checks it too: one rule
     if volume is not None and (manifest.kind not in ("volume", "safety") or
                                manifest.target != volume):  # fmt: skip
         raise UsageError(

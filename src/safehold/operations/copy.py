@@ -68,6 +68,9 @@ def copy_backups(
                 f"{name} has no manifest: only backups are copied",
                 hint="'safehold list' shows the backups and their status",
             )
+        if problem := _identity(source, name, manifest):
+            # Copying it would hand the location a backup that is not what its name says.
+            raise catalog.identity_error(name, problem)
         if _present(destination.storage, manifest):
             result.skipped.append(name)
             continue
@@ -107,8 +110,16 @@ def fetch(
 ) -> str:
     """Make the local repository hold a good copy of ``name``; returns where it came from
     ("local" when it was already good there). ``force``: read it from ``locations`` anyway."""
-    manifest = catalog.read_manifest(local, name)
-    if not force and manifest is not None and _good_locally(local, manifest):
+    try:
+        manifest = catalog.read_manifest(local, name)
+    except IntegrityError:
+        manifest = None  # an unreadable local manifest is a damaged copy: fetch a good one
+    if (
+        not force
+        and manifest is not None
+        and _identity(local, name, manifest) is None
+        and _good_locally(local, manifest)
+    ):
         _fetch_companions(local, locations, manifest, sink, force=False)
         return "local"
     problems = []
@@ -118,6 +129,8 @@ def fetch(
             if remote is None:
                 problems.append(f"{location.name}: no copy")
                 continue
+            if problem := catalog.identity_problem(name, remote):
+                raise catalog.identity_error(name, problem)  # reported; the next location is tried
             sink(Event("fetch", f"{name}: reading the copy in {location.name}"))
             local.ensure()
             # Passphrase mode: the fetched copy opens only with the wrapped repository key.
@@ -153,8 +166,14 @@ def with_companions(
         except SafeholdError:
             manifest = None  # the caller reports the backup itself
         for companion in catalog.companions(manifest):
-            if catalog.read_manifest(storage, companion) is None:
-                sink(Event("copy", f"{name}: its companion {companion} is missing", "warning"))
+            try:
+                found = catalog.read_manifest(storage, companion)
+                problem = found and _identity(storage, companion, found)
+            except SafeholdError as exc:
+                found, problem = None, exc.message
+            if found is None or problem:
+                why = f"is damaged ({problem})" if problem else "is missing"
+                sink(Event("copy", f"{name}: its companion {companion} {why}", "warning"))
             elif companion not in ordered:
                 ordered.append(companion)
         if name not in ordered:
@@ -203,10 +222,19 @@ def _present(storage: Storage, manifest: Manifest) -> bool:
         return (
             there is not None
             and there.sha256 == manifest.sha256
-            and storage.size(manifest.artifact) == manifest.size
+            and _identity(storage, manifest.artifact, there) is None
         )
+    except (FileNotFoundError, IntegrityError):
+        return False  # absent or damaged there: the copy replaces it
+
+
+def _identity(storage: Storage, name: str, manifest: Manifest) -> str | None:
+    """``catalog.identity_problem`` with the stored size; a missing file is a problem too."""
+    try:
+        size = storage.size(name)
     except FileNotFoundError:
-        return False
+        return "the file is missing"
+    return catalog.identity_problem(name, manifest, size)
 
 
 def _good_locally(local: LocalStorage, manifest: Manifest) -> bool:

@@ -1,7 +1,14 @@
 """Docker volumes: backup and restore through the host's folder when it is readable here (the
 faster path, measured in bench/bench_volume_paths.py), otherwise through the Docker Engine API
 with a helper container (any engine DOCKER_HOST names, also a remote one). ``access`` forces
-one: ``direct`` or ``api``; ``auto`` picks."""
+one: ``direct`` or ``api``; ``auto`` picks.
+
+A restore holds the volume's lock (``lock.volume_lock``) exclusive from before its safety
+backup to after the swap, a backup holds it shared: a second restore of the volume, or a
+backup of it, waits (up to the lock timeout) instead of interleaving. On the direct path the
+swap is journalled in the repository, so a killed restore is undone or finished by the next
+command (``recovery_volume.py``).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import requests
 from .. import catalog
 from ..crypto import DecryptionKey, EncryptionKey
 from ..errors import HookFailed, UsageError
+from ..lock import volume_key, volume_lock
 from ..model import Event, EventSink, Manifest, null_sink
 from ..storage import LocalStorage
 from .engine import (
@@ -27,7 +35,7 @@ from .engine import (
     users_of,
     volume_mountpoint,
 )
-from .extract import extract_tree
+from .extract import SwapJournal, extract_tree
 from .volume import (
     TreeSource,
     Unpack,
@@ -53,13 +61,25 @@ def volume_source(client: docker.DockerClient, name: str, access: Access = "auto
 
 
 def volume_unpack(
-    client: docker.DockerClient, name: str, access: Access, sink: EventSink, keep_setuid: bool
+    client: docker.DockerClient,
+    name: str,
+    access: Access,
+    sink: EventSink,
+    keep_setuid: bool,
+    journal_to: SwapJournal | None = None,
 ) -> tuple[Unpack, str]:
+    """``journal_to``: journal the swap in a repository (the direct path; the API path swaps
+    inside its helper container)."""
     root = _folder(client, name, access)
     if root is not None:
         return (
             lambda stream, check: extract_tree(
-                stream, root, events=sink, before_swap=check, keep_setuid=keep_setuid
+                stream,
+                root,
+                events=sink,
+                before_swap=check,
+                keep_setuid=keep_setuid,
+                journal_to=journal_to,
             ),
             str(root),
         )
@@ -107,8 +127,18 @@ def backup_volume(
     safehold.post-backup commands run."""
     source = volume_source(client, name, access)
     manifest: Manifest | None = None
+    storage.ensure()
     try:
-        with quiesced(client, [name], sink, f"backup of volume {name}"):
+        with (
+            volume_lock(
+                storage.root,
+                volume_key(name),
+                exclusive=False,
+                timeout=lock_timeout,
+                purpose=f"safehold backup of volume {name}",
+            ),
+            quiesced(client, [name], sink, f"backup of volume {name}", storage),
+        ):
             manifest = backup_source(
                 source,
                 name,
@@ -141,28 +171,37 @@ def restore_volume(
     key: DecryptionKey | None = None,
     keep_setuid: bool = False,
 ) -> VolumeRestore:
-    """``encryption``: for the safety backup; ``key``: opens an encrypted backup;
-    ``keep_setuid``: keep set-id bits from an archive without a safehold manifest too."""
     """Replace a volume's content; refused while a running container uses it, unless
-    ``stop_containers``: then they are stopped, and started again afterwards."""
+    ``stop_containers``: then they are stopped, and started again afterwards.
+    ``encryption``: for the safety backup; ``key``: opens an encrypted backup;
+    ``keep_setuid``: keep set-id bits from an archive without a safehold manifest too.
+    The volume's lock is held throughout; the swap is journalled in ``storage``."""
     check_target_name(name)
     # Resolve before the safety backup, or "latest" would name the safety backup itself.
     source = catalog.resolve(storage, ref, "volume", name)
-    users = users_of(client, name) if stop_containers else []
-    with stopped(users, sink, f"restore of volume {name}"):
-        return _replace(
-            client,
-            name,
-            storage,
-            source,
-            safety_backup,
-            compression,
-            lock_timeout,
-            sink,
-            access,
-            (encryption, key),
-            keep_setuid or source.manifest is not None,
-        )
+    storage.ensure()
+    with volume_lock(
+        storage.root,
+        volume_key(name),
+        exclusive=True,
+        timeout=lock_timeout,
+        purpose=f"safehold restore of volume {name} from {source.name}",
+    ):
+        users = users_of(client, name) if stop_containers else []
+        with stopped(users, sink, f"restore of volume {name}", storage):
+            return _replace(
+                client,
+                name,
+                storage,
+                source,
+                safety_backup,
+                compression,
+                lock_timeout,
+                sink,
+                access,
+                (encryption, key),
+                keep_setuid or source.manifest is not None,
+            )
 
 
 def _replace(
@@ -212,7 +251,8 @@ def _replace(
         )
     # A container started meanwhile would see the swap happen under it; check again.
     refuse_if_in_use(client, name)
-    unpack, where = volume_unpack(client, name, access, sink, keep_setuid)
+    journal_to = SwapJournal(storage, f"volume {name}", source.name, volume_key(name))
+    unpack, where = volume_unpack(client, name, access, sink, keep_setuid, journal_to)
     facts = restore_into(
         storage, str(source.path), unpack, where, name, sink, lock_timeout, keys[1]
     )

@@ -26,6 +26,7 @@ from ..model import BackupRecord, Event, EventSink, null_sink
 from ..sinks.log import human_bytes
 from ..sources.postgres import PgTarget, connect, require_tool_for, tool_major
 from ..storage import LocalStorage, Storage
+from .doctor_leftovers import leftovers
 from .doctor_rights import rights, roles
 from .engine import connect_docker, select_volumes, volume_mountpoint
 
@@ -86,8 +87,8 @@ def run_checks(setup: DoctorSetup, sink: EventSink = null_sink) -> list[Check]:
         ("database server", lambda: _database(setup.target, state)),
         ("restore rights", lambda: [rights(setup.target, _reached(state))]),
         ("roles", lambda: [roles(setup.target, setup.backup_dir, setup.key, _reached(state))]),
-        ("pg_dump", _one(_tool, setup.target, "pg_dump", state)),
-        ("pg_restore", _one(_tool, setup.target, "pg_restore", state)),
+        *[(tool, _one(_tool, setup.target, tool, state)) for tool in ("pg_dump", "pg_restore")],
+        ("interrupted runs", _one(leftovers, setup.backup_dir)),
         ("scripts", _one(_scripts, setup.script_dirs)),
         ("docker", _one(_docker, setup, state)),
         ("volumes", lambda: _volumes(setup, state)),

@@ -125,6 +125,8 @@ def drill_members(storage: LocalStorage, subject: str) -> tuple[list[Manifest], 
         if chosen is None:
             raise UsageError(f"no backup set {ref!r}", hint="'safehold list --sets' shows the sets")
         manifests = [catalog.read_manifest(storage, m) for m in chosen.members]
+        for member, manifest in zip(chosen.members, manifests, strict=True):
+            _check_identity(storage, member, manifest)
         # A dump's globals are applied by that dump's drill, not drilled on their own.
         return [m for m in manifests if m is not None and m.kind != "globals"], chosen.id
     if subject == "latest":
@@ -141,7 +143,18 @@ def drill_members(storage: LocalStorage, subject: str) -> tuple[list[Manifest], 
             f"no backup named {subject!r} with a manifest",
             hint=f"'safehold list' shows the backups in {storage.description}",
         )
+    _check_identity(storage, subject, named)
     return [named], named.set_id
+
+
+def _check_identity(storage: LocalStorage, name: str, manifest: Manifest | None) -> None:
+    """A drill restores what the manifest names: one that names another backup would drill
+    (and pass with) that one instead of ``name``."""
+    if manifest is None:
+        return
+    size = storage.size(name) if storage.exists(name) else None
+    if problem := catalog.identity_problem(name, manifest, size):
+        raise catalog.identity_error(name, problem)
 
 
 def drill(
@@ -158,11 +171,16 @@ def drill(
     """Restore ``subject``'s backups into scratch space and record the result. ``server``: where
     scratch databases go (needed when a database backup is drilled); ``live_database``: a name
     the drill must never use."""
-    members, set_id = drill_members(storage, subject)
     started = datetime.now(UTC)
     drill_id = new_drill_id(started)
     results: list[dict[str, Any]] = []
     error: SafeholdError | None = None
+    try:
+        members, set_id = drill_members(storage, subject)
+    except IntegrityError as exc:
+        # A backup that is not what its name says fails the drill, recorded like any failure.
+        members, set_id, error = [], None, exc
+        results.append({"artifact": subject, "outcome": "failed", "error": exc.message})
     for manifest in members:
         try:
             results.append(_one(storage, manifest, server, live_database, jobs, sink, key))

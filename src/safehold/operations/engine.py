@@ -15,13 +15,16 @@ import docker.errors
 import requests
 from docker.models.containers import Container
 
-from .. import naming
+from .. import _proc, naming
 from ..errors import DockerUnavailable, HookFailed, SafeholdError, TargetInUse, UsageError
 from ..model import Event, EventSink
+from ..storage import LocalStorage
+from . import journal
 
 # Containers carrying this label (value "true") are stopped while a volume they use is copied.
 STOP_LABEL = "safehold.stop-during-backup"
 STOP_TIMEOUT_S = 30
+KIND = "stopped_containers"  # their journal entries
 # Commands (run with sh -c inside the container) around a backup of a volume it uses.
 PRE_LABEL = "safehold.pre-backup"
 POST_LABEL = "safehold.post-backup"
@@ -74,15 +77,53 @@ def users_of(
 
 
 @contextlib.contextmanager
-def stopped(containers: list[Container], sink: EventSink, why: str) -> Iterator[None]:
+def stopped(
+    containers: list[Container], sink: EventSink, why: str, repo: LocalStorage | None = None
+) -> Iterator[None]:
     """Stop ``containers`` for the block, then start them again in reverse order — also when
-    the block fails. A container that will not start again is an error of its own."""
-    down: list[Container] = []
+    the block fails. A container that will not start again is an error of its own. With
+    ``repo``, they are journalled there first, so a run killed meanwhile is finished by the
+    next one (see ``Downtime``)."""
+    downtime = Downtime(sink, why, repo)
     try:
-        stop_all(containers, sink, why, down)
+        downtime.stop(containers)
         yield
     finally:
-        start_again(down, sink, why)
+        downtime.start()
+
+
+class Downtime:
+    """The containers one run stops, and starting them again however the run ends.
+
+    With a repository, they are recorded there (``stopped_containers``, ids and names) before
+    the first is stopped and crossed out once all run again: a run killed in between leaves the
+    entry, and the next command starts them (``recovery_containers``). A stop or start is never
+    cut in two by SIGTERM/SIGINT (``_proc.shielded``): the interruption is raised after it."""
+
+    def __init__(self, sink: EventSink, why: str, repo: LocalStorage | None = None) -> None:
+        self.sink = sink
+        self.why = why
+        self.repo = repo
+        self.down: list[Container] = []
+        self.entry: journal.Entry | None = None
+
+    def stop(self, containers: list[Container]) -> None:
+        if self.repo is not None and containers:
+            recorded = [{"id": str(c.id), "name": str(c.name)} for c in containers]
+            data = {"containers": recorded, "why": self.why}
+            with _proc.shielded():
+                self.entry = journal.record(self.repo, KIND, data, f"safehold {self.why}")
+        for container in containers:
+            with _proc.shielded():
+                stop_all([container], self.sink, self.why, self.down)
+
+    def start(self) -> None:
+        with _proc.shielded():
+            start_again(self.down, self.sink, self.why)  # raises if one did not start
+            self.down.clear()
+            if self.entry is not None and self.repo is not None:
+                journal.done(self.repo, self.entry)
+                self.entry = None
 
 
 def stop_all(containers: list[Container], sink: EventSink, why: str, down: list[Container]) -> None:
@@ -107,18 +148,23 @@ def start_again(down: list[Container], sink: EventSink, why: str) -> None:
     if failed:
         raise SafeholdError(
             f"containers stopped for the {why} did not start again: {'; '.join(failed)}",
-            hint="start them by hand (docker start NAME) and check their logs",
+            hint="start them by hand (docker start NAME) and check their logs; the next "
+            "safehold command tries again",
         )
 
 
 @contextlib.contextmanager
 def quiesced(
-    client: docker.DockerClient | None, volumes: list[str], sink: EventSink, why: str
+    client: docker.DockerClient | None,
+    volumes: list[str],
+    sink: EventSink,
+    why: str,
+    repo: LocalStorage | None = None,
 ) -> Iterator[None]:
     """Around a copy of ``volumes``: the pre-backup commands of the running containers using
     them (a failure stops here), the labelled ones stopped for the block and started again
     (also when it fails), then the post-backup commands. A container using several volumes is
-    handled once."""
+    handled once. ``repo``: where the stopped ones are journalled (see ``Downtime``)."""
     users: dict[str, Container] = {}
     for volume in volumes:
         assert client is not None, "volumes need the engine"
@@ -127,7 +173,7 @@ def quiesced(
     running = list(users.values())
     run_hooks(running, PRE_LABEL, sink)
     to_stop = [c for c in running if (c.labels or {}).get(STOP_LABEL) == "true"]
-    with stopped(to_stop, sink, why):
+    with stopped(to_stop, sink, why, repo):
         yield
     run_hooks(running, POST_LABEL, sink)
 

@@ -22,7 +22,16 @@ target, or hidden inside it when the target is a mount point (a volume). Only wh
 stream passed, and the caller's ``before_swap`` agreed (the place to compare a sha256 or the
 facts with the manifest), are the target's entries moved aside and the staged ones renamed
 in. The target folder keeps its inode, so a container mounting it sees the new content, and
-ends up holding exactly the archive. Owners are restored numerically (as root only); modes
+ends up holding exactly the archive.
+
+That swap is many renames, so a kill can land between two. Given a ``SwapJournal`` (the
+repository), the staging folder is journalled before it is made, and the swap before its
+first rename; phase 1 moves every old entry aside, then the entry is marked (durably) and
+phase 2 moves the staged ones in. The next command (:mod:`.recovery_volume`) rolls an
+interrupted swap back when the mark is missing and forward when it is there: the target holds
+the old content or the new, never a mix. Folders are fsynced after their renames, before the
+mark, so a power loss cannot reorder them. Without a journal (a library call), a kill in the
+swap can leave a mix, as it always could. Owners are restored numerically (as root only); modes
 and mtimes (to the nanosecond when a pax header carries them) always, folders after their
 content.
 
@@ -44,17 +53,40 @@ headers; every sparse form, restored with its holes), whichever tool wrote the a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import RestoreError, SafeholdError, UsageError
 from ..model import ByteSource, Event, EventSink, null_sink
+from ..storage import LocalStorage
+from ..storage.local import fsync_dir
+from . import journal
 from .extract_unpack import ExtractFacts, Unpacker, damaged, member_path
 
-__all__ = ["ExtractFacts", "Source", "extract_tree", "member_path"]
+__all__ = ["ExtractFacts", "Source", "SwapJournal", "extract_tree", "member_path"]
+
+PROGRESS_EVERY = 500  # entries moved between two debug events of a swap
+
+
+@dataclass(frozen=True)
+class SwapJournal:
+    """Where a restore journals its staging folder and swap, and how messages name them."""
+
+    storage: LocalStorage  # the repository whose .safehold/journal the next command reads
+    what: str  # "volume app-data", "folder /srv/uploads"
+    source: str  # the archive restored
+    lock: str | None = None  # volume_lock key the resolver takes (the restore held it)
+    purpose: str = "safehold restore"
+
+    def data(self, **more: Any) -> dict[str, Any]:
+        return {"what": self.what, "source": self.source, "lock": self.lock, **more}
 
 
 def extract_tree(
@@ -64,9 +96,11 @@ def extract_tree(
     events: EventSink = null_sink,
     before_swap: Callable[[ExtractFacts], None] | None = None,
     keep_setuid: bool = True,
+    journal_to: SwapJournal | None = None,
 ) -> ExtractFacts:
     """Replace the content of ``target`` with the tar stream (already decompressed).
-    ``keep_setuid=False`` drops the setuid/setgid bits of files (a warning event each)."""
+    ``keep_setuid=False`` drops the setuid/setgid bits of files (a warning event each);
+    ``journal_to``: journal the staging folder and the swap so a kill is undone or finished."""
     target = Path(target)
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise UsageError(f"{target} is not a folder", hint="give the folder to restore into")
@@ -78,8 +112,10 @@ def extract_tree(
     prefix = "." if home == target else f".{target.name}."
     staging = home / f"{prefix}safehold-extract-{token}"
     trash = home / f"{prefix}safehold-old-{token}"
+    entry = _record(journal_to, "staging_folder", path=str(staging), target=str(target))
     os.mkdir(staging, 0o700)
     swapped = False
+    settled = True  # False: a swap left for the next command to settle; keep its folders
     try:
         unpacker = Unpacker(staging, target, keep_setuid=keep_setuid, events=events)
         unpacker.run(Source(stream))
@@ -88,13 +124,22 @@ def extract_tree(
             before_swap(unpacker.facts)
         unpacker.apply_dir_meta()
         if exists:
-            os.mkdir(trash, 0o700)
-            _swap(staging, target, trash, skip={staging.name, trash.name})
+            made, entry = entry, _record(
+                journal_to, "volume_swap", target=str(target), staging=str(staging),
+                aside=str(trash), phase="aside",
+            )  # fmt: skip
+            if journal_to is not None and made is not None:
+                journal.done(journal_to.storage, made)  # the swap's entry covers staging now
+            settled = False
+            _swap(staging, target, trash, journal_to, entry, events)
+            settled = True
         else:
             os.rename(staging, target)
+            fsync_dir(target.parent)
         swapped = True
         unpacker.apply_root_meta(target)
     except OSError as exc:
+        settled = True  # _swap settled the swap (undone) before it let an OSError through
         hint = (
             "the content is restored, but not the folder's own owner, mode or mtime"
             if swapped
@@ -102,9 +147,12 @@ def extract_tree(
         )
         raise RestoreError(f"cannot restore into {target}: {exc.strerror or exc}", hint) from exc
     finally:
-        for scratch in (staging, trash):
-            if not _remove_tree(scratch):
+        if settled:
+            left = [s for s in (staging, trash) if not remove_tree(s)]
+            for scratch in left:
                 events(Event("restore", f"could not remove {scratch}; delete it", "warning"))
+            if journal_to is not None and entry is not None and not left:
+                journal.done(journal_to.storage, entry)
     events(Event("restore", f"restored {unpacker.facts.files} files into {target}"))
     return unpacker.facts
 
@@ -124,26 +172,97 @@ class Source:
             raise damaged(exc) from exc
 
 
-def _swap(staging: Path, target: Path, trash: Path, skip: set[str]) -> None:
-    """Move the target's entries into ``trash`` and the staged ones in; undo on failure."""
-    moved_out: list[str] = []
+def _swap(
+    staging: Path,
+    target: Path,
+    aside: Path,
+    journal_to: SwapJournal | None,
+    entry: journal.Entry | None,
+    events: EventSink,
+) -> None:
+    """Move the target's entries aside and the staged ones in. On an error, undo it (before
+    the mark: OSError) or finish it (after), as the next command would; when that fails too,
+    the journal entry is left for the next command (RestoreError)."""
+    skip = {staging.name, aside.name}
+    forward = False
     moved_in: list[str] = []
+    os.mkdir(aside, 0o700)
     try:
-        for name in os.listdir(target):
-            if name not in skip:
-                os.rename(target / name, trash / name)
-                moved_out.append(name)
-        for name in os.listdir(staging):
-            os.rename(staging / name, target / name)
-            moved_in.append(name)
-    except OSError:
-        for name in moved_in:
-            with contextlib.suppress(OSError):
-                os.rename(target / name, staging / name)
-        for name in moved_out:
-            with contextlib.suppress(OSError):
-                os.rename(trash / name, target / name)
-        raise
+        events(Event("restore", f"swap: moving the current content of {target} aside"))
+        move_entries(target, aside, skip, events)
+        fsync_dir(target)
+        fsync_dir(aside)
+        if journal_to is not None and entry is not None:
+            mark_forward(journal_to.storage, entry)
+            forward = True
+        events(Event("restore", f"swap: moving the restored content into {target}"))
+        move_entries(staging, target, set(), events, moved_in)
+        fsync_dir(target)
+        fsync_dir(staging)
+    except OSError as exc:
+        try:
+            if not forward:
+                roll_back(target, staging, aside, moved_in)
+                raise
+            roll_forward(target, staging, aside)
+        except OSError as again:
+            if again is exc:
+                raise
+            raise RestoreError(
+                f"the restore into {target} stopped half-way: {again.strerror or again}",
+                "the next safehold command undoes or finishes it (it is journalled); "
+                f"until then {target} may hold part of each"
+                if entry is not None
+                else f"the previous content is in {aside}, the new in {staging}",
+            ) from exc
+
+
+def move_entries(
+    source: Path,
+    dest: Path,
+    skip: set[str],
+    events: EventSink = null_sink,
+    moved: list[str] | None = None,
+) -> int:
+    """Rename every entry of ``source`` (but ``skip``) into ``dest``; how many moved."""
+    names = [name for name in os.listdir(source) if name not in skip]
+    for count, name in enumerate(names, 1):
+        os.rename(source / name, dest / name)
+        if moved is not None:
+            moved.append(name)
+        if count % PROGRESS_EVERY == 0:
+            events(Event("restore", f"swap: moved {count} of {len(names)} entries", "debug"))
+    return len(names)
+
+
+def roll_back(target: Path, staging: Path, aside: Path, moved_in: Sequence[str] = ()) -> int:
+    """Put the old content back (and the new, when some of it moved in, back into staging)."""
+    for name in moved_in:
+        os.rename(target / name, staging / name)
+    moved = move_entries(aside, target, set()) if aside.is_dir() else 0
+    fsync_dir(target)
+    return moved
+
+
+def roll_forward(target: Path, staging: Path, aside: Path) -> int:
+    """Move what is still staged into the target: the old content is aside, all of it."""
+    skip = {staging.name, aside.name}
+    moved = move_entries(staging, target, skip) if staging.is_dir() else 0
+    fsync_dir(target)
+    return moved
+
+
+def mark_forward(storage: LocalStorage, entry: journal.Entry) -> None:
+    """The swap's commit point: the old content is all aside (fsynced); from here on the next
+    command finishes the swap instead of undoing it. Written atomically over the entry."""
+    marked = dataclasses.replace(entry, data={**entry.data, "phase": "forward"})
+    storage.put_bytes(marked.key, json.dumps(marked.to_json(), indent=2, sort_keys=True).encode())
+
+
+def _record(journal_to: SwapJournal | None, kind: str, **data: Any) -> journal.Entry | None:
+    if journal_to is None:
+        return None
+    return journal.record(journal_to.storage, kind, journal_to.data(**data), journal_to.purpose)
 
 
 def _scratch_home(target: Path) -> Path:
@@ -153,7 +272,7 @@ def _scratch_home(target: Path) -> Path:
     return parent if same_fs and os.access(parent, os.W_OK | os.X_OK) else target
 
 
-def _remove_tree(path: Path) -> bool:
+def remove_tree(path: Path) -> bool:
     """Remove a scratch folder, also when it holds folders without write permission."""
     if not os.path.lexists(path):
         return True

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -17,16 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from .. import catalog, naming
-from ..crypto import DecryptionKey, age_reader, is_age
-from ..errors import DatabaseError, IntegrityError, RestoreError, SafeholdError, UsageError
+from ..crypto import DecryptionKey
+from ..errors import IntegrityError, RestoreError, SafeholdError, UsageError
 from ..lock import repository_lock
-from ..model import ByteSource, Event, EventSink, null_sink
+from ..model import Event, EventSink, null_sink
 from ..sources import pg_admin
 from ..sources.postgres import PgTarget, connect, count_rows
 from ..storage import LocalStorage
-from . import dump_input
+from . import dump_input, journal
 from . import globals as dump_globals
-from ._pipeline import HashingReader, Progress, check_digest, sha256_of, unlock_key
+from . import recovery_database as leftovers
+from ._pipeline import Progress, unlock_key
+from .restore_input import PURPOSE, is_age_file, is_zstd_file, prove_dump, seekable_dump
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class RestoreOptions:
     lock_timeout: float = 300.0
     decryption: DecryptionKey | None = field(default=None, repr=False)  # for .age backups
     roles: dump_globals.RolesMode = "create"  # the dump's globals: create, skip, only them
+    force: bool = False  # replace the live database with a backup of another database
 
 
 @dataclass(frozen=True)
@@ -127,15 +130,17 @@ def plan_database_restore(
     # A catalogued backup is ours (custom format): its sha256 is checked before it is read.
     ours = source.manifest is not None
     dump = dump_input.DumpInput("custom") if ours else dump_input.identify(source.path)
-    encrypted = _is_age(source.path)
+    encrypted = is_age_file(source.path)
     zstd = dump.compression == "zstd"
     if ours or encrypted:  # the name tells what the content hides (as it always did)
-        zstd = _is_zstd(source.path) or ".sql.zst" in source.name
+        zstd = is_zstd_file(source.path) or ".sql.zst" in source.name
     database = options.target_db or target.dbname
     stamp = naming.stamp(datetime.now(UTC))
     with pg_admin.admin(target) as conn:
         present = pg_admin.exists(conn, database)
-        refused = pg_admin.restore_refusal(conn, database)
+        refused = _other_database(source, database, options) or pg_admin.restore_refusal(
+            conn, database
+        )
     parallel = dump.format in ("custom", "directory")  # pg_restore: tar has no parallel mode
     return RestorePlan(
         source=source,
@@ -151,6 +156,24 @@ def plan_database_restore(
         format=dump.format,
         gzip=dump.compression == "gzip",
         refused=refused,
+    )
+
+
+def _other_database(
+    source: catalog.Resolved, database: str, options: RestoreOptions
+) -> tuple[str, str] | None:
+    """A backup of database A restored over the live B replaces one application's data with
+    another's: refused unless the operator names where it goes or says --force."""
+    named = source.manifest.target if source.manifest is not None else None
+    if not named or named == database or options.target_db or options.force:
+        return None
+    if options.roles == "only":
+        return None  # only roles are created; no database is replaced
+    return (
+        f"{source.name} is a backup of database {named!r}, not of {database!r}: restoring it "
+        f"would replace {database!r} with another database's content",
+        f"--target-db {named} restores it beside the live database; --force replaces "
+        f"{database!r} with it",
     )
 
 
@@ -189,11 +212,15 @@ def _execute(
         return RestoreResult(plan, False, warnings=only[1], roles_created=only[0])
     clock = time.monotonic()
     key = unlock_key(storage, opts.decryption, plan.source.name) if plan.encrypted else None
-    with pg_admin.admin(target) as conn, _seekable_dump(storage, plan, sink, key) as archive:
+    # Names this run's server sessions (ours and pg_restore's): if it is killed, the next run
+    # ends them before it cleans up, so nothing of this run still moves underneath.
+    session = f"safehold-restore-{secrets.token_hex(6)}"
+    with pg_admin.admin(target) as conn, seekable_dump(storage, plan, sink, key) as archive:
+        pg_admin.tag_session(conn, session)
         timings["verify"] = time.monotonic() - clock
         server = conn.info.server_version
         if plan.source.manifest is None:
-            _prove_dump(target, archive, server, plan.source.name)
+            prove_dump(target, archive, server, plan.source.name)
             warnings.append(
                 f"{plan.source.name} has no manifest: it was checked by its content "
                 "(pg_restore --list, or read as SQL) only, not against a checksum"
@@ -205,17 +232,29 @@ def _execute(
             )
         created, warned = dump_globals.apply_roles(conn, plan.roles, target, sink)  # no staging yet
         warnings += warned
-        tables = _restore_into_staging(target, conn, plan, archive, opts, sink, timings)
-        warnings += dump_globals.apply_database(conn, plan.roles, plan.staging, opts.no_owner, sink)
-        clock = time.monotonic()
-        sink(Event("restore", f"swapping {plan.staging!r} in as {plan.database!r}"))
-        try:
+        tables, staged = _restore_into_staging(
+            target, conn, storage, plan, archive, opts, sink, timings, session
+        )
+        closed: list[journal.Entry] = []
+        try:  # a failure from here on drops the staging database too
+            warnings += dump_globals.apply_database(
+                conn, plan.roles, plan.staging, opts.no_owner, sink
+            )
+            clock = time.monotonic()
+            sink(Event("restore", f"swapping {plan.staging!r} in as {plan.database!r}"))
             pg_admin.swap_in(
-                conn, staging=plan.staging, live=plan.database, previous=plan.previous or ""
+                conn,
+                staging=plan.staging,
+                live=plan.database,
+                previous=plan.previous or "",
+                closing=lambda: closed.append(_record_closed(storage, target, plan, session)),
+                reopened=lambda: journal.done(storage, closed.pop()),
             )
         except BaseException:
-            pg_admin.drop(conn, plan.staging)
+            _drop_staging(conn, storage, plan, staged)
             raise
+        journal.done(storage, staged)  # renamed in: the staging name exists no more
+        sink(Event("restore", f"renamed {plan.staging!r} to {plan.database!r}"))
         if plan.previous and plan.drop_previous:
             pg_admin.drop(conn, plan.previous)
         timings["swap"] = time.monotonic() - clock
@@ -231,36 +270,60 @@ def _execute(
 def _restore_into_staging(
     target: PgTarget,
     conn: Any,
+    storage: LocalStorage,
     plan: RestorePlan,
     archive: Path,
     opts: RestoreOptions,
     sink: EventSink,
     timings: dict[str, float],
-) -> dict[str, int]:
-    """Restore and check the staging database; on any failure drop it and say live is intact."""
+    session: str,
+) -> tuple[dict[str, int], journal.Entry]:
+    """Restore and check the staging database; on any failure drop it and say live is intact.
+    The staging database is journalled before it exists: a kill leaves it to the next run."""
     clock = time.monotonic()
     server = conn.info.server_version
-    pg_admin.create_like(conn, plan.staging, plan.database if plan.previous else None)
+    data = leftovers.staging_data(target, plan.database, plan.staging, session)
+    staged = journal.record(storage, leftovers.STAGING_KIND, data, PURPOSE)
+    sink(Event("restore", f"create staging database {plan.staging!r}"))
     try:
+        pg_admin.create_like(conn, plan.staging, plan.database if plan.previous else None)
         if plan.format == "plain":
             sink(Event("restore", f"psql --single-transaction into {plan.staging!r}"))
             progress = Progress(sink, f"restore {plan.database}", archive.stat().st_size)
             chunks = dump_input.sql_chunks(archive, progress)
-            pg_admin.psql_restore(target, plan.staging, chunks, server_version_num=server)
+            pg_admin.psql_restore(
+                target, plan.staging, chunks, server_version_num=server, app_name=session
+            )
         else:
-            progress = _pg_restore(target, plan, archive, opts, sink, server)
+            progress = _pg_restore(target, plan, archive, opts, sink, server, session)
         progress.close()
         timings["pg_restore"] = time.monotonic() - clock
         clock = time.monotonic()
         tables = _check_staging(target, plan)
         timings["check"] = time.monotonic() - clock
     except BaseException as exc:
-        with contextlib.suppress(Exception):
-            pg_admin.drop(conn, plan.staging)
+        _drop_staging(conn, storage, plan, staged)
         if isinstance(exc, SafeholdError):
             exc.message += f"; the database {plan.database!r} was not touched"
         raise
-    return tables
+    return tables, staged
+
+
+def _drop_staging(
+    conn: Any, storage: LocalStorage, plan: RestorePlan, staged: journal.Entry
+) -> None:
+    """Drop the staging database after a failure we saw; crossed out only once it is gone
+    (a drop that fails too leaves the entry: the next run drops it)."""
+    with contextlib.suppress(Exception):
+        pg_admin.drop(conn, plan.staging)
+        journal.done(storage, staged)
+
+
+def _record_closed(
+    storage: LocalStorage, target: PgTarget, plan: RestorePlan, session: str
+) -> journal.Entry:
+    data = leftovers.closed_data(target, plan.database, plan.previous or "", plan.staging, session)
+    return journal.record(storage, leftovers.CLOSED_KIND, data, PURPOSE)
 
 
 def _pg_restore(
@@ -270,6 +333,7 @@ def _pg_restore(
     opts: RestoreOptions,
     sink: EventSink,
     server: int,
+    session: str,
 ) -> Progress:
     total = len(pg_admin.toc_entries(target, archive, server))
     progress = Progress(sink, f"restore {plan.database}", total, unit="items")
@@ -282,6 +346,7 @@ def _pg_restore(
         no_owner=opts.no_owner,
         server_version_num=server,
         on_item=lambda: progress.advance(1),
+        app_name=session,
     )
     return progress
 
@@ -309,91 +374,3 @@ def _maybe_lock(root: Path | None, timeout: float) -> Iterator[None]:
         return
     with repository_lock(root, exclusive=False, timeout=timeout, purpose="safehold restore"):
         yield
-
-
-@contextlib.contextmanager
-def _seekable_dump(
-    storage: LocalStorage, plan: RestorePlan, sink: EventSink, key: DecryptionKey | None = None
-) -> Iterator[Path]:
-    """The verified archive as a seekable file (pg_restore --jobs needs one).
-
-    A plain dump is hashed in place. A zstd or encrypted dump is hashed, decrypted and
-    decompressed in the same pass into a temp file, which is removed afterwards (age
-    authenticates every chunk up to the end of the stream, which this pass reads).
-    """
-    path = plan.source.path
-    manifest = plan.source.manifest
-    size = path.stat().st_size
-    progress = Progress(sink, f"verify {plan.source.name}", size)
-    if not (plan.zstd or plan.gzip or plan.encrypted) or plan.format == "plain":
-        if manifest is not None:  # (a plain SQL dump streams into psql as it is read)
-            with path.open("rb") as fh:
-                digest, got = sha256_of(fh, progress)
-            check_digest(plan.source.name, manifest.sha256, digest, manifest.size, got)
-            progress.close()
-        yield path
-        return
-    scratch = _scratch_dir(storage)
-    fd, temp_name = tempfile.mkstemp(prefix=".restore-", suffix=".dump", dir=scratch)
-    temp = Path(temp_name)
-    try:
-        with path.open("rb") as raw, os.fdopen(fd, "wb") as out:
-            hashed = HashingReader(raw, progress)
-            compression = "zstd" if plan.zstd else "gzip" if plan.gzip else None
-            try:
-                clear: ByteSource = age_reader(hashed, key) if key is not None else hashed
-                plain = dump_input.opened(clear, compression)
-                while chunk := plain.read(1 << 20):
-                    out.write(chunk)
-                if key is not None:
-                    while clear.read(1 << 20):  # to the end: the last chunk's tag too
-                        pass
-            except dump_input.DAMAGED as exc:
-                # Finish hashing first: a checksum mismatch is the more useful message.
-                hashed.drain()
-                if manifest is not None:
-                    check_digest(plan.source.name, manifest.sha256, hashed.hexdigest(),
-                                 manifest.size, hashed.size)  # fmt: skip
-                if isinstance(exc, IntegrityError):
-                    raise
-                raise IntegrityError(
-                    f"{plan.source.name} is not a valid {compression} stream: {exc}",
-                    hint="restore an older backup ('safehold list' shows them)",
-                ) from None
-            if manifest is not None:
-                check_digest(plan.source.name, manifest.sha256, hashed.hexdigest(),
-                             manifest.size, hashed.size)  # fmt: skip
-        progress.close()
-        yield temp
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-
-
-def _scratch_dir(storage: LocalStorage) -> Path:
-    scratch = storage.path(naming.TMP_DIR)
-    try:
-        scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError:
-        return Path(tempfile.gettempdir())
-    return scratch if os.access(scratch, os.W_OK) else Path(tempfile.gettempdir())
-
-
-def _is_age(path: Path) -> bool:
-    return path.is_file() and is_age(dump_input.head(path))
-
-
-def _is_zstd(path: Path) -> bool:
-    return dump_input.head(path, 4) == dump_input.ZSTD_MAGIC
-
-
-def _prove_dump(target: PgTarget, archive: Path, server: int, name: str) -> None:
-    if dump_input.identify(archive).format == "plain":
-        return  # its head was read as SQL when planning; psql checks every statement
-    try:
-        pg_admin.toc_entries(target, archive, server)
-    except DatabaseError as exc:
-        raise IntegrityError(
-            f"{name} is not a readable pg_dump archive ({exc.message})",
-            hint="restore --database takes pg_dump output: custom, tar, directory or plain SQL",
-        ) from None

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import docker
-from docker.models.containers import Container
 
 from .. import _proc
 from ..crypto import EncryptionKey
@@ -31,7 +30,7 @@ from ..sources.postgres import PgTarget, connect
 from ..storage import LocalStorage
 from ._pipeline import Progress, check_digest, sha256_of
 from .docker_volume import Access, restore_volume
-from .engine import start_again, stop_all
+from .engine import Downtime
 from .restore import RestoreOptions, restore_database
 from .system_plan import Step, SystemPlan, folder_of
 from .volume import restore_tree
@@ -108,22 +107,22 @@ def run_system_restore(
     changing = ("roles", "database", "volume", "folder", "post")
     restore_steps = [s for s in plan.steps if s.kind in changing]
     stop_step, start_step = steps.get("stop"), steps.get("start")
-    why = f"restore of set {plan.backup_set.id}"
-    down: list[Container] = []  # stopped so far: started again however the run ends
+    # Stopped so far: journalled, and started again however the run ends.
+    downtime = Downtime(sink, f"restore of set {plan.backup_set.id}", storage)
     try:
         if stop_step is not None:
-            runner.step(stop_step, lambda: stop_all(plan.containers, sink, why, down))
+            runner.step(stop_step, lambda: downtime.stop(list(plan.containers)))
         for step in restore_steps:
             runner.step(step, _action(step, storage, client, database, options, result, sink))
     except BaseException:
         try:
-            start_again(down, sink, why)
+            downtime.start()
         except SafeholdError as restart:
             # Already logged per container; the step's failure is the error to report.
             sink(Event("restore", restart.message, "error"))
         raise
     if start_step is not None:
-        runner.step(start_step, lambda: start_again(down, sink, why))
+        runner.step(start_step, downtime.start)
     for step in plan.steps:
         if step.kind == "connect" and database is not None:
             runner.step(step, lambda: _check_database(database, result))

@@ -5,6 +5,10 @@ the artifact committed before its manifest, then the ``latest`` links. Restore v
 sha256 while it extracts (one pass) and swaps nothing in unless the digest and the counts agree.
 Sources and destinations are pluggable (``TreeSource``, ``Unpack``): a folder here, or a Docker
 volume through the engine API (``docker_volume.py`` chooses).
+
+A restore holds the folder's (or volume's) lock exclusive and a backup holds it shared
+(``lock.volume_lock``), so two restores of one target never interleave and a backup never
+reads a swap half-done; the repository's journal covers the swap itself (``extract.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from .._version import __version__
 from ..compress import SUFFIXES, open_compressor, open_decompressor
 from ..crypto import DecryptionKey, EncryptionKey, age_reader, is_age
 from ..errors import IntegrityError, UsageError
-from ..lock import repository_lock
+from ..lock import folder_key, repository_lock, volume_lock
 from ..model import ByteSink, ByteSource, Event, EventSink, Manifest, null_sink
 from ..sources.tree import TreeFacts, write_tree
 from ..storage import LocalStorage
@@ -38,7 +42,7 @@ from ._pipeline import (
     unlock_key,
 )
 from .engine import check_target_name
-from .extract import ExtractFacts, extract_tree
+from .extract import ExtractFacts, SwapJournal, extract_tree
 
 VOLUME_COMPRESSIONS = ("gzip", "zstd")
 # Docker's own rule for volume names (daemon/names.RestrictedNamePattern).
@@ -69,8 +73,10 @@ def folder_source(root: Path) -> TreeSource:
 Unpack = Callable[[ByteSource, Callable[[ExtractFacts], None]], ExtractFacts]
 
 
-def folder_unpack(target: Path, sink: EventSink) -> Unpack:
-    return lambda stream, check: extract_tree(stream, target, events=sink, before_swap=check)
+def folder_unpack(target: Path, sink: EventSink, journal_to: SwapJournal | None = None) -> Unpack:
+    return lambda stream, check: extract_tree(
+        stream, target, events=sink, before_swap=check, journal_to=journal_to
+    )
 
 
 def volume_artifact(
@@ -94,15 +100,23 @@ def backup_tree(
     root = Path(root)
     if not root.is_dir():
         raise UsageError(f"{root} is not a folder", hint="give the folder to back up")
-    return backup_source(
-        folder_source(root),
-        target_name,
-        storage,
-        compression=compression,
-        lock_timeout=lock_timeout,
-        sink=sink,
-        encryption=encryption,
-    )
+    storage.ensure()
+    with volume_lock(
+        storage.root,
+        folder_key(root),
+        exclusive=False,
+        timeout=lock_timeout,
+        purpose=f"safehold backup of {root}",
+    ):
+        return backup_source(
+            folder_source(root),
+            target_name,
+            storage,
+            compression=compression,
+            lock_timeout=lock_timeout,
+            sink=sink,
+            encryption=encryption,
+        )
 
 
 def backup_source(
@@ -209,9 +223,30 @@ def restore_tree(
     lock_timeout: float = 300.0,
     key: DecryptionKey | None = None,
 ) -> ExtractFacts:
-    """Replace the content of ``target_dir`` with a volume backup, verified on the way."""
-    unpack = folder_unpack(Path(target_dir), sink)
-    return restore_into(storage, ref, unpack, str(target_dir), target_name, sink, lock_timeout, key)
+    """Replace the content of ``target_dir`` with a volume backup, verified on the way; the
+    staging folder and the swap are journalled in ``storage``, the folder's lock held."""
+    target_dir = Path(target_dir)
+    source = catalog.resolve(storage, ref, "volume", target_name)
+    lock = folder_key(target_dir)
+    journal_to = SwapJournal(storage, f"folder {target_dir}", source.name, lock)
+    storage.ensure()
+    with volume_lock(
+        storage.root,
+        lock,
+        exclusive=True,
+        timeout=lock_timeout,
+        purpose=f"safehold restore of {source.name} into {target_dir}",
+    ):
+        return restore_into(
+            storage,
+            str(source.path),
+            folder_unpack(target_dir, sink, journal_to),
+            str(target_dir),
+            target_name,
+            sink,
+            lock_timeout,
+            key,
+        )
 
 
 def restore_into(

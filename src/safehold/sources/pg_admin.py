@@ -1,7 +1,8 @@
 """Database-level work for a safe restore: staging databases, pg_restore, and the swap.
 
 A restore never touches the live database until a fully restored and checked staging database
-is ready; then one transaction renames live -> previous and staging -> live.
+is ready; then one transaction renames live -> previous and staging -> live and opens previous
+to connections again.
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ def pg_restore(
     no_owner: bool,
     server_version_num: int,
     on_item: Callable[[], None] | None = None,
+    app_name: str = "safehold",
 ) -> None:
     tool, _ = require_tool_for(target, "pg_restore", server_version_num)
     argv = [tool, "--no-password", "--exit-on-error", "--verbose", f"--jobs={max(1, jobs)}"]
@@ -198,7 +200,8 @@ def pg_restore(
             seen.add(match[1])
             on_item()
 
-    proc = _proc.spawn(argv, env=target.env(), stdout=None)
+    # Tagged like our own session: a run killed mid-way has its pg_restore ended by the next.
+    proc = _proc.spawn(argv, env=target.env() | {"PGAPPNAME": app_name}, stdout=None)
     tail = _proc.StderrTail(proc.stderr, progress) if proc.stderr else None
     code = proc.wait()
     if code != 0:
@@ -222,6 +225,7 @@ def psql_restore(
     sql_chunks: Iterable[bytes],
     *,
     server_version_num: int,
+    app_name: str = "safehold",
 ) -> None:
     """Run plain SQL in one transaction that stops at the first error.
 
@@ -232,7 +236,8 @@ def psql_restore(
     argv = [tool, "--no-password", "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1"]
     # psql applies --single-transaction only to -c/-f input: "-f -" is stdin as a file.
     argv += ["--single-transaction", "--dbname", dbname, "--file", "-"]
-    proc = _proc.spawn(argv, env=target.env(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    env = target.env() | {"PGAPPNAME": app_name}
+    proc = _proc.spawn(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     tail = _proc.StderrTail(proc.stderr) if proc.stderr else None
     assert proc.stdin is not None
     try:
@@ -275,43 +280,72 @@ def swap_in(
     live: str,
     previous: str,
     session_timeout: float = 15.0,
+    closing: Callable[[], None] = lambda: None,
+    reopened: Callable[[], None] = lambda: None,
 ) -> bool:
     """Make ``staging`` the database called ``live``; keep the old one as ``previous``.
 
-    Returns whether an old database existed. On any failure the live database is as it was.
+    ``live`` is closed to new connections while its sessions end; ``closing`` runs before that
+    (to journal it), ``reopened`` once the old database accepts connections again. The renames
+    and the re-opening of ``previous`` commit in one transaction, so no instant exists where the
+    swap is done and the old database stays closed. Returns whether an old database existed. On
+    any failure the live database is as it was, open again.
     """
     if not exists(conn, live):
-        conn.execute(
-            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                sql.Identifier(staging), sql.Identifier(live)
-            )
-        )
+        conn.execute(_rename(staging, live))
         return False
+    closing()
     _set_connections(conn, live, allowed=False)
     try:
         _end_sessions(conn, live, session_timeout)
         with conn.transaction():
-            conn.execute(
-                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    sql.Identifier(live), sql.Identifier(previous)
-                )
-            )
-            conn.execute(
-                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    sql.Identifier(staging), sql.Identifier(live)
-                )
-            )
+            conn.execute(_rename(live, previous))
+            conn.execute(_rename(staging, live))
+            _set_connections(conn, previous, allowed=True)
     except pgerr.ObjectInUse as exc:
         _set_connections(conn, live, allowed=True)
+        reopened()
         raise TargetInUse(
             f"database {live!r} is still in use: {exc.diag.message_primary}",
             hint="stop the application using it, then run the restore again",
         ) from None
     except BaseException:
         _set_connections(conn, live, allowed=True)
+        reopened()
         raise
-    _set_connections(conn, previous, allowed=True)
+    reopened()
     return True
+
+
+def _rename(old: str, new: str) -> sql.Composed:
+    return sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+        sql.Identifier(old), sql.Identifier(new)
+    )
+
+
+def allow_connections(conn: psycopg.Connection[Any], name: str) -> bool:
+    """Open ``name`` to connections if it exists and is closed; whether it was closed."""
+    query = "SELECT datallowconn FROM pg_database WHERE datname = %s"
+    row = conn.execute(query, (name,)).fetchone()
+    if row is None or row[0]:
+        return False
+    _set_connections(conn, name, allowed=True)
+    return True
+
+
+def tag_session(conn: psycopg.Connection[Any], tag: str) -> None:
+    """Name this session (application_name) so a later run can end it if we are killed."""
+    conn.execute("SELECT set_config('application_name', %s, false)", (tag,))
+
+
+def end_tagged_sessions(conn: psycopg.Connection[Any], tag: str) -> int:
+    """Ask the sessions named ``tag`` to end; how many still ran when asked."""
+    rows = conn.execute(
+        """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+           WHERE application_name = %s AND pid <> pg_backend_pid()""",
+        (tag,),
+    ).fetchall()
+    return len(rows)
 
 
 def _set_connections(conn: psycopg.Connection[Any], name: str, *, allowed: bool) -> None:

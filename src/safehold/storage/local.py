@@ -1,4 +1,9 @@
-"""A repository on local disk: temp file in the same folder, fsync, rename, fsync the folder."""
+"""A repository on local disk: temp file in the same folder, fsync, rename, fsync the folder.
+
+Every resource fault while writing (a full or read-only disk, no permission, a path of the
+wrong type such as a regular file or a dangling link where the folder should be) becomes a
+``StorageError`` naming the path, what was being written and what to do; the temp file is
+removed first, so nothing half-written is left."""
 
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ class LocalWriter:
         try:
             self._fd: int | None = os.open(self._temp, flags, FILE_MODE)
         except OSError as exc:
-            raise _storage_error(exc, final.parent) from exc
+            raise storage_error(exc, final, f"writing {final.name}") from exc
 
     def write(self, data: bytes | memoryview) -> int:
         assert self._fd is not None, "write after commit/abort"
@@ -40,7 +45,7 @@ class LocalWriter:
                 view = view[written:]
         except OSError as exc:
             self.abort()
-            raise _storage_error(exc, self._final.parent) from exc
+            raise storage_error(exc, self._final, f"writing {self._final.name}") from exc
         return total
 
     def commit(self) -> None:
@@ -53,7 +58,7 @@ class LocalWriter:
             fsync_dir(self._final.parent)
         except OSError as exc:
             self.abort()
-            raise _storage_error(exc, self._final.parent) from exc
+            raise storage_error(exc, self._final, f"committing {self._final.name}") from exc
 
     def abort(self) -> None:
         if self._fd is not None:
@@ -85,15 +90,26 @@ class LocalStorage:
 
     def ensure(self) -> None:
         """Create the repository folder (0700) or fail clearly when it cannot be written."""
+        doing = "creating the backup folder"
+        if self.root.is_symlink() and not self.root.exists():
+            raise _wrong_type(self.root, doing)  # mkdir would say only "File exists"
         try:
             self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         except OSError as exc:
-            raise _storage_error(exc, self.root) from exc
+            raise storage_error(exc, self.root, doing) from exc
         if not os.access(self.root, os.W_OK | os.X_OK):
+            if os.statvfs(self.root).f_flag & os.ST_RDONLY:
+                raise storage_error(OSError(errno.EROFS, "read-only"), self.root, "writing")
             raise StorageError(
                 f"backup folder {self.root} is not writable by this user",
                 hint="fix its ownership/permissions or point BACKUP_DIR elsewhere",
             )
+
+    def check_root(self, doing: str = "reading the backups") -> None:
+        """Fail when ``root`` is there but is no folder (a file, a dangling link): a missing
+        folder is an empty repository, a path of the wrong type is a mistake to report."""
+        if (self.root.is_symlink() or self.root.exists()) and not self.root.is_dir():
+            raise _wrong_type(self.root, doing)
 
     def path(self, key: str) -> Path:
         if key.startswith("/") or ".." in key.split("/"):
@@ -105,7 +121,7 @@ class LocalStorage:
         try:
             target.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         except OSError as exc:
-            raise _storage_error(exc, target.parent) from exc
+            raise storage_error(exc, target.parent, f"creating the folder for {key}") from exc
         return target
 
     def open_writer(self, key: str) -> LocalWriter:
@@ -128,15 +144,22 @@ class LocalStorage:
         return self.path(key).exists()
 
     def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self.path(key).unlink()
+        except FileNotFoundError:
+            pass  # idempotent: already gone
+        except OSError as exc:
+            raise storage_error(exc, self.path(key), f"removing {key}") from exc
 
     def list(self, prefix: str = "") -> builtins.list[str]:
         folder = self.path(prefix) if prefix else self.root
         try:
             names = sorted(entry.name for entry in os.scandir(folder) if entry.is_file())
         except FileNotFoundError:
-            return []
+            self.check_root("listing the backups")
+            return []  # nothing written yet (a new host): no backups
+        except OSError as exc:
+            raise storage_error(exc, folder, "listing the backups") from exc
         base = f"{prefix.rstrip('/')}/" if prefix else ""
         return [base + name for name in names]
 
@@ -147,10 +170,15 @@ class LocalStorage:
         """Point ``link_key`` at ``target_key`` with a relative symlink, replaced atomically."""
         link = self.path(link_key)
         temp = link.with_name(f".{link.name}{PARTIAL_MARK}{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-        os.symlink(os.path.relpath(self.path(target_key), link.parent), temp)
-        os.replace(temp, link)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+            os.symlink(os.path.relpath(self.path(target_key), link.parent), temp)
+            os.replace(temp, link)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise storage_error(exc, link, f"pointing {link_key} at {target_key}") from exc
 
     def remove_stale_partials(self) -> builtins.list[str]:
         """Remove temp files left by processes that no longer run (a kill -9 mid-backup)."""
@@ -174,15 +202,49 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _storage_error(exc: OSError, where: Path) -> StorageError:
+def storage_error(exc: OSError, where: Path, doing: str) -> StorageError:
+    """The one mapping of an ``OSError`` at ``where`` (while ``doing``: what was being written)
+    to an error an operator can act on."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFull(
-            f"no space left on the device holding {where}",
+            f"no space left on the device holding {where} ({doing})",
             hint="free space or move BACKUP_DIR to a larger disk; the partial file was removed",
         )
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno == errno.EROFS:
         return StorageError(
-            f"cannot write to {where}: {exc.strerror}",
+            f"{where} is on a read-only file system ({doing})",
+            hint="remount it read-write, or point BACKUP_DIR at a writable folder",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StorageError(
+            f"permission denied at {where} ({doing})",
             hint="fix its ownership/permissions or point BACKUP_DIR elsewhere",
         )
-    return StorageError(f"storage error at {where}: {exc.strerror or exc}")
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENOENT):
+        return _wrong_type(where, doing)
+    return StorageError(
+        f"cannot write {where} ({doing}): {exc.strerror or exc}",
+        hint="check the disk and the folder (dmesg, df); the partial file was removed",
+    )
+
+
+def _wrong_type(where: Path, doing: str) -> StorageError:
+    """A path component that is not the folder it must be: named, with what it is instead."""
+    for part in [*reversed(where.parents), where]:
+        if part.is_symlink() and not part.exists():
+            what = f"a symbolic link to {os.readlink(part)}, which does not exist"
+        elif part.exists() and not part.is_dir():
+            what = "a regular file" if part.is_file() else "not a folder"
+        else:
+            continue
+        return StorageError(
+            f"{part} is {what}, where a folder is needed ({doing})",
+            hint="create the folder it points to, or point BACKUP_DIR at a folder"
+            if part.is_symlink()
+            else "move that file away, or point BACKUP_DIR at a folder",
+        )
+    kind = "a folder" if where.is_dir() else "missing"
+    return StorageError(
+        f"{where} is {kind} ({doing})",
+        hint="move it out of the way, or point BACKUP_DIR at another folder",
+    )
