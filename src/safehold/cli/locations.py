@@ -245,8 +245,13 @@ def fetch_set(
     rt.sink_info(
         f"fetching set {backup_set.id} ({len(backup_set.members)} members) from location {source}"
     )
+    fetched: set[str] = set()
     for member in backup_set.members:
+        if member in fetched:
+            continue  # it came as an earlier member's companion (a dump's globals)
         fetch(storage, [location], member, rt.sink, force=True)
+        fetched.add(member)
+        fetched.update(catalog.companions(catalog.read_manifest(storage, member)))
     catalog.write_set(storage, backup_set)
     return backup_set.id
 
