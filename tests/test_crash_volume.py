@@ -41,8 +41,8 @@ Tree = dict[str, tuple[object, ...]]
 
 
 def tree(root: Path) -> Tree:
-    """Relative path -> (type, mode, owner, group, bytes or link target, mtime of non-folders).
-    The root's own mtime is left out: every rename into it changes it."""
+    """Relative path -> (type, mode, owner, group, bytes or link target, mtime of non-folders);
+    the root's own mode, owner, group and mtime."""
     found: Tree = {}
     for folder, dirs, files in os.walk(root):
         for name in [*dirs, *files]:
@@ -59,7 +59,9 @@ def tree(root: Path) -> Tree:
                 kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, body, mtime,
             )  # fmt: skip
     root_st = root.stat()
-    found["."] = (stat.S_IMODE(root_st.st_mode), root_st.st_uid, root_st.st_gid)
+    found["."] = (
+        stat.S_IMODE(root_st.st_mode), root_st.st_uid, root_st.st_gid, root_st.st_mtime_ns,
+    )  # fmt: skip
     return found
 
 
@@ -86,6 +88,11 @@ def fill(root: Path, flavour: str) -> None:
     for folder, _dirs, files in os.walk(root):
         for name in files:
             os.utime(Path(folder) / name, (1_600_000_000, 1_600_000_000), follow_symlinks=False)
+    # The folder's own meta differs by flavour: a finished swap must set the archive's, a
+    # rolled-back one put the old back (the renames change its mtime).
+    os.chmod(root, 0o750 if flavour == "new" else 0o755)
+    stamp = {"old": 1_500_000_000, "new": 1_500_000_100}.get(flavour, 1_500_000_200)
+    os.utime(root, (stamp, stamp))
 
 
 def leftovers(root: Path) -> list[str]:

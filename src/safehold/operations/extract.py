@@ -58,6 +58,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,8 @@ def extract_tree(
         if exists:
             made, entry = entry, _record(
                 journal_to, "volume_swap", target=str(target), staging=str(staging),
-                aside=str(trash), phase="aside",
+                aside=str(trash), phase="aside", root=unpacker.root_meta(),
+                before=folder_meta(target),
             )  # fmt: skip
             if journal_to is not None and made is not None:
                 journal.done(journal_to.storage, made)  # the swap's entry covers staging now
@@ -257,6 +259,18 @@ def mark_forward(storage: LocalStorage, entry: journal.Entry) -> None:
     command finishes the swap instead of undoing it. Written atomically over the entry."""
     marked = dataclasses.replace(entry, data={**entry.data, "phase": "forward"})
     storage.put_bytes(marked.key, json.dumps(marked.to_json(), indent=2, sort_keys=True).encode())
+
+
+def folder_meta(path: Path) -> dict[str, int]:
+    """A folder's own owner, mode and mtime: what a rolled-back swap puts back (its renames
+    change the folder's mtime)."""
+    st = os.stat(path)
+    return {
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "mode": stat.S_IMODE(st.st_mode),
+        "mtime_ns": st.st_mtime_ns,
+    }
 
 
 def _record(journal_to: SwapJournal | None, kind: str, **data: Any) -> journal.Entry | None:

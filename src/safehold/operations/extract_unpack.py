@@ -292,16 +292,33 @@ class Unpacker:
         if self._root_meta is not None:
             self._set_meta(target, self._root_meta)
 
+    def root_meta(self) -> dict[str, int] | None:
+        """The archive root's owner, mode and mtime, for the swap's journal entry: a swap
+        finished by the next command must leave the folder as this run would have."""
+        if self._root_meta is None:
+            return None
+        member = self._root_meta.info
+        return {
+            "uid": member.uid,
+            "gid": member.gid,
+            "mode": member.mode & 0o7777,
+            "mtime_ns": self._root_meta.mtime_ns,
+        }
+
     def _set_meta(self, path: Path, entry: Entry) -> None:
-        # A folder's setgid bit is kept: it only makes new entries inherit the group.
         member = entry.info
-        if self._owners:
-            os.chown(path, member.uid, member.gid, follow_symlinks=False)
-        os.chmod(path, member.mode & 0o7777)
-        os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
+        set_meta(path, member.uid, member.gid, member.mode, entry.mtime_ns, owners=self._owners)
 
     def _refuse(self, member: tarfile.TarInfo, why: str) -> IntegrityError:
         return refused(self._target, member.name, why)
+
+
+def set_meta(path: Path, uid: int, gid: int, mode: int, mtime_ns: int, *, owners: bool) -> None:
+    # A folder's setgid bit is kept: it only makes new entries inherit the group.
+    if owners:
+        os.chown(path, uid, gid, follow_symlinks=False)
+    os.chmod(path, mode & 0o7777)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
 def refused(target: Path, name: str, why: str) -> IntegrityError:

@@ -5,7 +5,9 @@ target, so it is removed. ``volume_swap``: the target's entries were being excha
 staged ones (:func:`.extract.extract_tree`). Before the entry's mark (``phase: aside``) only
 old entries had moved, into the aside folder: they go back, and the restore is undone. After
 it (``phase: forward``) every old entry was aside (fsynced before the mark was written): the
-staged entries still waiting move in, and the restore is finished. Either way the staging and
+staged entries still waiting move in, the folder gets the archive root's owner, mode and
+mtime (recorded in the entry), and the restore is finished; rolled back, the folder gets its
+own owner, mode and mtime back. Either way the staging and
 aside folders are then removed, and the message says which it was.
 
 Each resolver holds the volume's lock (exclusive) while it works, so a run starting meanwhile
@@ -15,6 +17,7 @@ Each resolver holds the volume's lock (exclusive) while it works, so a run start
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from ..errors import LockBusy, SafeholdError
 from ..lock import volume_lock
 from . import journal
 from .extract import remove_tree, roll_back, roll_forward
+from .extract_unpack import set_meta
 
 # The writer is dead: only another recovering command could hold the lock; it will be brief.
 LOCK_WAIT_S = 10.0
@@ -53,9 +57,11 @@ def settle_swap(entry: journal.Entry, context: journal.Context) -> str:
             try:
                 if forward:
                     moved = roll_forward(target, staging, aside)
+                    _root_meta(target, entry.data.get("root"))
                     done = f"was finished ({moved} entries still to move were moved in)"
                 else:
                     moved = roll_back(target, staging, aside)
+                    _root_meta(target, entry.data.get("before"))
                     done = f"was rolled back ({moved} entries moved back)"
             except OSError as exc:
                 raise SafeholdError(
@@ -65,6 +71,17 @@ def settle_swap(entry: journal.Entry, context: journal.Context) -> str:
         if left:
             raise SafeholdError(f"the restore of {target} was settled but {left} remain")
     return f"{_what(entry)}: the interrupted restore of {_source(entry)} {done}"
+
+
+def _root_meta(target: Path, meta: dict[str, int] | None) -> None:
+    """The folder's own owner, mode and mtime: the archive's when finished, as the killed run
+    would have set them last; its own from before when rolled back (owners only as root, like
+    the extraction)."""
+    if meta:
+        set_meta(
+            target, meta["uid"], meta["gid"], meta["mode"], meta["mtime_ns"],
+            owners=os.geteuid() == 0,
+        )  # fmt: skip
 
 
 @contextlib.contextmanager
