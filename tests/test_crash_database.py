@@ -26,7 +26,7 @@ from safehold.errors import StorageFull
 from safehold.operations import journal
 from safehold.operations.backup import BackupOptions, backup_database
 from safehold.operations.doctor import DoctorSetup, run_checks
-from safehold.operations.recovery_database import CLOSED_KIND, STAGING_KIND
+from safehold.operations.recovery_database import CLOSED_KIND, PREVIOUS_KIND, STAGING_KIND
 from safehold.sandbox import SandboxCluster
 from safehold.sources.postgres import PgTarget, connect
 from safehold.storage import LocalStorage
@@ -34,7 +34,7 @@ from safehold.storage import LocalStorage
 from .conftest import Fingerprint, execute, fingerprint, seed_env
 from .test_journal import as_written_by, dead_pid
 
-STEPS = ("create staging database", "pg_restore --jobs", "swapping", "renamed")
+STEPS = ("create staging database", "pg_restore --jobs", "swapping", "renamed", "dropping the")
 
 
 def message(line: str) -> str:
@@ -108,6 +108,8 @@ def settle(db: PgTarget, repo: LocalStorage, old: Fingerprint, new: Fingerprint)
     said = [message(line) for line in err.splitlines() if "interrupted" in line]
     assert all(state is True for state in server_state(db).values()), server_state(db)
     assert not [n for n in server_state(db) if "_safehold_staging_" in n]
+    # Asked with --drop-previous: the old database renamed aside by a committed swap is gone.
+    assert not [n for n in server_state(db) if "_pre_restore_" in n], server_state(db)
     assert journal.entries(repo) == []
     assert temp_files(repo) == []
     now = fingerprint(db)
@@ -116,6 +118,8 @@ def settle(db: PgTarget, repo: LocalStorage, old: Fingerprint, new: Fingerprint)
         assert any("the staging database" in s for s in said), said
     if CLOSED_KIND in pending:
         assert any("connections" in s and db.dbname in s for s in said), said
+    if PREVIOUS_KIND in pending:
+        assert any("the previous database" in s for s in said), said
     if not pending:
         assert said == []
     return "new" if now == new else "old"
@@ -194,6 +198,28 @@ def test_the_next_run_reopens_a_closed_database_and_drops_staging(
     assert f"allowed connections again on '{previous}'" in err and "had committed" in err, err
     assert server_state(db) == {db.dbname: True, previous: True}
     assert fingerprint(db, previous) == old
+
+
+def test_the_next_run_drops_the_previous_database_a_killed_drop_previous_left(
+    db: PgTarget, repo: LocalStorage
+) -> None:
+    """Killed after the swap committed, before --drop-previous dropped the old database: the
+    next run drops it as asked, and leaves the restored live database alone."""
+    live = fingerprint(db)
+    previous = f"{db.dbname}_pre_restore_x"
+    execute(db, f"CREATE DATABASE {previous} TEMPLATE {db.dbname}", "postgres")
+    pid, started = dead_pid()
+    data = {"host": db.host, "port": db.port, "live": db.dbname, "previous": previous,
+            "session": "safehold-restore-gone"}  # fmt: skip
+    entry = journal.record(repo, PREVIOUS_KIND, data, "safehold restore")
+    as_written_by(repo, entry, pid=pid, started=started)
+
+    _out, err = cli(db, repo, "list").communicate(timeout=120)
+
+    assert f"dropped the previous database '{previous}'" in err, err
+    assert server_state(db) == {db.dbname: True}
+    assert fingerprint(db) == live
+    assert journal.entries(repo) == []
 
 
 def test_doctor_says_what_the_next_run_will_do(db: PgTarget, repo: LocalStorage) -> None:

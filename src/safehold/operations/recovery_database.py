@@ -9,6 +9,9 @@ A restore records three kinds of entry before it makes the thing they name:
   rename and the re-opening commit together, so an interrupted swap leaves either the old
   database closed under its own name or nothing closed; either way connections are allowed on
   both names again (idempotent).
+- ``previous_database``: with ``--drop-previous``, the old database renamed aside by the swap,
+  to be dropped after it. Interrupted, it is dropped if it exists (only a committed swap makes
+  the name, with its time stamp; the restore had been asked to drop it).
 - ``restore_temp``: the decompressed dump pg_restore reads; removed.
 
 Before touching a database, the dead run's own server sessions (tagged by application_name)
@@ -35,6 +38,7 @@ from .restore_input import TEMP_KIND, is_temp_name
 
 STAGING_KIND = "staging_database"
 CLOSED_KIND = "closed_database"
+PREVIOUS_KIND = "previous_database"
 SESSION_WAIT_S = 30.0
 
 
@@ -57,6 +61,16 @@ def closed_data(
         "live": live,
         "previous": previous,
         "staging": staging,
+        "session": session,
+    }
+
+
+def previous_data(target: PgTarget, live: str, previous: str, session: str) -> dict[str, Any]:
+    return {
+        "host": target.host,
+        "port": target.port,
+        "live": live,
+        "previous": previous,
         "session": session,
     }
 
@@ -89,6 +103,24 @@ def reopen(entry: journal.Entry, context: journal.Context) -> str:
     return f"connections were allowed already ({state})"
 
 
+@journal.resolver(PREVIOUS_KIND)
+def drop_previous(entry: journal.Entry, context: journal.Context) -> str:
+    live, previous = str(entry.data["live"]), str(entry.data["previous"])
+    with pg_admin.admin(_server(entry, context)) as conn:
+        _end_dead_sessions(conn, entry)
+        if not pg_admin.exists(conn, previous):
+            # Its DROP, still running on the server when the run was killed, may have ended it.
+            return (
+                f"nothing to drop: the previous database {previous!r} is gone (the swap had not "
+                "committed, or the interrupted run's DROP finished on the server)"
+            )
+        pg_admin.drop(conn, previous)
+    return (
+        f"{live!r} had been restored; dropped the previous database {previous!r} "
+        "as it asked (--drop-previous)"
+    )
+
+
 @journal.resolver(TEMP_KIND)
 def remove_temp(entry: journal.Entry, _context: journal.Context) -> str:
     path = Path(str(entry.data["path"]))
@@ -113,6 +145,10 @@ def next_run(entry: journal.Entry) -> str | None:
         CLOSED_KIND: lambda d: (
             f"allow connections again on {d['live']!r} and {d['previous']!r} "
             f"on {d['host']}:{d['port']} (whichever exist)"
+        ),
+        PREVIOUS_KIND: lambda d: (
+            f"drop {d['previous']!r} on {d['host']}:{d['port']} if the swap committed "
+            "(--drop-previous)"
         ),
         TEMP_KIND: lambda d: f"remove the temporary file {d['path']}",
     }

@@ -236,6 +236,9 @@ def _execute(
             target, conn, storage, plan, archive, opts, sink, timings, session
         )
         closed: list[journal.Entry] = []
+        # Recorded before the swap makes the previous name: a kill before the drop leaves it
+        # to the next run, which drops it as asked (it exists only if the swap committed).
+        dropping = _record_drop(storage, target, plan, session) if plan.drop_previous else None
         try:  # a failure from here on drops the staging database too
             warnings += dump_globals.apply_database(
                 conn, plan.roles, plan.staging, opts.no_owner, sink
@@ -252,11 +255,15 @@ def _execute(
             )
         except BaseException:
             _drop_staging(conn, storage, plan, staged)
+            if dropping is not None:
+                journal.done(storage, dropping)
             raise
         journal.done(storage, staged)  # renamed in: the staging name exists no more
         sink(Event("restore", f"renamed {plan.staging!r} to {plan.database!r}"))
-        if plan.previous and plan.drop_previous:
+        if plan.previous and dropping is not None:
+            sink(Event("restore", f"dropping the previous database {plan.previous!r}"))
             pg_admin.drop(conn, plan.previous)
+            journal.done(storage, dropping)
         timings["swap"] = time.monotonic() - clock
     kept = (
         f"; the previous database is kept as {plan.previous!r}"
@@ -317,6 +324,15 @@ def _drop_staging(
     with contextlib.suppress(Exception):
         pg_admin.drop(conn, plan.staging)
         journal.done(storage, staged)
+
+
+def _record_drop(
+    storage: LocalStorage, target: PgTarget, plan: RestorePlan, session: str
+) -> journal.Entry | None:
+    if not plan.previous:
+        return None
+    data = leftovers.previous_data(target, plan.database, plan.previous, session)
+    return journal.record(storage, leftovers.PREVIOUS_KIND, data, PURPOSE)
 
 
 def _record_closed(
