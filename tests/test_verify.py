@@ -245,7 +245,7 @@ def test_unreadable_or_misplaced_manifest_fails(copy: Copy) -> None:
     result = check(storage, name, "quick")
     assert result.outcome == "failed"
     assert result.error == (
-        f"the manifest of {name} does not belong to it (it names db_backup_20200101_000000.sql.zst)"
+        f"backup {name} is damaged: its manifest names db_backup_20200101_000000.sql.zst"
     )
 
 

@@ -316,19 +316,6 @@ def pg_restore_tool(bin_dir: Path | None, manifest: Manifest | None) -> str:
     return tool
 
 
-def check_manifest(name: str, kind: Kind, manifest: Manifest) -> None:
-    wrong = []
-    if manifest.artifact != name:
-        wrong.append(f"it names {manifest.artifact}")
-    if manifest.kind != kind:
-        wrong.append(f"it says {manifest.kind}, the name says {kind}")
-    if wrong:
-        raise IntegrityError(
-            f"the manifest of {name} does not belong to it ({'; '.join(wrong)})",
-            hint=f"{DAMAGED_HINT}; the manifest was edited or copied from another backup",
-        )
-
-
 def compression_of(path: Path, kind: Kind, manifest: Manifest | None) -> str:
     """The manifest's word for it, or what the first bytes say for a file without one."""
     if manifest is not None:

@@ -34,7 +34,6 @@ from ..storage import LocalStorage
 from ._pipeline import HashingReader, Progress, check_digest, unlock_key
 from ._verify_content import (
     DumpContent,
-    check_manifest,
     compare_content,
     compression_of,
     describe,
@@ -301,8 +300,10 @@ def _check(
             hint=f"{OLDER_HINT}; the manifest was damaged or edited (the file may be good, "
             "but nothing is left to check it against)",
         )
-    if manifest is not None:
-        check_manifest(name, entry.kind, manifest)
+    # The one identity rule every reader applies (names, kind, target); size and sha256 are
+    # checked below with what the file holds, in verify's own words.
+    if manifest is not None and (problem := catalog.identity_problem(name, manifest)):
+        raise catalog.identity_error(name, problem)
     if not entry.present:
         raise IntegrityError(
             f"backup {name} is missing: its manifest is in the repository but the file is not",
