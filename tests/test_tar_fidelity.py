@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from safehold.errors import ConfigError, IntegrityError, RestoreError
+from safehold.errors import ConfigError, IntegrityError, StorageFull
 from safehold.model import Event
 from safehold.operations.extract import extract_tree
 from safehold.sinks.log import LogSink
@@ -307,12 +307,51 @@ def test_archive_bigger_than_the_disk_is_refused(
     (target / "current").write_bytes(b"live data")
     before = snapshot(target)
     archive = gzipped_tar(tmp_path, sizes)
-    with gzip.open(archive, "rb") as stream, pytest.raises(RestoreError) as caught:
+    with gzip.open(archive, "rb") as stream, pytest.raises(StorageFull) as caught:
         extract_tree(stream, target)
     assert "only" in caught.value.message and "are free" in caught.value.message
     assert snapshot(target) == before
     assert os.listdir(small_fs) == ["volume"]  # no staging folder left
     assert shutil.disk_usage(small_fs).used < MiB
+
+
+def test_a_manifest_byte_count_bigger_than_the_free_space_is_refused_before_any_write(
+    small_fs: Path, tmp_path: Path
+) -> None:
+    """Each member would fit on its own (1 MiB each on an 8 MiB disk); the manifest's total
+    says the whole cannot, so nothing is unpacked at all."""
+    target = small_fs / "volume"
+    target.mkdir()
+    (target / "current").write_bytes(b"live data")
+    before = snapshot(target)
+    archive = gzipped_tar(tmp_path, {f"f{n}": MiB for n in range(12)})
+    written: list[str] = []
+    with gzip.open(archive, "rb") as stream, pytest.raises(StorageFull) as caught:
+        extract_tree(
+            stream, target, expected_bytes=12 * MiB, events=lambda e: written.append(e.message)
+        )
+    assert f"holds {12 * MiB} bytes of file data (its manifest)" in caught.value.message
+    assert snapshot(target) == before
+    assert os.listdir(small_fs) == ["volume"]
+    assert shutil.disk_usage(small_fs).used < MiB
+
+
+def test_an_archive_holding_more_than_its_manifest_records_is_refused_at_that_member(
+    tmp_path: Path,
+) -> None:
+    """A manifest edited to a smaller count, or an archive swapped for a bigger one: the member
+    that crosses the count is refused, not unpacked to the end and caught after."""
+    target = tmp_path / "volume"
+    target.mkdir()
+    (target / "current").write_bytes(b"live data")
+    before = snapshot(target)
+    archive = gzipped_tar(tmp_path, {"a": 3 * MiB, "b": 3 * MiB, "c": 3 * MiB})
+    with gzip.open(archive, "rb") as stream, pytest.raises(IntegrityError) as caught:
+        extract_tree(stream, target, expected_bytes=5 * MiB)
+    assert f"past the {5 * MiB} bytes of file data its manifest records" in caught.value.message
+    assert "./b" in caught.value.message or "./c" in caught.value.message
+    assert snapshot(target) == before
+    assert sorted(os.listdir(tmp_path)) == ["bomb-src", "bomb.tar.gz", "volume"]  # no staging
 
 
 def test_sparse_member_bigger_than_the_disk_fits(small_fs: Path, tmp_path: Path) -> None:

@@ -98,10 +98,13 @@ def extract_tree(
     before_swap: Callable[[ExtractFacts], None] | None = None,
     keep_setuid: bool = True,
     journal_to: SwapJournal | None = None,
+    expected_bytes: int | None = None,
 ) -> ExtractFacts:
     """Replace the content of ``target`` with the tar stream (already decompressed).
     ``keep_setuid=False`` drops the setuid/setgid bits of files (a warning event each);
-    ``journal_to``: journal the staging folder and the swap so a kill is undone or finished."""
+    ``journal_to``: journal the staging folder and the swap so a kill is undone or finished;
+    ``expected_bytes``: the manifest's byte count, checked against free space first and never
+    exceeded."""
     target = Path(target)
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise UsageError(f"{target} is not a folder", hint="give the folder to restore into")
@@ -118,7 +121,9 @@ def extract_tree(
     swapped = False
     settled = True  # False: a swap left for the next command to settle; keep its folders
     try:
-        unpacker = Unpacker(staging, target, keep_setuid=keep_setuid, events=events)
+        unpacker = Unpacker(
+            staging, target, keep_setuid=keep_setuid, events=events, expected_bytes=expected_bytes
+        )
         unpacker.run(Source(stream))
         unpacker.check_symlinks()
         if before_swap is not None:

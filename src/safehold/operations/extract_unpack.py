@@ -6,7 +6,9 @@ offsets and the file then cut to its size, so holes stay holes (as GNU tar leave
 Before a file's data is written, the bytes it will take are checked against the free space
 of the staging folder's filesystem, so an archive that would fill the disk (a decompression
 bomb, or a backup too big for it) is refused before it does; the bytes written never exceed
-the sizes the headers declared.
+the sizes the headers declared. With the manifest's byte count (``expected_bytes``) the whole
+is checked against the free space before the first member, and an archive whose members add
+up to more than the manifest records is refused at the member that crosses it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import IntegrityError, RestoreError
+from ..errors import IntegrityError, StorageFull
 from ..model import ByteSource, Event, EventSink
 from .extract_headers import Entry, entries
 
@@ -81,9 +83,16 @@ class Exact:
 
 class Unpacker:
     def __init__(
-        self, staging: Path, target: Path, *, keep_setuid: bool, events: EventSink
+        self,
+        staging: Path,
+        target: Path,
+        *,
+        keep_setuid: bool,
+        events: EventSink,
+        expected_bytes: int | None = None,
     ) -> None:
         self._staging = staging
+        self._expected = expected_bytes
         self._target = target
         self._keep_setuid = keep_setuid
         self._events = events
@@ -95,6 +104,8 @@ class Unpacker:
         self.facts = ExtractFacts()
 
     def run(self, source: ByteSource) -> None:
+        if self._expected is not None:
+            self._check_room(self._expected)
         reader = Exact(source)
         for entry in entries(reader.take, lambda what: damaged(ValueError(what))):
             self._add(reader, entry)
@@ -181,6 +192,13 @@ class Unpacker:
 
     def _write_file(self, reader: Exact, entry: Entry, dest: Path) -> None:
         member = entry.info
+        if self._expected is not None and self.facts.bytes + member.size > self._expected:
+            raise IntegrityError(
+                f"refusing to restore into {self._target}: archive member {member.name!r} "
+                f"takes it past the {self._expected} bytes of file data its manifest records",
+                hint="the backup was replaced or damaged (or is a decompression bomb): restore "
+                "another one ('safehold list' shows them); the folder was left as it was",
+            )
         self._reserve(entry.stored, member)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(dest, flags, 0o600)
@@ -215,13 +233,26 @@ class Unpacker:
         self._room = fs.f_bavail * fs.f_frsize
         need = size + -size % fs.f_frsize if fs.f_frsize else size
         if need > self._room:
-            raise RestoreError(
+            raise StorageFull(
                 f"cannot restore into {self._target}: archive member {member.name!r} needs "
                 f"{need} bytes and only {self._room} are free on its filesystem",
                 hint="free space there (or the archive is a decompression bomb); the folder "
                 "was left as it was",
             )
         self._room -= need
+
+    def _check_room(self, expected: int) -> None:
+        """Before anything is written: the manifest's byte count must fit beside the content
+        it replaces (the swap needs both at once)."""
+        fs = os.statvfs(self._staging)
+        free = fs.f_bavail * fs.f_frsize
+        if expected > free:
+            raise StorageFull(
+                f"cannot restore into {self._target}: the backup holds {expected} bytes of file "
+                f"data (its manifest) and only {free} are free on its filesystem",
+                hint="free space there; the folder was left as it was (the restore needs room "
+                "for the old and the new content at once, until the swap)",
+            )
 
     def _file_mode(self, member: tarfile.TarInfo) -> int:
         mode = member.mode & 0o7777
