@@ -18,6 +18,7 @@ RECOVERING = frozenset(
 # The modules that register a journal resolver (imported only when there is something to do).
 RESOLVER_MODULES: tuple[str, ...] = (
     "safehold.operations.recovery_volume",
+    "safehold.operations.recovery_volume_api",
     "safehold.operations.recovery_containers",
     "safehold.operations.recovery_database",
 )

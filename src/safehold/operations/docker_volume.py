@@ -5,9 +5,9 @@ one: ``direct`` or ``api``; ``auto`` picks.
 
 A restore holds the volume's lock (``lock.volume_lock``) exclusive from before its safety
 backup to after the swap, a backup holds it shared: a second restore of the volume, or a
-backup of it, waits (up to the lock timeout) instead of interleaving. On the direct path the
-swap is journalled in the repository, so a killed restore is undone or finished by the next
-command (``recovery_volume.py``).
+backup of it, waits (up to the lock timeout) instead of interleaving. On both paths the swap
+is journalled in the repository, so a killed restore is undone or finished by the next command
+(``recovery_volume.py``, ``recovery_volume_api.py``).
 """
 
 from __future__ import annotations
@@ -68,8 +68,7 @@ def volume_unpack(
     keep_setuid: bool,
     journal_to: SwapJournal | None = None,
 ) -> tuple[Unpack, str]:
-    """``journal_to``: journal the swap in a repository (the direct path; the API path swaps
-    inside its helper container)."""
+    """``journal_to``: journal the swap in a repository, on either path."""
     root = _folder(client, name, access)
     if root is not None:
         return (
@@ -85,7 +84,13 @@ def volume_unpack(
         )
     return (
         lambda stream, check: replace_volume_content(
-            client, name, stream, events=sink, before_swap=check, keep_setuid=keep_setuid
+            client,
+            name,
+            stream,
+            events=sink,
+            before_swap=check,
+            keep_setuid=keep_setuid,
+            journal_to=journal_to,
         ),
         f"Docker volume {name} (engine API)",
     )

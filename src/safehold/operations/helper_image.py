@@ -12,11 +12,14 @@ image from a tar without any registry; that works for a remote engine too. Two a
 Each image records the sha256 of its rootfs in a label, so an unchanged rootfs is reused and a
 changed one replaces the image. Docker's own exceptions pass through: callers decide how to
 report them. Helper containers carry the label org.safehold.helper=true and are removed when
-the block that uses them ends, however it ends.
+the block that uses them ends, however it ends short of a kill (a killed swap's helpers are
+removed by the next command's recovery).
 
-A volume is restored by unpacking an archive into a hidden staging folder inside it (names
-under ``v/.safehold-stage-TOKEN/``), then starting the busybox helper to swap the volume's
-entries for the staged ones by renames, which it undoes if one fails.
+A volume is restored through these helpers by :mod:`.helper_swap`: the archive is unpacked into
+a hidden staging folder inside the volume, then the busybox helper swaps the volume's entries
+for the staged ones by renames. That swap is journalled in the repository and marks its commit
+point inside the volume, so a kill of safehold, the helper or the engine is undone or finished
+by the next command (:mod:`.recovery_volume_api`).
 """
 
 from __future__ import annotations
@@ -24,10 +27,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import math
 import secrets
 import tarfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import docker
@@ -40,7 +42,7 @@ from docker.types import Mount
 from docker.utils import parse_repository_tag
 
 from .. import _proc
-from ..errors import RestoreError, ToolError
+from ..errors import ToolError
 from ..model import Event, EventSink
 
 BUSYBOX = Path("/bin/busybox")
@@ -55,101 +57,8 @@ FOLDERS = ("bin", "dev", "etc", "proc", "root", "sbin", "sys", "usr", "usr/bin",
 ACCOUNTS = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
 HELPER_LABEL = "org.safehold.helper"
-MOUNT = "/v"  # where a helper mounts its volume (the swap script says /v too)
+MOUNT = "/v"  # where a helper mounts its volume (the swap scripts say /v too)
 DOCKER_ERRORS = (docker.errors.DockerException, requests.RequestException)
-STAGE = ".safehold-stage-"  # + token: the staging folder inside the volume
-GO_MARKER = "safehold-go"  # in the helper's rootfs: the staged content is complete
-
-# $1 token; $2..$5 the archive root's uid, gid, octal mode, mtime (all empty: it has none).
-# Exit 3: no go marker, so only the staging folder went; 1: the swap failed and was undone;
-# 2: swapped, but the root's owner/mode/mtime were not set; 4: swapped, old content left over.
-SWAP_SCRIPT = r"""
-cd /v || exit 1
-S=".safehold-stage-$1" O=".safehold-old-$1"
-if [ ! -e /safehold-go ]; then rm -rf -- "$S"; exit 3; fi
-move() {
-  for e in "$1"/* "$1"/.[!.]* "$1"/..?*; do
-    [ -e "$e" ] || [ -L "$e" ] || continue
-    n=${e##*/}
-    if [ "$n" = "$S" ] || [ "$n" = "$O" ]; then continue; fi
-    mv -- "$e" "$2/$n" || return 1
-  done
-}
-mkdir -m 700 -- "$O" || exit 1
-if ! move . "$O"; then move "$O" .; rm -rf -- "$O" "$S"; exit 1; fi
-if ! move "$S" .; then move . "$S"; move "$O" .; rm -rf -- "$O" "$S"; exit 1; fi
-rm -rf -- "$O" "$S" || status=4
-if [ -n "$2" ]; then chown "$2:$3" . && chmod "$4" . && touch -d "@$5" . || exit 2; fi
-exit ${status:-0}
-"""
-
-
-def swap_command(token: str, root: tarfile.TarInfo | None) -> list[str]:
-    """The busybox helper's command; ``root`` is the archive's ``./`` (its meta goes on /v)."""
-    meta = ["", "", "", ""]
-    if root is not None:
-        mode = format(root.mode & 0o7777, "o")
-        meta = [str(root.uid), str(root.gid), mode, str(math.floor(root.mtime))]
-    return ["sh", "-c", SWAP_SCRIPT, "safehold-swap", token, *meta]
-
-
-def unpack_and_swap(
-    client: docker.DockerClient,
-    helper: Container,
-    archive: Iterable[bytes],
-    volume: str,
-    token: str,
-    events: EventSink,
-) -> None:
-    """Unpack ``archive`` (names under ``v/STAGE+token/``) at / of the created helper made
-    with :func:`swap_command`, then run it: the swap, or the staging folder's removal when
-    the upload failed."""
-    try:
-        # At /, not /v: the engine sets a hardlink's mode again (its chown cleared set-id bits)
-        # only when it finds the link's target from its working folder, which is /.
-        client.api.put_archive(str(helper.id), "/", archive)
-        marker = _entry(GO_MARKER, tarfile.REGTYPE, 0o600).tobuf(tarfile.GNU_FORMAT)
-        client.api.put_archive(str(helper.id), "/", marker + bytes(2 * tarfile.BLOCKSIZE))
-    except DOCKER_ERRORS as exc:
-        status = -1
-        with contextlib.suppress(*DOCKER_ERRORS):
-            status, _ = run_helper(helper)  # without the marker it removes the staging folder
-        if status != 3:
-            _leftover(events, volume, f"{STAGE}{token}")
-        raise RestoreError(
-            f"the Docker engine could not unpack the archive into volume {volume}: {exc}",
-            hint="check free space in the volume; its content was left as it was",
-        ) from exc
-    events(Event("restore", f"unpacked the archive in volume {volume}; swapping it in"))
-    try:
-        status, log = run_helper(helper)
-    except DOCKER_ERRORS as exc:
-        _leftover(events, volume, f"{STAGE}{token}")
-        raise RestoreError(
-            f"the helper that swaps the new content into volume {volume} did not run: {exc}",
-            hint="the volume most likely keeps its previous content (check it); the helper's "
-            f"busybox ({BUSYBOX}) must suit the engine's CPU architecture",
-        ) from exc
-    if status == 4:
-        _leftover(events, volume, f".safehold-old-{token}")
-    elif status == 2:
-        raise RestoreError(
-            f"restored volume {volume}, but not its root folder's owner, mode or mtime: {log}",
-            hint="the content is restored; set the volume root's owner and mode by hand",
-        )
-    elif status != 0:
-        if status != 1:  # the script did not get to clean up (or to undo: check the volume)
-            _leftover(events, volume, f"{STAGE}{token}")
-        raise RestoreError(
-            f"swapping the new content into volume {volume} failed (exit {status}): {log}",
-            hint="the volume keeps its previous content; check free space in it and retry"
-            if status == 1
-            else "the helper was stopped midway: check the volume's content",
-        )
-
-
-def _leftover(events: EventSink, volume: str, folder: str) -> None:
-    events(Event("restore", f"could not remove {folder} in volume {volume}; delete it", "warning"))
 
 
 @contextlib.contextmanager
@@ -161,13 +70,15 @@ def helper_container(
     events: EventSink,
     *,
     read_only: bool,
+    labels: dict[str, str] | None = None,
 ) -> Iterator[Container]:
-    """A created (not started) helper mounting ``volume`` at /v, removed after."""
+    """A created (not started) helper mounting ``volume`` at /v, removed after; ``labels``
+    besides HELPER_LABEL."""
     helper = client.containers.create(
         str(image.id),
         command,
         name=f"safehold-helper-{secrets.token_hex(6)}",
-        labels={HELPER_LABEL: "true"},
+        labels={**(labels or {}), HELPER_LABEL: "true"},
         network_mode="none",
         # no_copy: an empty volume must not be seeded with what the image holds at /v.
         mounts=[Mount(MOUNT, volume, type="volume", read_only=read_only, no_copy=True)],

@@ -8,7 +8,9 @@ host needs no access to the engine's folders.
   for a volume that does not change meanwhile the bytes equal ``write_tree(mountpoint)``'s.
 - Restoring: members are checked with extract.py's rules while they are spooled, re-encoded, to
   an anonymous temp file; only then (and after ``before_swap``) does the engine unpack the
-  spool into a hidden staging folder in the volume, and a busybox helper swaps it in by renames.
+  spool into a hidden staging folder in the volume, and a busybox helper swaps it in by renames
+  (:mod:`.helper_swap`). Given a ``SwapJournal``, the swap is journalled in the repository: a
+  kill at any instant leaves the volume old or new once the next command has run.
 """
 
 from __future__ import annotations
@@ -28,19 +30,17 @@ from ..errors import DockerUnavailable, IntegrityError, RestoreError, SafeholdEr
 from ..model import ByteSink, ByteSource, Event, EventSink, null_sink
 from ..sources.tree import BLOCK, CHUNK, TreeFacts, _TarOut, gnu_header
 from .engine import refuse_if_in_use, unavailable, volume_mountpoint
-from .extract import Source
+from .extract import Source, SwapJournal
 from .extract_headers import entries
 from .extract_unpack import _SPECIAL, SET_ID, ExtractFacts, damaged, member_path
 from .helper_image import (
     DOCKER_ERRORS,
     MOUNT,
-    STAGE,
     ensure_busybox_image,
     ensure_empty_image,
     helper_container,
-    swap_command,
-    unpack_and_swap,
 )
+from .helper_swap import STAGE, root_meta, unpack_and_swap
 
 # The kernel stops following a symlink chain after 40 links; a longer one cannot lead anywhere.
 MAX_HOPS = 128
@@ -81,6 +81,7 @@ def replace_volume_content(
     events: EventSink = null_sink,
     before_swap: Callable[[ExtractFacts], None] | None = None,
     keep_setuid: bool = True,
+    journal_to: SwapJournal | None = None,
 ) -> ExtractFacts:
     """Replace the content of volume ``name`` with the tar stream ``archive`` (decompressed).
 
@@ -95,7 +96,8 @@ def replace_volume_content(
     reads them (:mod:`.extract_headers`), but sparse members are refused: the engine would
     write their holes as zeros. A file the spool's filesystem has no room for is refused
     before it is spooled, and ``keep_setuid=False`` drops the setuid/setgid bits of files
-    (a warning event each), as extract.py does.
+    (a warning event each), as extract.py does. ``journal_to``: journal the swap, so a kill
+    of safehold, of the helper or of the engine is undone or finished by the next command.
     """
     volume_mountpoint(client, name)
     token = secrets.token_hex(6)
@@ -115,10 +117,9 @@ def replace_volume_content(
         try:
             refuse_if_in_use(client, name)
             image = ensure_busybox_image(client)
-            command = swap_command(token, stager.root)
             upload = iter(lambda: spool.read(CHUNK), b"")
-            with helper_container(client, image, name, command, events, read_only=False) as h:
-                unpack_and_swap(client, h, upload, name, token, events)
+            meta = root_meta(stager.root)
+            unpack_and_swap(client, image, upload, name, token, meta, events, journal_to)
         except DOCKER_ERRORS as exc:
             raise unavailable(exc) from exc
     events(Event("restore", f"restored {stager.facts.files} files into volume {name}"))
