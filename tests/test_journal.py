@@ -87,3 +87,27 @@ def test_recorded_crosses_out_on_success_and_on_error(repo: LocalStorage) -> Non
     except SafeholdError:
         pass
     assert journal.entries(repo) == []
+
+
+def test_kinds_registered_last_are_resolved_after_the_others(repo: LocalStorage) -> None:
+    """Containers stopped by a killed restore start only once the volume swap it left is
+    settled: an entry written earlier but registered ``last`` waits for the others."""
+    order: list[str] = []
+
+    @journal.resolver("test_containers", last=True)
+    def start(entry: journal.Entry, _context: journal.Context) -> str:
+        order.append(entry.kind)
+        return "started"
+
+    @journal.resolver("test_swap")
+    def settle(entry: journal.Entry, _context: journal.Context) -> str:
+        order.append(entry.kind)
+        return "settled"
+
+    pid, started = dead_pid()
+    for kind in ("test_containers", "test_swap"):  # the containers' entry is the older one
+        as_written_by(repo, journal.record(repo, kind, {}, "safehold restore"), pid=pid,
+                      started=started)  # fmt: skip
+
+    assert journal.recover(journal.Context(repo)) == 2
+    assert order == ["test_swap", "test_containers"]

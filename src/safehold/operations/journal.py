@@ -89,6 +89,7 @@ class Entry:
 
 Resolver = Callable[[Entry, "Context"], str]
 _RESOLVERS: dict[str, Resolver] = {}
+_LAST: set[str] = set()  # kinds resolved after all others
 
 
 @dataclass
@@ -107,12 +108,16 @@ class Context:
         return self._made[name]
 
 
-def resolver(kind: str) -> Callable[[Resolver], Resolver]:
+def resolver(kind: str, *, last: bool = False) -> Callable[[Resolver], Resolver]:
     """Register how an interrupted ``kind`` is finished or rolled back. The function gets the
-    entry and the context, does the work idempotently and returns one line saying what it did."""
+    entry and the context, does the work idempotently and returns one line saying what it did.
+    ``last``: resolved after every other kind (containers start only once the volumes and
+    databases they use are settled)."""
 
     def register(func: Resolver) -> Resolver:
         _RESOLVERS[kind] = func
+        if last:
+            _LAST.add(kind)
         return func
 
     return register
@@ -169,7 +174,8 @@ def recover(context: Context, sink: EventSink = null_sink, kinds: set[str] | Non
     """Finish or roll back what interrupted runs left behind; returns how many were resolved.
     Never raises for a resolver's failure: the entry stays and the failure is reported."""
     resolved = 0
-    for entry in interrupted(context.storage):
+    pending = sorted(interrupted(context.storage), key=lambda entry: entry.kind in _LAST)
+    for entry in pending:
         if kinds is not None and entry.kind not in kinds:
             continue
         handler = _RESOLVERS.get(entry.kind)
