@@ -3,13 +3,17 @@ recovery-time objectives."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 import click
 import docker
 
-from ..errors import UsageError
+from ..errors import LockBusy, UsageError
+from ..lock import volume_lock
+from ..model import Event, EventSink
 from ..operations.engine import connect_docker
 from ..operations.system_plan import choose_set, plan_system_restore
 from ..operations.system_restore import (
@@ -20,6 +24,8 @@ from ..operations.system_restore import (
 from ..storage import LocalStorage
 from .locations import fetch_set
 from .runtime import Runtime
+
+SYSTEM_RESTORE_LOCK = "system-restore"
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,52 @@ def restore_all(rt: Runtime, storage: LocalStorage, request: AllRequest) -> None
         # Chosen among the location's sets; once fetched, the local repository holds it
         # whole (members verified, record last), and the plan below reads it from there.
         set_ref, moment = fetch_set(rt, storage, request.source, set_ref, moment), None
+    with contextlib.ExitStack() as held:
+        if not request.dry_run:
+            held.enter_context(one_at_a_time(storage, settings.lock_timeout, rt.sink))
+        _restore_set(rt, storage, request, set_ref, moment)
+
+
+@contextlib.contextmanager
+def one_at_a_time(storage: LocalStorage, timeout: float, sink: EventSink) -> Iterator[None]:
+    """The lock of whole-system restores from this repository, taken before planning: a run
+    planned while another has the containers stopped would not know to start them again, and
+    the two would restore the same database and volumes in turns, step by step."""
+    storage.ensure()
+    with contextlib.ExitStack() as held:
+        try:
+            try:
+                held.enter_context(_system_lock(storage, 0.0))
+            except LockBusy as busy:
+                sink(Event("lock", f"waiting up to {timeout:.0f}s: {_other_run(storage, busy)}"))
+                held.enter_context(_system_lock(storage, timeout))
+        except LockBusy as exc:
+            raise LockBusy(_other_run(storage, exc), hint=exc.hint) from None
+        yield
+
+
+def _system_lock(
+    storage: LocalStorage, timeout: float
+) -> contextlib.AbstractContextManager[object]:
+    purpose = "safehold restore --all"
+    return volume_lock(
+        storage.root, SYSTEM_RESTORE_LOCK, exclusive=True, timeout=timeout, purpose=purpose
+    )
+
+
+def _other_run(storage: LocalStorage, busy: LockBusy) -> str:
+    holder = busy.message.partition(" is locked by ")[2]
+    return f"another whole-system restore from {storage.description} is running: {holder}"
+
+
+def _restore_set(
+    rt: Runtime,
+    storage: LocalStorage,
+    request: AllRequest,
+    set_ref: str | None,
+    moment: datetime | None,
+) -> None:
+    settings = rt.settings
     backup_set, why = choose_set(storage, set_ref, moment)
     health_url = request.health_url or settings.restore.health_url or None
     if health_url and not health_url.startswith(("http://", "https://")):

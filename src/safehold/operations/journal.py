@@ -174,6 +174,10 @@ def recover(context: Context, sink: EventSink = null_sink, kinds: set[str] | Non
     """Finish or roll back what interrupted runs left behind; returns how many were resolved.
     Never raises for a resolver's failure: the entry stays and the failure is reported."""
     resolved = 0
+    # An entry torn by a kill while it was written named nothing yet: record() comes first.
+    for torn in context.storage.remove_stale_partials(JOURNAL_DIR):
+        sink(Event("recover", f"removed {torn}: a journal entry a killed run was writing, "
+                   "before it made anything", "warning"))  # fmt: skip
     pending = sorted(interrupted(context.storage), key=lambda entry: entry.kind in _LAST)
     for entry in pending:
         if kinds is not None and entry.kind not in kinds:

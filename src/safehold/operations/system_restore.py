@@ -9,10 +9,14 @@ timed and the totals are judged against the recovery-time objectives.
 A failing step stops the run. The containers are started again (each restore step is atomic,
 so every volume and the database hold either their old or their new content, never a mix),
 and the error says which steps are done and the command that continues from the failed one.
+A run killed outright leaves that to the journal: each step's own entries undo or finish the
+step, the containers are started again, and the step the run was at (``system_restore``, kept
+up to date) lets the next command say where it stopped and how to continue.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.request
@@ -28,14 +32,18 @@ from ..errors import HookFailed, RestoreError, SafeholdError
 from ..model import Event, EventSink, Objectives, null_sink
 from ..sources.postgres import PgTarget, connect
 from ..storage import LocalStorage
+from . import journal
 from ._pipeline import Progress, check_digest, sha256_of
 from .docker_volume import Access, restore_volume
 from .engine import Downtime
+from .recovery_containers import PROGRESS_KIND
 from .restore import RestoreOptions, restore_database
 from .system_plan import Step, SystemPlan, folder_of
 from .volume import restore_tree
 
 HEALTH_POLL_S = 1.0
+CHANGING = ("roles", "database", "volume", "folder", "post")
+PURPOSE = "safehold restore --all"
 POST_OUTPUT_LINES = 20
 
 
@@ -100,55 +108,71 @@ def run_system_restore(
     sink: EventSink = null_sink,
 ) -> SystemRestoreResult:
     result = SystemRestoreResult(plan, objectives=options.objectives)
-    runner = _Runner(plan, result, sink)
+    runner = _Runner(plan, result, sink, storage)
     began = time.monotonic()
-    steps = {s.kind: s for s in plan.steps if s.kind in ("verify", "stop", "start")}
-    runner.step(steps["verify"], lambda: _verify(plan, storage, sink))
-    changing = ("roles", "database", "volume", "folder", "post")
-    restore_steps = [s for s in plan.steps if s.kind in changing]
-    stop_step, start_step = steps.get("stop"), steps.get("start")
-    # Stopped so far: journalled, and started again however the run ends.
-    downtime = Downtime(sink, f"restore of set {plan.backup_set.id}", storage)
     try:
-        if stop_step is not None:
-            runner.step(stop_step, lambda: downtime.stop(list(plan.containers)))
-        for step in restore_steps:
-            runner.step(step, _action(step, storage, client, database, options, result, sink))
-    except BaseException:
+        steps = {s.kind: s for s in plan.steps if s.kind in ("verify", "stop", "start")}
+        runner.step(steps["verify"], lambda: _verify(plan, storage, sink))
+        restore_steps = [s for s in plan.steps if s.kind in CHANGING]
+        stop_step, start_step = steps.get("stop"), steps.get("start")
+        # Stopped so far: journalled, and started again however the run ends.
+        downtime = Downtime(sink, f"restore of set {plan.backup_set.id}", storage)
         try:
-            downtime.start()
-        except SafeholdError as restart:
-            # Already logged per container; the step's failure is the error to report.
-            sink(Event("restore", restart.message, "error"))
-        raise
-    if start_step is not None:
-        runner.step(start_step, downtime.start)
-    for step in plan.steps:
-        if step.kind == "connect" and database is not None:
-            runner.step(step, lambda: _check_database(database, result))
-        elif step.kind == "health" and health_url:
-            runner.step(step, lambda: _wait_healthy(health_url, options.health_timeout))
+            if stop_step is not None:
+                runner.step(stop_step, lambda: downtime.stop(list(plan.containers)))
+            for step in restore_steps:
+                action = _action(step, storage, client, database, options, result, sink)
+                runner.step(step, action)
+        except BaseException:
+            try:
+                downtime.start()
+            except SafeholdError as restart:
+                # Already logged per container; the step's failure is the error to report.
+                sink(Event("restore", restart.message, "error"))
+            raise
+        if start_step is not None:
+            runner.step(start_step, downtime.start)
+        for step in plan.steps:
+            if step.kind == "connect" and database is not None:
+                runner.step(step, lambda: _check_database(database, result))
+            elif step.kind == "health" and health_url:
+                runner.step(step, lambda: _wait_healthy(health_url, options.health_timeout))
+    finally:
+        runner.finished()
     result.total_s = time.monotonic() - began
     return result
 
 
 class _Runner:
-    def __init__(self, plan: SystemPlan, result: SystemRestoreResult, sink: EventSink) -> None:
+    """Runs the steps, and keeps the step it is at in the journal (``PROGRESS_KIND``): after a
+    kill the next command says where the restore stopped and how to continue."""
+
+    def __init__(
+        self, plan: SystemPlan, result: SystemRestoreResult, sink: EventSink, storage: LocalStorage
+    ) -> None:
         self._plan = plan
         self._result = result
         self._sink = sink
+        self._storage = storage
+        self._entry: journal.Entry | None = None
 
     def step(self, step: Step, action: Callable[[], object]) -> None:
         total = len(self._plan.steps)
         if self._plan.skipped(step):
             self._sink(Event("restore", f"step {step.number}/{total} skipped: {step.title}"))
             return
+        self._journal(step)
         self._sink(Event("restore", f"step {step.number}/{total}: {step.title}"))
         began = time.monotonic()
         try:
             action()
         except SafeholdError as exc:
             raise self._stopped_at(step, exc) from exc
+        except KeyboardInterrupt:  # SIGTERM or SIGINT: unwinding; say where, as a kill would
+            state, resume = self._where(step)
+            said = f"whole-system restore {stopped_at(step, total)}; {state}; {resume}"
+            self._sink(Event("restore", said, "warning"))
+            raise
         took = time.monotonic() - began
         self._result.timings.append((step, took))
         self._sink(
@@ -159,29 +183,55 @@ class _Runner:
             )
         )
 
+    def finished(self) -> None:
+        if self._entry is not None:
+            journal.done(self._storage, self._entry)
+
+    def _journal(self, step: Step) -> None:
+        state, resume = self._where(step)
+        data = {"set": self._plan.backup_set.id, "at": stopped_at(step, len(self._plan.steps))}
+        data |= {"state": state, "resume": resume}
+        if self._entry is None:
+            self._entry = journal.record(self._storage, PROGRESS_KIND, data, PURPOSE)
+            return
+        # Rewritten in place (atomically), so it keeps its place among the run's entries.
+        self._entry = replace(self._entry, data=data)
+        body = json.dumps(self._entry.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+        self._storage.put_bytes(self._entry.key, body)
+
+    def _where(self, step: Step) -> tuple[str, str]:
+        """What is done when the run stops at ``step``, and what continues from there."""
+        if step.kind in ("start", "connect", "health"):
+            return "the data is restored", "nothing to restore again"
+        done = self._done()
+        state = ("done: " + "; ".join(done)) if done else "no data was changed"
+        return state, f"continue with: {self._resume(step)} (plus the same options as before)"
+
+    def _done(self) -> list[str]:
+        return [s.title for s, _ in self._result.timings if s.kind in CHANGING]
+
+    def _resume(self, step: Step) -> str:
+        return f"safehold restore --all --set {self._plan.backup_set.id} --from-step {step.number}"
+
     def _stopped_at(self, step: Step, exc: SafeholdError) -> SafeholdError:
-        done = [
-            s.title
-            for s, _ in self._result.timings
-            if s.kind in ("roles", "database", "volume", "folder", "post")
-        ]
+        done = self._done()
         state = ("done: " + "; ".join(done)) if done else "no data was changed"
         containers = (
             " The stopped containers were started again."
             if self._plan.containers and step.kind not in ("start", "connect", "health")
             else ""
         )
-        resume = (
-            f"safehold restore --all --set {self._plan.backup_set.id} --from-step {step.number}"
-        )
-        exc.message = (
-            f"whole-system restore stopped at step {step.number} ({step.title}): {exc.message}"
-        )
+        exc.message = f"whole-system restore {stopped_at(step)}: {exc.message}"
         exc.hint = (
             f"{state}.{containers} {exc.hint + '. ' if exc.hint else ''}Once fixed, continue "
-            f"with: {resume} (plus the same options as before)"
+            f"with: {self._resume(step)} (plus the same options as before)"
         )
         return exc
+
+
+def stopped_at(step: Step, total: int | None = None) -> str:
+    of = f"/{total}" if total else ""
+    return f"stopped at step {step.number}{of} ({step.title})"
 
 
 def _action(

@@ -13,6 +13,7 @@ reads a swap half-done; the repository's journal covers the swap itself (``extra
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from ..lock import folder_key, repository_lock, volume_lock
 from ..model import ByteSink, ByteSource, Event, EventSink, Manifest, null_sink
 from ..sources.tree import TreeFacts, write_tree
 from ..storage import LocalStorage
+from . import journal
 from ._pipeline import (
     HashingReader,
     HashingWriter,
@@ -43,6 +45,7 @@ from ._pipeline import (
 )
 from .engine import check_target_name
 from .extract import ExtractFacts, SwapJournal, extract_tree
+from .recovery_containers import UNFINISHED_KIND
 
 VOLUME_COMPRESSIONS = ("gzip", "zstd")
 # Docker's own rule for volume names (daemon/names.RestrictedNamePattern).
@@ -156,12 +159,25 @@ def backup_source(
                 + [volume_artifact(target_name, moment, compression, key is None)]
             ],
         )
-        manifest = write_tree_backup(
-            source, target_name, storage, name, started, compression, sink, encryption=key
+        # Run by a restore, not by a schedule: no later backup may come to clear what a kill
+        # leaves, so the next command of any kind removes it (``recovery_containers``).
+        unfinished = (
+            journal.recorded(
+                storage,
+                UNFINISHED_KIND,
+                {"artifact": name, "what": f"safety copy of volume {target_name}"},
+                "safehold restore",
+            )
+            if safety
+            else contextlib.nullcontext()
         )
-        if safety:
-            manifest = dataclasses.replace(manifest, kind="safety")
-        commit(storage, manifest, sink, f"{manifest.facts['files']} files, ")
+        with unfinished:
+            manifest = write_tree_backup(
+                source, target_name, storage, name, started, compression, sink, encryption=key
+            )
+            if safety:
+                manifest = dataclasses.replace(manifest, kind="safety")
+            commit(storage, manifest, sink, f"{manifest.facts['files']} files, ")
     return manifest
 
 

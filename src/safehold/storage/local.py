@@ -180,17 +180,44 @@ class LocalStorage:
                 temp.unlink()
             raise storage_error(exc, link, f"pointing {link_key} at {target_key}") from exc
 
-    def remove_stale_partials(self) -> builtins.list[str]:
-        """Remove temp files left by processes that no longer run (a kill -9 mid-backup)."""
+    def remove_stale_partials(self, prefix: str = "") -> builtins.list[str]:
+        """Remove temp files left by processes that no longer run (a kill -9 mid-backup), in
+        the repository's folder or the one ``prefix`` names (``.safehold/manifests``...)."""
+        folder = self.path(prefix) if prefix else self.root
+        base = f"{prefix.rstrip('/')}/" if prefix else ""
         removed = []
-        for entry in os.scandir(self.root):
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
             if PARTIAL_MARK not in entry.name or not entry.name.startswith("."):
                 continue
             pid_text = entry.name.rsplit(PARTIAL_MARK, 1)[1].split("-", 1)[0]
             if pid_text.isdigit() and not pid_alive(int(pid_text)):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
-                removed.append(entry.name)
+                removed.append(base + entry.name)
+        return removed
+
+    def remove_partials_of(self, key: str, pid: int) -> builtins.list[str]:
+        """Remove the temp files the process ``pid`` left while it wrote ``key`` (the caller
+        knows it no longer runs: it was journalled, and the journal saw it die)."""
+        final = self.path(key)
+        prefix = f".{final.name}{PARTIAL_MARK}{pid}-"
+        removed = []
+        try:
+            names = [e.name for e in os.scandir(final.parent) if e.name.startswith(prefix)]
+        except FileNotFoundError:
+            return []
+        for name in names:
+            try:
+                os.unlink(final.parent / name)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise storage_error(exc, final.parent / name, f"removing {name}") from exc
+            removed.append(name)
         return removed
 
 
