@@ -11,7 +11,9 @@ volume, the way ``safehold backup --volume`` runs for real; without it, the tree
 folder backed up with ``safehold backup --path``.
 
 Each repetition runs every backup method once, then every restore method once (order rotated
-per repetition); each one's output is its own. safehold runs as a user runs it: the CLI in a
+per repetition); each one's output is its own. Restored trees are removed when their
+repetition ends, and a restore phase waits until ``--settle-s`` (65 s) have passed since then:
+see ``SETTLE_S`` for why. safehold runs as a user runs it: the CLI in a
 new process (Python start-up included) for backups, ``safehold restore --volume`` for
 restores into a new volume, or for a plain folder ``restore_tree`` in a process of its own
 (the CLI has no folder restore). Peak RSS of every command comes from GNU time. After each
@@ -58,6 +60,13 @@ SAFEHOLD_CLI = Path(sys.executable).parent / "safehold"
 VOLUME = "bench-tree"
 RESTIC_PASSWORD = "bench-not-secret"  # noqa: S105 - a throwaway local repository
 PEAK_RSS_LIMIT_MB = 150
+# ext4 without a journal (this machine's disk) avoids reusing an inode freed less than 60 s ago
+# (``recently_deleted``; 360 s while its inode-table block is dirty): each create then scans
+# past every such inode of its block group, in kernel time. A restore timed right after the
+# previous tree was removed paid for that removal (seconds, depending on what came before it,
+# not on the tool). So restored trees stay until their repetition ends, and a restore phase
+# starts only this long after the last removal, which is synced first.
+SETTLE_S = 65.0
 
 
 def log(message: str) -> None:
@@ -91,6 +100,7 @@ class Rep:
     stats: TreeStats
     engine: Engine | None
     artifacts: dict[str, Path] = field(default_factory=dict)
+    volumes: list[str] = field(default_factory=list)  # restored volumes, removed at the end
 
 
 @dataclass(frozen=True)
@@ -215,7 +225,7 @@ def safehold_restore(compression: str) -> Callable[[Rep], Sample]:
             argv += ["--volume", f"{volume}:{artifact.name}", "--backup-dir", str(repo)]
             timed = _timed.run(argv, env=cli_env(rep), cwd=rep.work)
             _check_restore(rep, f"sh_restore_{compression}", rep.engine.mountpoint(volume))
-            rep.engine.remove_volume(volume)
+            rep.volumes.append(volume)
         else:
             target = _empty(rep, f"restore-{compression}")
             argv = [sys.executable, "-m", "bench._tree_child", "restore"]
@@ -237,13 +247,13 @@ def restic_restore(rep: Rep) -> Sample:
 
 def _empty(rep: Rep, name: str) -> Path:
     target = rep.work / name
-    shutil.rmtree(target, ignore_errors=True)
     target.mkdir()
     return target
 
 
 def _check_restore(rep: Rep, key: str, target: Path, *, strict: bool = True) -> None:
-    """Off the clock: the restored tree must hold what the source holds; then it goes."""
+    """Off the clock: the restored tree must hold what the source holds. It stays until the
+    repetition ends (see ``settle``)."""
     if not rep.artifacts.get("_checked_" + key):
         got = tree_stats(target)
         if got != rep.stats:
@@ -252,8 +262,6 @@ def _check_restore(rep: Rep, key: str, target: Path, *, strict: bool = True) -> 
                 raise RuntimeError(message)
             log("  warning: " + message)
         rep.artifacts["_checked_" + key] = target
-    if rep.engine is None or target.parent == rep.work:
-        shutil.rmtree(target)
 
 
 # ---- in-process diagnostics (--diag): the engine alone, no CLI, no repository ----------------
@@ -622,6 +630,14 @@ def restic_settings(work: Path) -> dict[str, Any]:
     }
 
 
+def settle(removed_at: float, seconds: float) -> None:
+    """Wait until ``seconds`` have passed since the last removal of a tree (``SETTLE_S``)."""
+    left = removed_at + seconds - time.monotonic()
+    if left > 0:
+        log(f"waiting {left:.0f}s: inodes freed by the last removal are still recent to ext4")
+        time.sleep(left)
+
+
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
@@ -636,6 +652,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--diag", action="store_true", help="also time the in-process variants")
     parser.add_argument("--levels", default="1,2,3", help="isal gzip levels for --diag (0-3)")
     parser.add_argument("--only", default="", help="comma list of method keys to run")
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=SETTLE_S,
+        help="seconds between removing a repetition's trees and the next restore phase",
+    )
     args = parser.parse_args(argv)
     if not _timed.have_gnu_time():
         parser.error("needs GNU time at /usr/bin/time (apt-get install time)")
@@ -681,6 +703,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{CORES} cores"
         )
         load_start = os.getloadavg()
+        os.sync()
+        removed_at = time.monotonic()  # the scratch folder was emptied at the start
         runs: dict[str, list[Sample]] = {m.key: [] for m in chosen}
         for rep_number in range(args.repeat):
             work = scratch / f"rep{rep_number + 1}"
@@ -688,6 +712,8 @@ def main(argv: list[str] | None = None) -> int:
             rep = Rep(source, work, stats, engine)
             for phase in ("backup", "restore"):
                 group = [m for m in chosen if m.phase == phase]
+                if phase == "restore" and group:
+                    settle(removed_at, args.settle_s)
                 shift = rep_number % len(group) if group else 0
                 for method in group[shift:] + group[:shift]:
                     os.sync()
@@ -701,6 +727,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"(+sync {sample.sync_s:5.2f}){size}{rss}"
                     )
             shutil.rmtree(work)
+            for volume in rep.volumes:
+                assert engine is not None
+                engine.remove_volume(volume)
+            os.sync()
+            removed_at = time.monotonic()
         load_end = os.getloadavg()
     finally:
         stack.close()

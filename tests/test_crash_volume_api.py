@@ -13,6 +13,7 @@ did, and the volume, read as root at its mountpoint, must then be exactly what i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -20,18 +21,20 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import docker.errors
 import pytest
+from docker.errors import APIError, ImageNotFound
 from docker.models.containers import Container
 from docker.models.volumes import Volume
 
 from safehold.operations import journal
 from safehold.operations.docker_volume import backup_volume
 from safehold.operations.engine import volume_mountpoint
-from safehold.operations.helper_image import HELPER_LABEL
+from safehold.operations.helper_image import BUSYBOX_TAG, EMPTY_TAG, HELPER_LABEL
 from safehold.operations.helper_swap import KIND, SWAP_LABEL
 from safehold.sandbox.dockerd import SandboxDockerd
 from safehold.sources.postgres import PgTarget
@@ -173,6 +176,15 @@ class Vols:
                 assert tree_then is None or now == tree_then, line
                 return outcome, line
         raise AssertionError(f"unexpected recovery message: {line}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def drop_helper_images(client: docker.DockerClient) -> Iterator[None]:
+    """The shared engine's other tests expect only the sandbox's own image."""
+    yield
+    for tag in (EMPTY_TAG, BUSYBOX_TAG):
+        with contextlib.suppress(ImageNotFound, APIError):
+            client.images.remove(tag)
 
 
 @pytest.fixture

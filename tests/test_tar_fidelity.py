@@ -402,3 +402,32 @@ def test_log_file_is_private_and_not_followed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="belongs to uid 1234"):
         LogSink(None, foreign / "sub/s.log")
     assert os.listdir(shared) == [] and os.listdir(foreign) == []
+
+
+def test_a_restore_reads_the_byte_count_from_the_manifest(tmp_path: Path) -> None:
+    """End to end: restore_tree hands the manifest's byte count to the extraction, so a
+    manifest that records fewer bytes than the archive holds stops it at that member."""
+    from safehold.operations.volume import backup_tree, restore_tree
+    from safehold.storage import LocalStorage
+
+    from .test_verify import edit_manifest
+
+    repo = LocalStorage(tmp_path / "repo")
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("a", "b", "c"):
+        (source / name).write_bytes(os.urandom(64 * 1024))
+    artifact = backup_tree(source, "appdata", repo).artifact
+    edit_manifest(repo, artifact, bytes=100 * 1024)
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "current").write_bytes(b"live data")
+    before = snapshot(target)
+
+    with pytest.raises(IntegrityError) as caught:
+        restore_tree(repo, artifact, target, target_name="appdata")
+
+    assert f"past the {100 * 1024} bytes of file data its manifest records" in (
+        caught.value.message
+    )
+    assert snapshot(target) == before

@@ -72,18 +72,20 @@ def volume_unpack(
     root = _folder(client, name, access)
     if root is not None:
         return (
-            lambda stream, check: extract_tree(
+            lambda stream, check, expected: extract_tree(
                 stream,
                 root,
                 events=sink,
                 before_swap=check,
                 keep_setuid=keep_setuid,
                 journal_to=journal_to,
+                expected_bytes=expected,
             ),
             str(root),
         )
     return (
-        lambda stream, check: replace_volume_content(
+        # The engine unpacks into its own disk: the spool's checks stand for free space there.
+        lambda stream, check, _expected: replace_volume_content(
             client,
             name,
             stream,

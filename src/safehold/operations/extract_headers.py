@@ -24,19 +24,26 @@ tar would silently cut the name there.
 from __future__ import annotations
 
 import re
+import struct
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..errors import SafeholdError
+from ..model import ByteSource
 
 BLOCK = tarfile.BLOCKSIZE
+CHUNK = 1 << 20
 ENCODING = "utf-8"
 ERRORS = "surrogateescape"
 REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE)
 _LONG = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 _MAX_EXTENDED = 16 << 20  # a bigger pax or long-name header is an attack, not a name
 _RECORD = re.compile(rb"(\d+) ")
+# A header block's fields: name mode uid gid size mtime chksum type linkname magic+version uname
+# gname devmajor devminor prefix, then 12 unused bytes.
+_LAYOUT = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+_NUMBERS = (1, 2, 3, 4, 5, 6, 12, 13)
 
 Take = Callable[[int], bytes]
 
@@ -58,6 +65,53 @@ class Entry:
         return self.stored + -self.stored % BLOCK
 
 
+class Feed:
+    """Exact reads of a stream taken in the source's own chunks: headers as bytes, file data as
+    views of those chunks (not copied on the way to ``os.write``). ``short()`` is raised when
+    the stream ends before the bytes asked for."""
+
+    def __init__(self, source: ByteSource, short: Callable[[], BaseException]) -> None:
+        self._source = source
+        self._short = short
+        self._view = memoryview(b"")
+
+    def take(self, size: int) -> bytes:
+        view = self._view
+        if len(view) >= size:
+            self._view = view[size:]
+            return view[:size].tobytes()
+        parts = [view.tobytes()]
+        size -= len(view)
+        while size:
+            view = self._fill()
+            parts.append(view[:size].tobytes())
+            size -= len(parts[-1])
+            self._view = view[len(parts[-1]) :]
+        return b"".join(parts)
+
+    def views(self, size: int) -> Iterator[memoryview]:
+        """The next ``size`` bytes, piece by piece (views: each keeps its chunk alive)."""
+        while size:
+            view = self._view or self._fill()
+            piece = view[:size]
+            self._view = view[len(piece) :]
+            size -= len(piece)
+            yield piece
+
+    def drain(self) -> None:
+        """Read to the end: the caller may hash the stream, so it must see every byte."""
+        self._view = memoryview(b"")
+        while self._source.read(CHUNK):
+            pass
+
+    def _fill(self) -> memoryview:
+        data = self._source.read(CHUNK)
+        if not data:
+            raise self._short()
+        self._view = memoryview(data)
+        return self._view
+
+
 def entries(take: Take, damaged: Callable[[str], SafeholdError]) -> Iterator[Entry]:
     """Each member of the stream that ``take(n)`` (exactly n bytes, or raise) reads, up to the
     end marker; ``damaged(what)`` is raised for what no tar tool could read."""
@@ -66,7 +120,7 @@ def entries(take: Take, damaged: Callable[[str], SafeholdError]) -> Iterator[Ent
     long: dict[bytes, str] = {}
     while (block := take(BLOCK)).count(0) != BLOCK:
         try:
-            info = tarfile.TarInfo.frombuf(block, ENCODING, ERRORS)
+            info = header(block)
         except tarfile.HeaderError as exc:
             raise damaged(f"a damaged header ({exc})") from exc
         if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, *_LONG):
@@ -85,6 +139,38 @@ def entries(take: Take, damaged: Callable[[str], SafeholdError]) -> Iterator[Ent
         except (ValueError, IndexError) as exc:
             raise damaged(f"a damaged header for {info.name!r} ({exc})") from exc
         pax, long = [], {}
+
+
+def header(block: bytes) -> tarfile.TarInfo:
+    """``TarInfo.frombuf(block)``, in a third of the time for the usual block: plain octal
+    numbers, the unsigned checksum, no old GNU sparse map (a restore reads one per member, and
+    frombuf was a quarter of a restore's Python time). Any other block is left to frombuf."""
+    fields = _LAYOUT.unpack(block)
+    try:
+        mode, uid, gid, size, mtime, chksum, major, minor = [
+            int(fields[i].split(b"\0", 1)[0] or b"0", 8) for i in _NUMBERS
+        ]
+    except ValueError:  # base-256, blanks, or damage: frombuf decides
+        return tarfile.TarInfo.frombuf(block, ENCODING, ERRORS)
+    if fields[7] == tarfile.GNUTYPE_SPARSE or chksum != 256 + sum(block) - sum(block[148:156]):
+        return tarfile.TarInfo.frombuf(block, ENCODING, ERRORS)
+    info = tarfile.TarInfo(_text(fields[0]))
+    info.mode, info.uid, info.gid, info.size, info.mtime = mode, uid, gid, size, mtime
+    info.chksum, info.type, info.linkname = chksum, fields[7], _text(fields[8])
+    info.uname, info.gname = _text(fields[10]), _text(fields[11])
+    info.devmajor, info.devminor = major, minor
+    if info.type == tarfile.AREGTYPE and info.name.endswith("/"):
+        info.type = tarfile.DIRTYPE  # an old V7 folder
+    if info.type == tarfile.DIRTYPE:
+        info.name = info.name.rstrip("/")
+    prefix = _text(fields[14])
+    if prefix and info.type not in tarfile.GNU_TYPES:
+        info.name = f"{prefix}/{info.name}"
+    return info
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode(ENCODING, ERRORS)
 
 
 def _entry(

@@ -1,5 +1,7 @@
 """The member-by-member half of :func:`~.extract.extract_tree`: each member checked and
-written into the staging folder. The rules are listed in extract.py's docstring.
+written into the staging folder. The rules are listed in extract.py's docstring. The checks run
+here, member after member; the creates and writes they allow run on a few threads
+(:mod:`.extract_jobs`), each after what it depends on.
 
 File data is written where the archive says it goes: a sparse member's pieces at their
 offsets and the file then cut to its size, so holes stay holes (as GNU tar leaves them).
@@ -21,9 +23,10 @@ from pathlib import Path
 
 from ..errors import IntegrityError, StorageFull
 from ..model import ByteSource, Event, EventSink
-from .extract_headers import Entry, entries
+from .extract_headers import Entry, Feed, entries
+from .extract_jobs import Jobs, Names, create, hardlink, lstat_mode, symlink
 
-CHUNK = 1 << 20
+SMALL_FILE = 1 << 20  # bigger files are written as they stream in, not held in memory
 IMPLICIT_DIR_MODE = 0o777  # folders the archive does not list: like GNU tar, umask decides
 SET_ID = stat.S_ISUID | stat.S_ISGID
 _SPECIAL = {
@@ -60,27 +63,6 @@ class ExtractFacts:
         return asdict(self)
 
 
-class Exact:
-    """``take(n)``: exactly n bytes of the source, or a damaged-archive error."""
-
-    def __init__(self, source: ByteSource) -> None:
-        self._source = source
-
-    def take(self, size: int) -> bytes:
-        data = self._source.read(size)
-        if len(data) == size:
-            return data
-        parts = [data]
-        got = len(data)
-        while got < size:
-            more = self._source.read(size - got)
-            if not more:
-                raise damaged(EOFError("unexpected end of data"))
-            parts.append(more)
-            got += len(more)
-        return b"".join(parts)
-
-
 class Unpacker:
     def __init__(
         self,
@@ -92,27 +74,35 @@ class Unpacker:
         expected_bytes: int | None = None,
     ) -> None:
         self._staging = staging
+        self._base = str(staging)
         self._expected = expected_bytes
         self._target = target
         self._keep_setuid = keep_setuid
         self._events = events
         self._owners = os.geteuid() == 0
-        self._dirs: set[str] = {""}  # verified real folders (never symlinks), relative names
+        # The staging folder is new and private (0700): what is in it is what this run made,
+        # so these say what is there without asking the disk.
+        self._dirs: set[str] = {""}  # real folders (never symlinks), relative names
+        self._names = Names()  # files, symlinks and hardlinks
         self._dir_meta: dict[str, Entry] = {}
         self._root_meta: Entry | None = None
         self._room = 0  # bytes known free on the staging filesystem, less those since used
+        self._jobs = Jobs()
         self.facts = ExtractFacts()
 
     def run(self, source: ByteSource) -> None:
         if self._expected is not None:
             self._check_room(self._expected)
-        reader = Exact(source)
-        for entry in entries(reader.take, lambda what: damaged(ValueError(what))):
-            self._add(reader, entry)
-        while source.read(CHUNK):  # the caller may hash the stream: let it see every byte
-            pass
+        feed = Feed(source, lambda: damaged(EOFError("unexpected end of data")))
+        try:
+            for entry in entries(feed.take, lambda what: damaged(ValueError(what))):
+                self._add(feed, entry)
+            self._jobs.wait_all()
+        finally:
+            self._jobs.close()  # on an error too: no thread may write once the caller cleans up
+        feed.drain()
 
-    def _add(self, reader: Exact, entry: Entry) -> None:
+    def _add(self, feed: Feed, entry: Entry) -> None:
         member = entry.info
         rel = self._name(member.name, member)
         if not rel:
@@ -125,30 +115,33 @@ class Unpacker:
         source = self._link_source(member) if member.islnk() else ""
         parent = rel.rpartition("/")[0]
         self._ensure_dir(parent, member)
-        dest = self._staging / rel
-        kept = self._clear(dest, member)  # True: a folder made earlier (implicitly or listed)
+        kept = self._clear(rel, member)  # True: a folder made earlier (implicitly or listed)
+        dest = f"{self._base}/{rel}"
+        owner = (member.uid, member.gid) if self._owners else None
         if member.isdir():
-            if not kept:
-                os.mkdir(dest, 0o700)  # writable while its content arrives; real mode at the end
+            if not kept:  # writable while its content arrives; real mode at the end
+                self._jobs.submit(rel, os.mkdir, dest, 0o700, after=(parent,))
             if rel not in self._dir_meta:
                 self.facts.dirs += 1
             self._dirs.add(rel)
             self._dir_meta[rel] = entry
-        elif member.isreg():
-            self._write_file(reader, entry, dest)
+            return
+        if member.isreg():
+            self._write_file(feed, entry, rel, dest, owner)
         elif member.issym():
             self._check_link_target(rel, member)
-            os.symlink(member.linkname, dest)
-            if self._owners:
-                os.lchown(dest, member.uid, member.gid)
-            os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+            self._jobs.submit(
+                rel, symlink, member.linkname, dest, owner, entry.mtime_ns, after=(parent,)
+            )
             self.facts.symlinks += 1
         elif member.islnk():
-            os.link(self._staging / source, dest, follow_symlinks=False)
+            origin = f"{self._base}/{source}"
+            self._jobs.submit(rel, hardlink, origin, dest, after=(parent, source))
             self.facts.hardlinks += 1
         else:
             kind = _SPECIAL.get(member.type, f"member of tar type {member.type!r}")
             raise self._refuse(member, f"is a {kind}; volumes are restored without them")
+        self._names.add(rel)
 
     def _name(self, name: str, member: tarfile.TarInfo) -> str:
         try:
@@ -162,35 +155,39 @@ class Unpacker:
             return
         done = ""
         for part in rel.split("/"):
-            done = f"{done}/{part}" if done else part
+            above, done = done, f"{done}/{part}" if done else part
             if done in self._dirs:
                 continue
-            path = self._staging / done
-            try:
-                mode = os.lstat(path).st_mode
-            except FileNotFoundError:
-                os.mkdir(path, IMPLICIT_DIR_MODE)
-                mode = stat.S_IFDIR
+            mode = 0
+            if done in self._names:  # maybe a file or a link: look, once it is made
+                self._jobs.wait_all()
+                mode = lstat_mode(f"{self._base}/{done}")
             if stat.S_ISLNK(mode):
                 raise self._refuse(member, f"goes through the symlink ./{done}")
-            if not stat.S_ISDIR(mode):
+            if mode and not stat.S_ISDIR(mode):
                 raise self._refuse(member, f"needs ./{done} to be a folder, but it is a file")
+            if not mode:
+                path = f"{self._base}/{done}"
+                self._jobs.submit(done, os.mkdir, path, IMPLICIT_DIR_MODE, after=(above,))
             self._dirs.add(done)
 
-    def _clear(self, dest: Path, member: tarfile.TarInfo) -> bool:
-        """Make room at ``dest``; True when it is a folder that the member (a folder) keeps."""
-        try:
-            mode = os.lstat(dest).st_mode
-        except FileNotFoundError:
-            return False
-        if stat.S_ISDIR(mode):
+    def _clear(self, rel: str, member: tarfile.TarInfo) -> bool:
+        """Make room at ``rel``; True when it is a folder that the member (a folder) keeps."""
+        if rel in self._dirs:
             if member.isdir():
                 return True
             raise self._refuse(member, "would replace a folder of the archive")
-        os.unlink(dest)  # a later member replaces an earlier one, as with GNU tar
+        if rel in self._names:
+            # A later member replaces an earlier one, as with GNU tar: after the earlier one
+            # and the hardlinks made from it are done.
+            self._jobs.wait_all()
+            if lstat_mode(f"{self._base}/{rel}"):
+                os.unlink(f"{self._base}/{rel}")
         return False
 
-    def _write_file(self, reader: Exact, entry: Entry, dest: Path) -> None:
+    def _write_file(
+        self, feed: Feed, entry: Entry, rel: str, dest: str, owner: tuple[int, int] | None
+    ) -> None:
         member = entry.info
         if self._expected is not None and self.facts.bytes + member.size > self._expected:
             raise IntegrityError(
@@ -200,26 +197,18 @@ class Unpacker:
                 "another one ('safehold list' shows them); the folder was left as it was",
             )
         self._reserve(entry.stored, member)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(dest, flags, 0o600)
-        try:
-            pieces = entry.pieces if entry.pieces is not None else [(0, entry.stored)]
-            for offset, length in pieces:
-                os.lseek(fd, offset, os.SEEK_SET)  # a sparse file's holes are skipped
-                while length:
-                    view = memoryview(reader.take(min(length, CHUNK)))
-                    length -= len(view)
-                    while view:
-                        view = view[os.write(fd, view) :]
-            reader.take(entry.padded - entry.stored)
-            if entry.pieces is not None:
-                os.ftruncate(fd, member.size)  # a hole at the end has no piece to write
-            if self._owners:
-                os.fchown(fd, member.uid, member.gid)
-            os.fchmod(fd, self._file_mode(member))  # after chown, which clears set-id bits
-            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-        finally:
-            os.close(fd)
+        pieces = entry.pieces if entry.pieces is not None else [(0, entry.stored)]
+        size = member.size if entry.pieces is not None else None
+        meta = (owner, self._file_mode(member), entry.mtime_ns)
+        parent = rel.rpartition("/")[0]
+        if entry.padded <= SMALL_FILE:  # whole, to a thread; copied out of the stream's chunk
+            data = [memoryview(feed.take(entry.padded))]
+            args = (dest, pieces, data, size, *meta)
+            self._jobs.submit(rel, create, *args, after=(parent,), held=entry.padded)
+        else:  # streamed here: its data never waits in memory
+            self._jobs.wait_for(parent)
+            create(dest, pieces, feed.views(entry.stored), size, *meta)
+            feed.take(entry.padded - entry.stored)
         self.facts.files += 1
         self.facts.bytes += member.size
 
@@ -229,6 +218,7 @@ class Unpacker:
         if size <= self._room:
             self._room -= size
             return
+        self._jobs.wait_all()  # the data of files still being written is not counted yet
         fs = os.statvfs(self._staging)
         self._room = fs.f_bavail * fs.f_frsize
         need = size + -size % fs.f_frsize if fs.f_frsize else size
@@ -288,10 +278,10 @@ class Unpacker:
     def _link_source(self, member: tarfile.TarInfo) -> str:
         source = self._name(member.linkname, member)
         parent, _, _ = source.rpartition("/")
-        try:
-            mode = os.lstat(self._staging / source).st_mode
-        except FileNotFoundError:
-            mode = 0
+        mode = 0
+        if source in self._names and parent in self._dirs:  # an earlier file: made by now?
+            self._jobs.wait_for(source)
+            mode = lstat_mode(f"{self._base}/{source}")
         if not source or mode == 0 or stat.S_ISDIR(mode) or parent not in self._dirs:
             raise self._refuse(member, f"is a hardlink to {member.linkname}, not an earlier file")
         return source

@@ -137,6 +137,9 @@ def run_system_restore(
                 runner.step(step, lambda: _check_database(database, result))
             elif step.kind == "health" and health_url:
                 runner.step(step, lambda: _wait_healthy(health_url, options.health_timeout))
+    except KeyboardInterrupt:  # SIGTERM or SIGINT: unwinding (containers started above)
+        runner.interrupted()
+        raise
     finally:
         runner.finished()
     result.total_s = time.monotonic() - began
@@ -155,12 +158,14 @@ class _Runner:
         self._sink = sink
         self._storage = storage
         self._entry: journal.Entry | None = None
+        self._current: Step | None = None
 
     def step(self, step: Step, action: Callable[[], object]) -> None:
         total = len(self._plan.steps)
         if self._plan.skipped(step):
             self._sink(Event("restore", f"step {step.number}/{total} skipped: {step.title}"))
             return
+        self._current = step
         self._journal(step)
         self._sink(Event("restore", f"step {step.number}/{total}: {step.title}"))
         began = time.monotonic()
@@ -168,11 +173,6 @@ class _Runner:
             action()
         except SafeholdError as exc:
             raise self._stopped_at(step, exc) from exc
-        except KeyboardInterrupt:  # SIGTERM or SIGINT: unwinding; say where, as a kill would
-            state, resume = self._where(step)
-            said = f"whole-system restore {stopped_at(step, total)}; {state}; {resume}"
-            self._sink(Event("restore", said, "warning"))
-            raise
         took = time.monotonic() - began
         self._result.timings.append((step, took))
         self._sink(
@@ -182,6 +182,14 @@ class _Runner:
                 data={"step": step.number, "seconds": took},
             )
         )
+
+    def interrupted(self) -> None:
+        """SIGTERM or SIGINT in or between steps: say where, at the last step begun."""
+        if (step := self._current) is None:
+            return
+        state, resume = self._where(step)
+        said = f"whole-system restore {stopped_at(step, len(self._plan.steps))}; {state}; {resume}"
+        self._sink(Event("restore", said, "warning"))
 
     def finished(self) -> None:
         if self._entry is not None:
@@ -203,25 +211,26 @@ class _Runner:
         """What is done when the run stops at ``step``, and what continues from there."""
         if step.kind in ("start", "connect", "health"):
             return "the data is restored", "nothing to restore again"
-        done = self._done()
-        state = ("done: " + "; ".join(done)) if done else "no data was changed"
-        return state, f"continue with: {self._resume(step)} (plus the same options as before)"
+        resume = f"continue with: {self._resume(step)} (plus the same options as before)"
+        return self._state(), resume
 
-    def _done(self) -> list[str]:
-        return [s.title for s, _ in self._result.timings if s.kind in CHANGING]
+    def _state(self) -> str:
+        done = [s.title for s, _ in self._result.timings if s.kind in CHANGING]
+        return ("done: " + "; ".join(done)) if done else "no data was changed"
 
     def _resume(self, step: Step) -> str:
         return f"safehold restore --all --set {self._plan.backup_set.id} --from-step {step.number}"
 
     def _stopped_at(self, step: Step, exc: SafeholdError) -> SafeholdError:
-        done = self._done()
-        state = ("done: " + "; ".join(done)) if done else "no data was changed"
+        state = self._state()
         containers = (
             " The stopped containers were started again."
             if self._plan.containers and step.kind not in ("start", "connect", "health")
             else ""
         )
-        exc.message = f"whole-system restore {stopped_at(step)}: {exc.message}"
+        exc.message = (
+            f"whole-system restore {stopped_at(step, len(self._plan.steps))}: {exc.message}"
+        )
         exc.hint = (
             f"{state}.{containers} {exc.hint + '. ' if exc.hint else ''}Once fixed, continue "
             f"with: {self._resume(step)} (plus the same options as before)"

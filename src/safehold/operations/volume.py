@@ -73,13 +73,15 @@ def folder_source(root: Path) -> TreeSource:
 
 
 # Unpacks an (uncompressed) tar stream into its destination; calls the check before the swap.
-Unpack = Callable[[ByteSource, Callable[[ExtractFacts], None]], ExtractFacts]
+# (decompressed tar stream, the check before the swap, the manifest's byte count or None)
+Unpack = Callable[[ByteSource, Callable[[ExtractFacts], None], int | None], ExtractFacts]
 
 
 def folder_unpack(target: Path, sink: EventSink, journal_to: SwapJournal | None = None) -> Unpack:
-    return lambda stream, check: extract_tree(
-        stream, target, events=sink, before_swap=check, journal_to=journal_to
-    )
+    return lambda stream, check, expected: extract_tree(
+        stream, target, events=sink, before_swap=check, journal_to=journal_to,
+        expected_bytes=expected,
+    )  # fmt: skip
 
 
 def volume_artifact(
@@ -298,24 +300,35 @@ def _restore_file(
     sink: EventSink,
     key: DecryptionKey | None,
 ) -> ExtractFacts:
+    from ..compress.threaded import ReadAhead
+
     manifest = source.manifest
-    with source.path.open("rb") as raw:
+    with source.path.open("rb") as raw, contextlib.ExitStack() as threads:
         progress = Progress(sink, f"restore {source.name}", source.path.stat().st_size)
-        hashed = HashingReader(raw, progress)
-        clear: ByteSource = age_reader(hashed, key) if key is not None else hashed
         if manifest is not None:
             kind = manifest.compression
         elif key is not None:
             kind = "zstd" if ".tar.zst" in source.name else "gzip"
         else:
             kind = _sniff(raw)
+        # Three threads, as GNU tar and its gzip are two processes: one reads and hashes the
+        # file, one decrypts and decompresses, this one extracts. Progress is told on this
+        # thread, from the count hashed so far: event sinks are not thread-safe.
+        hashed = HashingReader(raw)
+        read = threads.enter_context(ReadAhead(hashed))
+        clear: ByteSource = age_reader(read, key) if key is not None else read
+
+        def advance() -> None:
+            progress.advance(hashed.size - progress.done)
 
         def before_swap(facts: ExtractFacts) -> None:
+            plain.finish()  # its thread has ended: ``clear`` is read on this thread from here
             # The decompressor may stop at the end of its frame; the digest covers every byte,
             # and age authenticates its last chunk only at the end of the stream.
             while clear.read(1 << 20):
                 pass
-            hashed.drain()
+            read.finish()  # ``hashed`` read to its end, and the reading thread ended
+            advance()
             if manifest is None:
                 return
             check_digest(
@@ -325,8 +338,12 @@ def _restore_file(
 
         sink(Event("restore", f"restoring {source.name} into {where}"))
         try:
-            facts = unpack(open_decompressor(kind, clear), before_swap)
+            decompress = ReadAhead(open_decompressor(kind, clear), on_take=advance)
+            plain = threads.enter_context(decompress)
+            expected = manifest.facts.get("bytes") if manifest is not None else None
+            facts = unpack(plain, before_swap, expected if isinstance(expected, int) else None)
         except IntegrityError:
+            threads.close()  # no thread reads ``hashed`` any more
             # A damaged stream usually fails decompression first; a checksum mismatch is the
             # clearer message, so report that when it applies.
             if manifest is not None:
