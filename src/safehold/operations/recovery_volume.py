@@ -34,7 +34,7 @@ LOCK_WAIT_S = 10.0
 @journal.resolver("staging_folder")
 def remove_staging(entry: journal.Entry, context: journal.Context) -> str:
     staging = Path(entry.data["path"])
-    with _locked(entry, context):
+    with locked(entry, context):
         if not remove_tree(staging):
             raise SafeholdError(f"cannot remove the staging folder {staging}")
     return (
@@ -48,7 +48,7 @@ def settle_swap(entry: journal.Entry, context: journal.Context) -> str:
     staging = Path(entry.data["staging"])
     aside = Path(entry.data["aside"])
     forward = entry.data.get("phase") == "forward"
-    with _locked(entry, context):
+    with locked(entry, context):
         if not context.storage.exists(entry.key):
             return f"{_what(entry)}: already settled by another run"
         if not target.is_dir():
@@ -85,7 +85,8 @@ def _root_meta(target: Path, meta: dict[str, int] | None) -> None:
 
 
 @contextlib.contextmanager
-def _locked(entry: journal.Entry, context: journal.Context) -> Iterator[None]:
+def locked(entry: journal.Entry, context: journal.Context) -> Iterator[None]:
+    """The volume's lock the interrupted restore held (its entry names it), for a resolver."""
     key = entry.data.get("lock")
     if not key:
         yield

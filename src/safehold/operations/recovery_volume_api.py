@@ -14,21 +14,15 @@ run starting meanwhile cannot swap the same volume.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import docker
 import docker.errors
 
-from ..errors import LockBusy, SafeholdError
-from ..lock import volume_lock
+from ..errors import SafeholdError
 from ..model import Event
 from . import journal
 from .helper_image import DOCKER_ERRORS
 from .helper_swap import KIND, NEVER_STARTED, clear_helpers, recover_volume
-
-# The writer is dead: only another recovering command could hold the lock; it will be brief.
-LOCK_WAIT_S = 10.0
+from .recovery_volume import locked
 
 
 @journal.resolver(KIND)
@@ -37,7 +31,7 @@ def settle_api_swap(entry: journal.Entry, context: journal.Context) -> str:
     meta = [str(value) for value in entry.data.get("root") or ["", "", "", ""]]
     about = f"the interrupted restore of {entry.data.get('source') or 'an archive'}"
     said: list[Event] = []  # a helper it could not remove: told in its one line
-    with _locked(entry, context):
+    with locked(entry, context):
         if not context.storage.exists(entry.key):
             return f"{_what(entry)}: already settled by another run"
         client: docker.DockerClient = context.get("docker")
@@ -71,25 +65,6 @@ def settle_api_swap(entry: journal.Entry, context: journal.Context) -> str:
     if meta_failed:
         done += ", but the volume root's owner, mode or mtime could not be set"
     return "; ".join([f"{_what(entry)}: {about} {done}", *(e.message for e in said)])
-
-
-@contextlib.contextmanager
-def _locked(entry: journal.Entry, context: journal.Context) -> Iterator[None]:
-    key = entry.data.get("lock")
-    if not key:
-        yield
-        return
-    try:
-        with volume_lock(
-            context.storage.root,
-            str(key),
-            exclusive=True,
-            timeout=LOCK_WAIT_S,
-            purpose="safehold recovery of an interrupted restore",
-        ):
-            yield
-    except LockBusy as exc:
-        raise SafeholdError(f"{_what(entry)} is busy ({exc.message})") from exc
 
 
 def _what(entry: journal.Entry) -> str:
