@@ -32,6 +32,7 @@ from safehold.sources.postgres import PgTarget, connect
 from safehold.storage import LocalStorage
 
 from .conftest import Fingerprint, execute, fingerprint, seed_env
+from .mounts import tmpfs
 from .test_journal import as_written_by, dead_pid
 
 STEPS = ("create staging database", "pg_restore --jobs", "swapping", "renamed", "dropping the")
@@ -262,8 +263,6 @@ def test_a_backup_of_another_database_is_refused_over_live_unless_forced(
 def test_disk_full_while_decompressing_is_a_storage_error_and_live_is_untouched(
     db: PgTarget, repo: LocalStorage
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.fail("this case needs root to mount a tmpfs", pytrace=False)
     execute(
         db,
         "CREATE TABLE app.big AS SELECT g, repeat(md5(g::text), 40) AS t "
@@ -273,9 +272,7 @@ def test_disk_full_while_decompressing_is_a_storage_error_and_live_is_untouched(
     execute(db, "DELETE FROM app.big WHERE g % 2 = 0")
     live = fingerprint(db)
     scratch = repo.path(naming.TMP_DIR)
-    scratch.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(scratch)], check=True)
-    try:
+    with tmpfs(scratch, "4m"):
         proc = cli(db, repo, "restore", "--database", "latest")
         _out, err = proc.communicate(timeout=120)
         assert proc.returncode == StorageFull.exit_code, err
@@ -285,8 +282,6 @@ def test_disk_full_while_decompressing_is_a_storage_error_and_live_is_untouched(
         assert f"no space left on the device holding {scratch}" in err, err
         assert "decompressed copy of" in err and "TMPDIR" in err, err
         assert list(Path(scratch).iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(scratch)], check=True)
     assert fingerprint(db) == live
     assert server_state(db) == {db.dbname: True}
     assert journal.entries(repo) == []

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,20 +15,9 @@ from safehold.errors import StorageError
 from safehold.storage import LocalStorage
 
 from .conftest import CliRunner
+from .mounts import tmpfs
 
 STORAGE_EXIT = StorageError.exit_code
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str = "2m") -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.fail("mounting a tmpfs needs root", pytrace=False)
-    where.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def _remount(where: Path, mode: str) -> None:

@@ -4,10 +4,14 @@ hashing on the way through (both directions), throttled progress."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import os
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import IO
 
 from .. import catalog, naming
@@ -16,7 +20,7 @@ from ..errors import DecryptionKeyError, IntegrityError, StorageError
 from ..lock import repository_lock
 from ..model import ByteSink, Event, EventSink, Manifest
 from ..storage import LocalStorage, Storage
-from ..storage.local import storage_error
+from ..storage.local import FILE_MODE, PARTIAL_MARK, fsync_dir, storage_error
 
 PROGRESS_EVERY_S = 0.5
 
@@ -130,6 +134,71 @@ class HashingReader:
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
+
+
+class LocalArtifact:
+    """A repository file another program writes through a descriptor it can seek in (pg_dump
+    goes back to fill in its table of contents), committed the way ``LocalWriter`` commits --
+    the same partial name, so a dead run's leftover is removed the same way; fsync, rename,
+    fsync the folder -- and removed on any failure. ``LocalWriter`` only appends, hence this.
+    """
+
+    def __init__(self, storage: LocalStorage, key: str) -> None:
+        self.final = storage.path(key)
+        token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.temp = self.final.with_name(f".{self.final.name}{PARTIAL_MARK}{token}")
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(self.temp, flags, FILE_MODE)
+        except OSError as exc:
+            raise storage_error(exc, self.final, f"writing {self.final.name}") from exc
+        self.file: IO[bytes] = os.fdopen(fd, "r+b", buffering=0)
+
+    def size(self) -> int:
+        return os.fstat(self.file.fileno()).st_size
+
+    def digest(self, progress: Progress | None = None) -> tuple[str, int]:
+        """sha256 and size of the bytes as they are now (read back from the page cache)."""
+        with self.temp.open("rb") as fh:
+            return sha256_of(fh, progress)
+
+    def full_disk(self, message: str) -> StorageError | None:
+        """The storage error a writer's message reports (a full disk or quota), if any."""
+        for code in (errno.ENOSPC, errno.EDQUOT):
+            if os.strerror(code) in message:
+                fault = OSError(code, os.strerror(code))
+                return storage_error(fault, self.final, f"writing {self.final.name}")
+        return None
+
+    def commit(self) -> None:
+        try:
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.temp, self.final)
+            fsync_dir(self.final.parent)
+        except OSError as exc:
+            self.abort()
+            raise storage_error(exc, self.final, f"committing {self.final.name}") from exc
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.temp.unlink()
+
+    def __enter__(self) -> LocalArtifact:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
 
 
 @contextlib.contextmanager

@@ -1,5 +1,8 @@
 """Database backup: pg_dump -> [zstd] -> sha256 -> atomic file, then the manifest (commit point).
 
+The default (pg_dump's gzip, not encrypted) lets pg_dump write the file itself, so its table of
+contents gets the data offsets a parallel restore needs; the sha256 is taken after that.
+
 Beside each dump: its globals (roles, memberships, database settings) as a psql script.
 """
 
@@ -13,7 +16,7 @@ from .. import catalog, naming
 from .._version import __version__
 from ..compress import ZstdWriter
 from ..crypto import EncryptionKey
-from ..errors import UsageError
+from ..errors import DatabaseError, UsageError
 from ..model import Event, EventSink, Manifest, null_sink
 from ..naming import COMPRESSIONS
 from ..sources import pg_globals, pg_globals_sql
@@ -21,7 +24,9 @@ from ..sources.pg_globals import Globals
 from ..sources.postgres import DumpStream, PgTarget, connect
 from ..storage import LocalStorage
 from ._pipeline import (
+    PROGRESS_EVERY_S,
     HashingWriter,
+    LocalArtifact,
     Progress,
     bind_key,
     commit,
@@ -91,6 +96,53 @@ def dump_database(
     the dump's bytes are durable (a failed dump leaves no globals behind)."""
     # Captured before pg_dump starts: a role dropped meanwhile is still in the globals.
     captured = capture_globals(target)
+    if opts.compression == "gzip" and opts.encryption is None:
+        dump, size, digest, dump_bytes = _dump_to_file(target, storage, name, sink)
+    else:
+        dump, size, digest, dump_bytes = _dump_streamed(target, storage, name, opts, sink)
+    roles = write_globals(storage, name, captured, started, opts.encryption, set_id)
+    return Manifest(
+        artifact=name,
+        kind="database",
+        target=target.dbname,
+        compression=opts.compression if opts.compression != "gzip" else "pg_dump-gzip",
+        size=size,
+        sha256=digest,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        tool_version=__version__,
+        facts={**dump.facts, "dump_bytes": dump_bytes, "globals": roles.artifact},
+        set_id=set_id,
+        encryption=opts.encryption.describe() if opts.encryption else None,
+    )
+
+
+def _dump_to_file(
+    target: PgTarget, storage: LocalStorage, name: str, sink: EventSink
+) -> tuple[DumpStream, int, str, int]:
+    """pg_dump's own gzip archive, written by pg_dump straight into the repository file: a file
+    can seek, so pg_dump fills in the data offsets ``pg_restore --jobs`` needs. The sha256 is
+    read back from the page cache once pg_dump is done, so it covers those final bytes."""
+    progress = Progress(sink, f"dump {target.dbname}", None)
+    with LocalArtifact(storage, name) as out:
+        with DumpStream(target, compress_level=None, into=out.file) as dump:
+            while not dump.wait(PROGRESS_EVERY_S):
+                progress.advance(out.size() - progress.done)
+            try:
+                dump.finish()  # a failed pg_dump raises here, so the file is removed
+            except DatabaseError as exc:
+                raise out.full_disk(exc.message) or exc from None
+        progress.advance(out.size() - progress.done)
+        digest, size = out.digest()
+    progress.close()
+    return dump, size, digest, size
+
+
+def _dump_streamed(
+    target: PgTarget, storage: LocalStorage, name: str, opts: BackupOptions, sink: EventSink
+) -> tuple[DumpStream, int, str, int]:
+    """pg_dump through a pipe: -> [zstd] -> sha256 -> [age] -> file, in one pass. Its archive
+    has no data offsets (a pipe cannot seek); a restore fills them in its decompressed copy."""
     # With zstd, pg_dump writes uncompressed and our multi-threaded zstd does the work.
     level = None if opts.compression == "gzip" else 0
     with DumpStream(target, compress_level=level) as dump, storage.open_writer(name) as writer:
@@ -119,21 +171,7 @@ def dump_database(
             raise
         dump.finish()  # a failed pg_dump raises here, so the writer aborts instead of committing
         progress.close()
-    roles = write_globals(storage, name, captured, started, opts.encryption, set_id)
-    return Manifest(
-        artifact=name,
-        kind="database",
-        target=target.dbname,
-        compression=opts.compression if opts.compression != "gzip" else "pg_dump-gzip",
-        size=hashed.size,
-        sha256=hashed.hexdigest(),
-        started_at=started,
-        finished_at=datetime.now(UTC),
-        tool_version=__version__,
-        facts={**dump.facts, "dump_bytes": progress.done, "globals": roles.artifact},
-        set_id=set_id,
-        encryption=opts.encryption.describe() if opts.encryption else None,
-    )
+    return dump, hashed.size, hashed.hexdigest(), progress.done
 
 
 # --- globals ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from . import dump_input, journal
 from . import globals as dump_globals
 from . import recovery_database as leftovers
 from ._pipeline import Progress, unlock_key
-from .restore_input import PURPOSE, is_age_file, is_zstd_file, prove_dump, seekable_dump
+from .restore_input import PURPOSE, Archive, is_age_file, is_zstd_file, prove_dump, seekable_dump
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,7 @@ def _execute(
         timings["verify"] = time.monotonic() - clock
         server = conn.info.server_version
         if plan.source.manifest is None:
-            prove_dump(target, archive, server, plan.source.name)
+            prove_dump(target, archive.path, server, plan.source.name)
             warnings.append(
                 f"{plan.source.name} has no manifest: it was checked by its content "
                 "(pg_restore --list, or read as SQL) only, not against a checksum"
@@ -279,7 +279,7 @@ def _restore_into_staging(
     conn: Any,
     storage: LocalStorage,
     plan: RestorePlan,
-    archive: Path,
+    archive: Archive,
     opts: RestoreOptions,
     sink: EventSink,
     timings: dict[str, float],
@@ -296,8 +296,8 @@ def _restore_into_staging(
         pg_admin.create_like(conn, plan.staging, plan.database if plan.previous else None)
         if plan.format == "plain":
             sink(Event("restore", f"psql --single-transaction into {plan.staging!r}"))
-            progress = Progress(sink, f"restore {plan.database}", archive.stat().st_size)
-            chunks = dump_input.sql_chunks(archive, progress)
+            progress = Progress(sink, f"restore {plan.database}", archive.path.stat().st_size)
+            chunks = dump_input.sql_chunks(archive.path, progress)
             pg_admin.psql_restore(
                 target, plan.staging, chunks, server_version_num=server, app_name=session
             )
@@ -345,25 +345,33 @@ def _record_closed(
 def _pg_restore(
     target: PgTarget,
     plan: RestorePlan,
-    archive: Path,
+    archive: Archive,
     opts: RestoreOptions,
     sink: EventSink,
     server: int,
     session: str,
 ) -> Progress:
-    total = len(pg_admin.toc_entries(target, archive, server))
-    progress = Progress(sink, f"restore {plan.database}", total, unit="items")
-    sink(Event("restore", f"pg_restore --jobs={plan.jobs} into {plan.staging!r}"))
-    pg_admin.pg_restore(
-        target,
-        plan.staging,
-        archive,
-        jobs=plan.jobs,
-        no_owner=opts.no_owner,
-        server_version_num=server,
-        on_item=lambda: progress.advance(1),
-        app_name=session,
-    )
+    """pg_restore into staging once the file matches its manifest (only its TOC read before)."""
+    try:
+        total = len(pg_admin.toc_entries(target, archive.path, server))
+        archive.confirm()
+        progress = Progress(sink, f"restore {plan.database}", total, unit="items")
+        sink(Event("restore", f"pg_restore --jobs={plan.jobs} into {plan.staging!r}"))
+        pg_admin.pg_restore(
+            target,
+            plan.staging,
+            archive.path,
+            jobs=plan.jobs,
+            no_owner=opts.no_owner,
+            server_version_num=server,
+            on_item=lambda: progress.advance(1),
+            app_name=session,
+        )
+    except Exception:
+        archive.confirm()  # a damaged file: its checksum says so better than pg_restore
+        raise
+    finally:
+        archive.release()
     return progress
 
 

@@ -3,13 +3,16 @@ stream whose per-table row counts come from the very snapshot the dump reads."""
 
 from __future__ import annotations
 
+import os
 import re
+import select
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # psycopg takes ~0.1 s to import: the WAL commands never connect
     import psycopg
@@ -186,11 +189,19 @@ class DumpStream:
 
     Usage: ``with DumpStream(...) as dump: for chunk in dump: ...``; after the ``with`` block
     ``dump.facts`` holds the manifest facts. Leaving the block early stops pg_dump.
+
+    With ``into`` (a regular file, empty, at offset 0) pg_dump writes there itself instead:
+    such an output can seek, so pg_dump goes back to its table of contents at the end and fills
+    in each table's data offset, which ``pg_restore --jobs`` needs to seek straight to a table
+    and to schedule the largest first. ``wait`` then tells when it is done.
     """
 
-    def __init__(self, target: PgTarget, *, compress_level: int | None) -> None:
+    def __init__(
+        self, target: PgTarget, *, compress_level: int | None, into: IO[bytes] | None = None
+    ) -> None:
         self.target = target
         self.compress_level = compress_level  # None: pg_dump's default gzip
+        self.into = into
         self.facts: dict[str, Any] = {}
         self._conn: psycopg.Connection[Any] | None = None
         self._proc: Any = None
@@ -198,6 +209,7 @@ class DumpStream:
         self._counter: threading.Thread | None = None
         self._count_error: BaseException | None = None
         self._finished = False
+        self._pidfd: int | None = None
 
     def __enter__(self) -> DumpStream:
         # Autocommit, so the BEGIN below is the transaction that owns the exported snapshot.
@@ -232,7 +244,8 @@ class DumpStream:
         if self.compress_level is not None:
             argv.append(f"--compress={self.compress_level}")
         argv += ["--dbname", self.target.dbname]
-        self._proc = _proc.spawn(argv, env=self.target.env())
+        out = self.into if self.into is not None else subprocess.PIPE
+        self._proc = _proc.spawn(argv, env=self.target.env(), stdout=out)
         self._stderr = _proc.StderrTail(self._proc.stderr)
         # Counting runs beside the dump, in the same snapshot, on the exporting connection.
         self._counter = threading.Thread(target=self._count, args=(conn,), daemon=True)
@@ -246,6 +259,22 @@ class DumpStream:
             self.facts["tables"] = count_rows(conn)
         except BaseException as exc:
             self._count_error = exc
+
+    def wait(self, timeout: float) -> bool:
+        """Whether pg_dump has exited, waiting at most ``timeout`` seconds."""
+        if self._pidfd is None:
+            try:  # readable the moment the child exits; Popen.wait(timeout) polls every 50 ms
+                self._pidfd = os.pidfd_open(self._proc.pid)
+            except (AttributeError, OSError):
+                self._pidfd = -1
+        if self._pidfd >= 0:
+            select.select([self._pidfd], [], [], timeout)
+            return self._proc.poll() is not None
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def __iter__(self) -> Iterator[memoryview]:
         buffer = bytearray(CHUNK)
@@ -284,6 +313,9 @@ class DumpStream:
             raise DatabaseError(f"counting rows for the manifest failed: {self._count_error}")
 
     def _cleanup(self) -> None:
+        if self._pidfd is not None and self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = None
         if self._proc is not None:
             _proc.stop(self._proc)
             if self._proc.stdout:
