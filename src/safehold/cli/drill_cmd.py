@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import click
 
@@ -15,7 +16,7 @@ from ..sources.postgres import PgTarget
 from ..storage import LocalStorage
 from .locations import mirrored, read_source
 from .physical import COMMAND_HELP, run_pitr_drill
-from .runtime import runtime, shared_options
+from .runtime import Runtime, runtime, shared_options
 
 
 @click.command("drill")
@@ -44,6 +45,21 @@ from .runtime import runtime, shared_options
 @click.option("--to-name", metavar="NAME", help="--pitr: recover up to this restore point")
 @click.option("--server-user", help="--pitr: OS user to run the scratch server as (root only)")
 @click.option("--command", "command", help=f"--pitr: {COMMAND_HELP}")
+@click.option(
+    "--full-system",
+    is_flag=True,
+    help="rehearse a whole-system recovery of a set (--set, default latest) in isolation: "
+    "scratch database and volumes, copies of the containers without ports or production "
+    "networks, post-restore commands, health; timed against the full-system RTO",
+)
+@click.option("--project", help="--full-system: compose project whose containers are copied")
+@click.option(
+    "--post-restore-cmd",
+    "post_cmds",
+    multiple=True,
+    help="--full-system: instead of restore.post_restore_cmds (PG* name the scratch database)",
+)
+@click.option("--health-timeout", type=float, help="--full-system: seconds to wait for health")
 @click.option("--json", "as_json", is_flag=True, help="print the drill record as JSON")
 @shared_options
 @click.pass_context
@@ -60,6 +76,10 @@ def drill_cmd(
     to_name: str | None,
     server_user: str | None,
     command: str | None,
+    full_system: bool,
+    project: str | None,
+    post_cmds: tuple[str, ...],
+    health_timeout: float | None,
     as_json: bool,
 ) -> None:
     """Restore backups into scratch space, check them, time them, clean up.
@@ -73,7 +93,28 @@ def drill_cmd(
     --pitr drills a point-in-time recovery instead: the base backup and WAL are restored into a
     scratch folder, the server recovers to the target and promotes, every table of the database
     is read and counted, and the scratch cluster is removed.
+
+    --full-system is the quarterly/annual disaster-recovery rehearsal: the set's database goes
+    into a scratch database (<db>_drill_<id>; no role is created or altered on the configured
+    server, --sandbox uses a throwaway cluster with the dump's roles), its volumes into scratch
+    volumes; the post-restore commands run with PG* naming the scratch database; copies of the
+    application's containers start on the restored data in an internal network of their own,
+    with no published ports; the drill waits for their HEALTHCHECKs. Each step is timed and the
+    total recorded as the measured full-system recovery time against the RTO. Everything is
+    removed afterwards, also on failure or SIGTERM (after a kill, by the next command).
     """
+    if full_system:
+        if name or latest or pitr or source:
+            raise UsageError("--full-system drills a set: give --set ID|latest, not a name")
+        with runtime(ctx, as_json=as_json) as rt:
+            record = _full_system(rt, set_ref, sandbox, project, post_cmds, health_timeout)
+            if as_json:
+                rt.emit_json(record.to_json())
+            else:
+                _show_full(record)
+        return
+    if project or post_cmds or health_timeout is not None:
+        raise UsageError("--project, --post-restore-cmd and --health-timeout need --full-system")
     if pitr:
         if name or latest or set_ref or sandbox or source:
             raise UsageError("--pitr drills base backup + WAL; it does not take a backup name")
@@ -100,7 +141,7 @@ def drill_cmd(
         if source is not None:
             storage = stack.enter_context(mirrored(rt, source, _picker(name, set_ref)))
         live = rt.settings.pg_target()
-        with _server(live, sandbox) as (server, where):
+        with _server(live, sandbox) as (server, where, _root):
             record = drill(
                 storage,
                 subject,
@@ -121,15 +162,68 @@ def drill_cmd(
             _show(record)
 
 
+def _full_system(
+    rt: Runtime,
+    set_ref: str | None,
+    sandbox: bool,
+    project: str | None,
+    post_cmds: tuple[str, ...],
+    health_timeout: float | None,
+) -> DrillRecord:
+    from ..operations.drill_system import SystemDrillOptions, drill_system
+    from ..operations.engine import connect_docker
+
+    settings = rt.settings
+    storage = LocalStorage(settings.backup_dir)
+    live = settings.pg_target()
+    client = connect_docker()
+    with _server(live, sandbox) as (server, where, root):
+        options = SystemDrillOptions(
+            set_ref=set_ref or "latest",
+            project=project or settings.restore.project or None,
+            post_restore_cmds=post_cmds or settings.restore.post_restore_cmds,
+            health_timeout=settings.restore.health_timeout
+            if health_timeout is None
+            else health_timeout,
+            jobs=settings.restore.jobs,
+            access=settings.volume_access(),
+            lock_timeout=settings.lock_timeout,
+            objectives=settings.objectives_s(),
+            roles="create" if sandbox else "skip",
+            key=settings.decryption_key(),
+            where=where,
+            sandbox_root=root,
+        )
+        return drill_system(
+            storage,
+            client=client,
+            server=server,
+            live_database=live.dbname,
+            options=options,
+            sink=rt.sink,
+        )
+
+
+def _show_full(record: DrillRecord) -> None:
+    goal = record.objective_s or 0.0
+    verdict = "within" if record.recovery_s <= goal else "OVER"
+    click.echo(
+        f"drill {record.id}: {record.subject} rehearsed on {record.where}: recovered and healthy "
+        f"in {record.recovery_s:.1f}s, {verdict} the full-system RTO of {goal / 60:.0f} min"
+    )
+    for step in record.steps:
+        click.echo(f"  {step['step']:>8}  {step['seconds']:8.2f}s  {step['title']}")
+
+
 @contextlib.contextmanager
-def _server(live: PgTarget, sandbox: bool) -> Iterator[tuple[PgTarget, str]]:
+def _server(live: PgTarget, sandbox: bool) -> Iterator[tuple[PgTarget, str, Path | None]]:
     if not sandbox:
-        yield live.with_db(live.maintenance_db), f"server {live.host}:{live.port}"
+        yield live.with_db(live.maintenance_db), f"server {live.host}:{live.port}", None
         return
     cluster = SandboxCluster()
     try:
         server = cluster.start()
-        yield server, f"throwaway cluster on 127.0.0.1:{server.port}"
+        yield server, f"throwaway cluster on 127.0.0.1:{server.port}", cluster.root
     finally:
         cluster.remove()
 

@@ -21,6 +21,7 @@ RESOLVER_MODULES: tuple[str, ...] = (
     "safehold.operations.recovery_volume_api",
     "safehold.operations.recovery_containers",
     "safehold.operations.recovery_database",
+    "safehold.operations.recovery_drill",
 )
 
 

@@ -10,6 +10,7 @@ from rich.table import Table
 from ..operations.copy import holders
 from ..operations.status import StatusReport, read_status
 from ..operations.status_metrics import write_metrics
+from ..operations.status_rehearsal import RehearsalStatus
 from ..operations.status_wal import WalStatus
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage
@@ -114,6 +115,8 @@ def _show(report: StatusReport, console: Console) -> None:
             console.print(f"{t.kind} {t.target}: {note}")
     if report.wal is not None:
         _show_wal(report.wal, console)
+    if report.rehearsal is not None:
+        _show_rehearsal(report.rehearsal, console)
     for note in report.notes:
         console.print(note)
 
@@ -132,6 +135,22 @@ def _show_wal(pitr: WalStatus, console: Console) -> None:
         console.print(f"[{STYLE[pitr.level]}]wal: {reason}[/]")
     for note in pitr.notes:
         console.print(f"wal: {note}")
+
+
+def _show_rehearsal(rehearsal: RehearsalStatus, console: Console) -> None:
+    drill = rehearsal.drill
+    objective = f"RTO full {rehearsal.objective_s / 60:g} min"
+    if drill is not None:
+        took = f"in {drill.recovery_s:.1f}s" if drill.outcome == "ok" else "FAILED"
+        when = drill.started_at.strftime("%Y-%m-%d %H:%M")
+        console.print(
+            f"full system: last rehearsal {when} (set {drill.set_id}) recovered {took} "
+            f"against the {objective}; [{STYLE[rehearsal.level]}]{rehearsal.level}[/]"
+        )
+    for reason in rehearsal.reasons:
+        console.print(f"[{STYLE[rehearsal.level]}]full system: {reason}[/]")
+    for note in rehearsal.notes:
+        console.print(f"full system: {note} ({objective})")
 
 
 def _age(seconds: float) -> str:

@@ -50,6 +50,11 @@ class DrillRecord:
     error: str | None = None
     set_id: str | None = None
     tool_version: str = __version__
+    # A full-system rehearsal (drill_system.py): its timed steps, and recovery_s is the whole
+    # system's measured recovery time, judged against ``objective_s`` (the full-system RTO).
+    scope: str = "backups"
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    objective_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -64,6 +69,9 @@ class DrillRecord:
             "error": self.error,
             "set_id": self.set_id,
             "tool_version": self.tool_version,
+            "scope": self.scope,
+            "steps": self.steps,
+            "objective_s": self.objective_s,
         }
 
     @classmethod
@@ -80,6 +88,9 @@ class DrillRecord:
             error=data.get("error"),
             set_id=data.get("set_id"),
             tool_version=str(data.get("tool_version", "")),
+            scope=str(data.get("scope", "backups")),
+            steps=list(data.get("steps", [])),
+            objective_s=data.get("objective_s"),
         )
 
     def covers(self, kind: str, target: str) -> bool:

@@ -9,7 +9,8 @@ The rules, per target:
 - the newest backup is missing from a location that should get every backup: warning;
 - the last drill that covered it failed: critical; it took longer than the target's RTO, or is
   older than ``DRILL_MAX_AGE``: warning; never drilled: a note (recoverability unproven).
-Plus, when the repository has archived WAL or base backups, the PITR line (``status_wal``).
+Plus, when the repository has archived WAL or base backups, the PITR line (``status_wal``),
+and the full-system line: the last DR rehearsal against the full-system RTO (``status_rehearsal``).
 A reading is a pure function of the repository and ``now``, so tests control the clock.
 """
 
@@ -23,6 +24,7 @@ from .. import catalog
 from ..model import BACKUP_KINDS, BackupRecord, Kind, Objectives
 from ..storage import LocalStorage
 from .drill import DrillRecord, read_drills
+from .status_rehearsal import RehearsalStatus, read_rehearsal
 from .status_wal import DEFAULT_WAL_STALL_S, LEVELS, Level, WalStatus, read_wal_status
 from .verify import VerifyResult, read_verify
 
@@ -79,10 +81,12 @@ class StatusReport:
     targets: list[TargetStatus]
     notes: list[str] = field(default_factory=list)
     wal: WalStatus | None = None
+    rehearsal: RehearsalStatus | None = None
 
     @property
     def level(self) -> Level:
         levels = [t.level for t in self.targets] + ([self.wal.level] if self.wal else [])
+        levels += [self.rehearsal.level] if self.rehearsal else []
         worst = max((LEVELS.index(level) for level in levels), default=2)
         return LEVELS[worst]
 
@@ -98,6 +102,7 @@ class StatusReport:
             "targets": [t.to_json() for t in self.targets],
             "notes": self.notes,
             "wal": self.wal.to_json() if self.wal else None,
+            "full_system": self.rehearsal.to_json() if self.rehearsal else None,
         }
 
 
@@ -134,7 +139,8 @@ def read_status(
     notes = []
     if not targets and pitr is None:
         notes.append("nothing configured and no backups: run 'safehold backup'")
-    return StatusReport(now, objectives, targets, notes, pitr)
+    rehearsal = read_rehearsal(drills, now, objectives) if targets else None
+    return StatusReport(now, objectives, targets, notes, pitr, rehearsal)
 
 
 def _judge(
