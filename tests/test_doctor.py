@@ -94,8 +94,13 @@ def test_healthy_setup_is_all_ok(run_cli: CliRunner, db: PgTarget, repo: LocalSt
 
     report = doctor(run_cli, db, 0, cwd=ROOT)  # the project's own scripts/
 
-    assert [c for c in report.values() if c["result"] != "OK"] == [report["docker"]]
-    assert report["docker"]["result"] == "SKIP"
+    skipped = ["wal archiver", "archive_command access", "docker"]  # archiving is off here
+    assert [c["check"] for c in report.values() if c["result"] != "OK"] == skipped
+    assert {report[name]["result"] for name in skipped} == {"SKIP"}
+    assert "archive_mode is off" in report["wal archiver"]["detail"]
+    assert "of the server's data folder" in report["data folder space"]["detail"]
+    assert report["leftover databases"]["result"] == "OK"
+    assert report["unfinished files"]["result"] == "OK"
     assert "DOCKER_HOST not set" in report["docker"]["detail"]
     assert f"{repo.root} is writable (0700)" in report["backup folder"]["detail"]
     size = human_bytes(repo.size(name))

@@ -79,6 +79,18 @@ def test_list_is_sorted_and_one_level(tmp_path: Path) -> None:
     assert storage.list() == ["a", "b", "c"]
 
 
+def test_every_folder_a_deep_key_creates_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "repo")
+    previous = os.umask(0o022)
+    try:
+        storage.put_bytes(".safehold/journal/done/entry.json", b"{}")
+    finally:
+        os.umask(previous)
+    deepest = storage.root / ".safehold/journal/done"
+    made = [deepest, *deepest.parents][:4]  # done, journal, .safehold, the root
+    assert {oct(folder.stat().st_mode & 0o777) for folder in made} == {"0o700"}, made
+
+
 def test_keys_cannot_escape_the_root(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "repo")
     for key in ("../evil", "/etc/passwd", "a/../../b"):

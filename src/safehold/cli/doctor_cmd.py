@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import sys
 from collections import Counter
 from datetime import UTC, datetime
@@ -17,6 +19,8 @@ from .. import config
 from ..crypto import DecryptionKey
 from ..errors import ConfigError, SafeholdError
 from ..operations.doctor import RESULTS, Check, DoctorSetup, run_checks
+from ..operations.doctor_wal import Need
+from ..storage import Storage
 from .runtime import runtime, shared_options
 
 RESULT_STYLE = {"OK": "green", "WARN": "yellow", "FAIL": "bold red", "SKIP": "dim"}
@@ -39,8 +43,12 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     probe file), the database server (TCP and protocol), the login and the database, the rights a
     restore needs (CREATEDB and ownership of the database, or superuser), the roles the newest
     backup's globals name (present here, or creatable by this role: CREATEROLE), pg_dump and
-    pg_restore against the server's version, ./scripts/backup.sh and restore.sh, the Docker
-    engine and each configured volume (only when volumes are configured or DOCKER_HOST is set).
+    pg_restore against the server's version, each [locations.NAME] (a probe object, the lock,
+    unfinished uploads), the data folder's free space and WAL archiving (the archiver's failures;
+    the archive_command's program, repository, config, log and key files as the server's OS
+    user) when the server runs on this host, leftovers of interrupted runs, ./scripts/backup.sh
+    and restore.sh, the Docker engine and each configured volume (only when volumes are
+    configured or DOCKER_HOST is set).
 
     Exit code 0 when no check FAILs (WARN and SKIP included), 1 when any check FAILs. A check
     never stops the others; nothing is changed but the probe file, written and removed again.
@@ -76,7 +84,39 @@ def _setup(settings: config.Settings) -> DoctorSetup:
         script_dirs=tuple(unique),
         docker_host=os.environ.get("DOCKER_HOST") or None,
         key=_key(settings),
+        locations=_locations(settings),
+        archive_needs=_archive_needs,
     )
+
+
+def _locations(settings: config.Settings) -> tuple[tuple[str, Storage], ...]:
+    if not settings.locations:
+        return ()  # boto3 loads only when there is a location
+    from .locations import locations
+
+    return tuple((place.name, place.storage) for place in locations(settings))
+
+
+def _archive_needs(config_file: Path | None) -> list[Need]:
+    """The files wal-push reads or writes under the config the server's archive_command names,
+    loaded as the server loads it: that file, without our environment."""
+    if config_file is None:
+        return []
+    settings = config.load(config_file, env={}, absolute=True)
+    enc = settings.encryption
+    needs = [Need("log file", settings.log_file, "append")] if settings.log_file else []
+    for what, path in (
+        ("age recipients file", enc.recipients_file),
+        ("passphrase file", enc.passphrase_file),
+        *[(f"credentials of location {p.name}", p.credentials_file) for p in settings.locations],
+        *[(f"CA bundle of location {p.name}", p.ca_bundle) for p in settings.locations],
+    ):
+        if path is not None:
+            needs.append(Need(what, path, "read"))
+    if enc.passphrase_command:
+        program = shlex.split(enc.passphrase_command)[0]
+        needs.append(Need("passphrase command", Path(shutil.which(program) or program), "run"))
+    return needs
 
 
 def _key(settings: config.Settings) -> DecryptionKey | None:

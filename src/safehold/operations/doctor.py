@@ -6,52 +6,36 @@ the storage probe (a hidden file written and removed). No password appears in an
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import secrets
-import socket
 import stat
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import docker
 
 from .. import _proc, catalog, naming
 from ..crypto import DecryptionKey
-from ..errors import AuthenticationFailed, DatabaseMissing, DatabaseUnreachable, SafeholdError
+from ..errors import SafeholdError
 from ..model import BackupRecord, Event, EventSink, null_sink
 from ..sinks.log import human_bytes
-from ..sources.postgres import PgTarget, connect, require_tool_for, tool_major
+from ..sources.postgres import PgTarget
 from ..storage import LocalStorage, Storage
-from .doctor_leftovers import leftovers
+from . import doctor_leftovers, doctor_locations, doctor_server, doctor_wal
+from .doctor_check import RESULTS, Check, Result, State, names
 from .doctor_rights import rights, roles
 from .engine import connect_docker, select_volumes, volume_mountpoint
 
-Result = Literal["OK", "WARN", "FAIL", "SKIP"]
-RESULTS: tuple[Result, ...] = ("OK", "WARN", "FAIL", "SKIP")
+__all__ = ["RESULTS", "Check", "DoctorSetup", "Result", "run_checks"]
+
 FAIL_FACTOR = 1.2  # free space under the newest backups' size times this: the next may not fit
 WARN_FACTOR = 2.0
 SCRIPTS = ("backup.sh", "restore.sh", "_safehold")  # the seed's scripts and their launcher
-SHOWN = 5  # names listed in one detail before "and N more"
 _URL_PASSWORD = re.compile(r"(\w+://[^/:@\s]*):[^/@\s]*@")  # scheme://user:secret@host
 
 Step = Callable[[], list["Check"]]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One line of the report."""
-
-    check: str
-    result: Result
-    detail: str
-    fix: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "fix": self.fix or None}
 
 
 @dataclass(frozen=True)
@@ -67,28 +51,31 @@ class DoctorSetup:
     docker_host: str | None = None
     storages: tuple[Storage, ...] = ()
     key: DecryptionKey | None = None  # reads the newest backup's globals when encrypted
-
-
-@dataclass
-class _State:
-    server_version_num: int | None = None
-    docker_client: docker.DockerClient | None = None
-    docker_failed: bool = False
+    locations: tuple[tuple[str, Storage], ...] = ()  # the configured copy locations, by name
+    archive_needs: doctor_wal.NeedsOf | None = None  # files a config makes wal-push use
 
 
 def run_checks(setup: DoctorSetup, sink: EventSink = null_sink) -> list[Check]:
     """Every check, in the order an operator would look. Never raises (but KeyboardInterrupt)."""
-    state = _State()
-    storages = setup.storages or (LocalStorage(setup.backup_dir),)
+    state = State()
+    target, folder = setup.target, setup.backup_dir
+    storages = setup.storages or (LocalStorage(folder),)
+    labels = [doctor_locations.storage_name(s) for s in storages]
     steps: list[tuple[str, Step]] = [
-        ("backup folder", _one(_backup_folder, setup.backup_dir)),
-        ("free space", _one(_free_space, setup.backup_dir)),
-        *[(_storage_name(s), _one(_storage, s)) for s in storages],
-        ("database server", lambda: _database(setup.target, state)),
-        ("restore rights", lambda: [rights(setup.target, _reached(state))]),
-        ("roles", lambda: [roles(setup.target, setup.backup_dir, setup.key, _reached(state))]),
-        *[(tool, _one(_tool, setup.target, tool, state)) for tool in ("pg_dump", "pg_restore")],
-        ("interrupted runs", _one(leftovers, setup.backup_dir)),
+        ("backup folder", _one(_backup_folder, folder)),
+        ("free space", _one(_free_space, folder)),
+        *[(n, _one(doctor_locations.probe, n, s)) for n, s in zip(labels, storages, strict=True)],
+        *[(f"location {n}", _many(doctor_locations.location, n, s)) for n, s in setup.locations],
+        ("database server", lambda: doctor_server.database(target, state)),
+        ("restore rights", lambda: [rights(target, state.reached)]),
+        ("roles", lambda: [roles(target, folder, setup.key, state.reached)]),
+        *[(t, _one(doctor_server.tool, target, t, state)) for t in ("pg_dump", "pg_restore")],
+        ("server host", _many(doctor_server.locate, target, state)),
+        ("data folder space", _one(doctor_server.data_folder, state)),
+        ("wal archiver", lambda: doctor_wal.checks(target, state, folder, setup.archive_needs)),
+        ("interrupted runs", _one(doctor_leftovers.leftovers, folder)),
+        ("unfinished files", _one(doctor_leftovers.partials, folder)),
+        ("leftover databases", lambda: [doctor_leftovers.databases(target, state.reached)]),
         ("scripts", _one(_scripts, setup.script_dirs)),
         ("docker", _one(_docker, setup, state)),
         ("volumes", lambda: _volumes(setup, state)),
@@ -125,9 +112,9 @@ def _one(check: Callable[..., Check], *args: Any) -> Step:
     return lambda: [check(*args)]
 
 
-def _names(items: list[str]) -> str:
-    more = f" and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
-    return ", ".join(items[:SHOWN]) + more
+def _many(check: Callable[..., list[Check] | None], *args: Any) -> Step:
+    """A step of several checks, or of none (one that only learns facts for later checks)."""
+    return lambda: check(*args) or []
 
 
 # --- the repository ---------------------------------------------------------------------------
@@ -153,13 +140,21 @@ def _backup_folder(root: Path) -> Check:
     if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
         detail = f"{root} is not writable by this user (uid {os.geteuid()})"
         return Check(name, "FAIL", detail, f"fix its owner or mode (chmod 700 {root}), {elsewhere}")
-    loose = [f"{p} ({stat.S_IMODE(m):04o})" for p, m in _repository_modes(root) if m & 0o077]
+    loose = [f"{p} ({stat.S_IMODE(m):04o})" for p, m in _repository_modes(root) if _loose(m)]
     if loose:
-        detail = f"readable by group or others: {_names(loose)} (safehold writes 0600/0700)"
+        detail = f"open to group or others: {names(loose)} (safehold writes 0600/0700)"
         return Check(name, "WARN", detail, f"chmod -R go-rwx {root}")
     mode = stat.S_IMODE(root.stat().st_mode)
     detail = f"{root} is writable ({mode:04o}); no backup or manifest is readable by others"
     return Check(name, "OK", detail)
+
+
+def _loose(mode: int) -> bool:
+    """A file group or others may read or change, or a folder others may change. A folder's
+    read/enter bits show names only (every file in it is 0600), and its parents that safehold
+    creates on the way get the umask's mode (0755, 0750); a group-writable folder is how the
+    server's OS user is let in to archive WAL."""
+    return bool(mode & (0o002 if stat.S_ISDIR(mode) else 0o077))
 
 
 def _repository_modes(root: Path) -> list[tuple[Path, int]]:
@@ -212,30 +207,6 @@ def _newest_per_target(root: Path) -> list[BackupRecord]:
     return list(catalog.newest_by_target(catalog.scan(LocalStorage(root))).values())
 
 
-def _storage_name(storage: Storage) -> str:
-    return f"storage {type(storage).__name__.removesuffix('Storage').lower() or 'location'}"
-
-
-def _storage(storage: Storage) -> Check:
-    name, where = _storage_name(storage), storage.description
-    if isinstance(storage, LocalStorage) and not storage.root.is_dir():
-        return Check(name, "SKIP", f"{where} not probed: it does not exist (see backup folder)")
-    key = f".safehold-doctor-probe-{os.getpid()}-{secrets.token_hex(4)}"
-    body = b"safehold doctor probe\n"
-    storage.put_bytes(key, body)  # a failed put leaves nothing behind (the contract)
-    try:
-        back = storage.read_bytes(key)
-    finally:
-        storage.delete(key)
-    problem = "read back other bytes than were written" if back != body else ""
-    if not problem and storage.exists(key):
-        problem = "could not be removed"
-    if problem:
-        fix = "check the disk, its permissions, or the storage service behind it"
-        return Check(name, "FAIL", f"{where}: a probe file {problem}", fix)
-    return Check(name, "OK", f"{where}: wrote, read back and removed a probe file")
-
-
 def _existing_parent(path: Path) -> Path:
     current = path.absolute()
     while not current.exists() and current != current.parent:
@@ -245,76 +216,6 @@ def _existing_parent(path: Path) -> Path:
 
 def _read_only(path: Path) -> bool:
     return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-
-
-# --- PostgreSQL -------------------------------------------------------------------------------
-
-
-def _database(target: PgTarget, state: _State) -> list[Check]:
-    """pg_isready's question (TCP, then the protocol), then the login, then the database."""
-    where = f"{target.host}:{target.port}"
-    server_ok = Check("database server", "OK", f"PostgreSQL answers at {where}")
-    login_ok = Check("database login", "OK", f"user {target.user!r} logged in")
-    skip = "not checked: the server was not reached"
-    try:
-        with connect(target, autocommit=True) as conn:
-            state.server_version_num = conn.info.server_version
-            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-        size = human_bytes(int(row[0])) if row else "?"
-        database = Check("database", "OK", f"database {target.dbname!r} exists ({size})")
-    except DatabaseUnreachable as exc:
-        detail = f"server down or unreachable: {exc.message}{_tcp(target)}"
-        return [
-            Check("database server", "FAIL", detail, exc.hint or ""),
-            Check("database login", "SKIP", skip),
-            Check("database", "SKIP", skip),
-        ]
-    except AuthenticationFailed as exc:
-        return [
-            server_ok,
-            Check("database login", "FAIL", f"credentials rejected: {exc.message}", exc.hint or ""),
-            Check("database", "SKIP", "not checked: the login was refused"),
-        ]
-    except DatabaseMissing as exc:
-        # The server authenticates before it looks the database up: the login was accepted.
-        with contextlib.suppress(SafeholdError):  # the version only serves the tool checks
-            conn = connect(target, target.maintenance_db, autocommit=True)
-            with conn:
-                state.server_version_num = conn.info.server_version
-        database = Check("database", "FAIL", f"database missing: {exc.message}", exc.hint or "")
-    if state.server_version_num is not None:
-        num = state.server_version_num
-        detail = f"PostgreSQL {num // 10000}.{num % 10000} answers at {where}"
-        server_ok = Check("database server", "OK", detail)
-    return [server_ok, login_ok, database]
-
-
-def _reached(state: _State) -> bool:
-    return state.server_version_num is not None
-
-
-def _tcp(target: PgTarget) -> str:
-    """pg_isready's first question: does anything accept TCP connections there at all?"""
-    if target.host.startswith("/"):
-        return ""  # a unix socket folder
-    try:
-        with socket.create_connection((target.host, target.port), timeout=5):
-            return " (its TCP port is open: something listens there, but not as PostgreSQL)"
-    except OSError:
-        return ""  # libpq's own words (refused, timeout, unknown host) already say it
-
-
-def _tool(target: PgTarget, name: str, state: _State) -> Check:
-    if state.server_version_num is None:
-        path = target.tool(name)
-        major, _ = tool_major(path)
-        detail = f"{name} {major} at {path}; not compared with the server (it was not reached)"
-        return Check(name, "OK", detail)
-    path, _ = require_tool_for(target, name, state.server_version_num)  # FAIL when older
-    major, _ = tool_major(path)
-    server = state.server_version_num // 10000
-    relation = "the same major version" if major == server else "newer tools read older servers"
-    return Check(name, "OK", f"{name} {major} at {path}, server {server}: {relation}")
 
 
 # --- seed scripts -----------------------------------------------------------------------------
@@ -330,11 +231,11 @@ def _scripts(dirs: tuple[Path, ...]) -> Check:
     blocked = [str(p) for p in found if not (p.is_file() and os.access(p, os.X_OK))]
     if blocked:
         return Check(
-            name, "FAIL", f"not executable: {_names(blocked)}", f"chmod +x {' '.join(blocked)}"
+            name, "FAIL", f"not executable: {names(blocked)}", f"chmod +x {' '.join(blocked)}"
         )
     writable = [str(p) for p in found if p.stat().st_mode & 0o022]
     if writable:
-        detail = f"writable by group or others (cron runs them, often as root): {_names(writable)}"
+        detail = f"writable by group or others (cron runs them, often as root): {names(writable)}"
         return Check(name, "WARN", detail, f"chmod go-w {' '.join(writable)}")
     return Check(name, "OK", f"executable: {', '.join(str(p) for p in found)}")
 
@@ -342,7 +243,7 @@ def _scripts(dirs: tuple[Path, ...]) -> Check:
 # --- Docker -----------------------------------------------------------------------------------
 
 
-def _docker(setup: DoctorSetup, state: _State) -> Check:
+def _docker(setup: DoctorSetup, state: State) -> Check:
     if not (setup.volume_include or setup.volume_labels or setup.docker_host):
         detail = "no volumes configured ([volumes] include/labels) and DOCKER_HOST not set"
         return Check("docker", "SKIP", detail)
@@ -357,7 +258,7 @@ def _docker(setup: DoctorSetup, state: _State) -> Check:
     return Check("docker", "OK", f"Docker engine {version} answers at {where}")
 
 
-def _volumes(setup: DoctorSetup, state: _State) -> list[Check]:
+def _volumes(setup: DoctorSetup, state: State) -> list[Check]:
     if not (setup.volume_include or setup.volume_labels):
         return []  # the docker check already said there is nothing to look at
     client = state.docker_client

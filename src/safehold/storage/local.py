@@ -119,10 +119,22 @@ class LocalStorage:
     def _parent(self, key: str) -> Path:
         target = self.path(key)
         try:
-            target.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            self._make_folders(target.parent)
         except OSError as exc:
             raise storage_error(exc, target.parent, f"creating the folder for {key}") from exc
         return target
+
+    def _make_folders(self, folder: Path) -> None:
+        """``folder`` and the missing levels down from the root, each 0700: ``mkdir(parents=
+        True)`` gives every level but the last the umask's mode (0755), readable by all."""
+        missing: list[Path] = []
+        while folder != self.root and folder != folder.parent and not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        for level in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # a concurrent writer made it: fine
+                level.mkdir(mode=DIR_MODE)
 
     def open_writer(self, key: str) -> LocalWriter:
         return LocalWriter(self._parent(key))
