@@ -7,5 +7,7 @@
 #     also when it is zstd or encrypted (the fixed names always mean the newest; see README)
 # The database is restored into a staging database, checked, then swapped in; the replaced one is
 # kept as <name>_pre_restore_<time>. Extra arguments go to 'safehold restore' (see --help).
+# From any folder: this app folder's safehold.toml and ./backups are used; FILE arguments are
+# relative to your working folder, as in any command.
 set -euo pipefail
-exec "$(dirname "${BASH_SOURCE[0]}")/_safehold" restore "$@"
+exec "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/_safehold" restore "$@"

@@ -342,6 +342,93 @@ def test_settings_from_flags_and_env_go_along_but_never_the_password(tmp_path: P
     assert "alerts.webhook_url comes from the environment" in done.stderr
 
 
+SEED_LINE = "0 2 * * * /opt/app/scripts/backup.sh >> /var/log/backup.log 2>&1"
+
+
+def test_the_seeds_own_line_is_found_kept_or_replaced_and_put_back(tmp_path: Path) -> None:
+    tab = tmp_path / "crontab"
+    original = FOREIGN + SEED_LINE + "\n" + "# 0 3 * * * /opt/old/scripts/backup.sh\n"
+    tab.write_text(original)
+    args = ("--crontab-file", str(tab))
+
+    kept = cli("schedule", "install", *args, cwd=tmp_path)
+    assert kept.returncode == 0, kept.stderr
+    assert tab.read_text().startswith(original)  # left as it is...
+    warning = next(line for line in kept.stderr.splitlines() if SEED_LINE in line)
+    assert "WARNING" in warning and "left as it is" in warning  # ...and said so
+    assert "backed up twice" in warning and "--replace-seed" in warning
+    assert "/opt/old" not in kept.stderr  # a commented-out line runs nothing
+    shown = json.loads(cli("schedule", "show", "--json", *args, cwd=tmp_path).stdout)
+    assert shown["other_backups"] == [SEED_LINE]
+
+    replaced = cli("schedule", "install", "--replace-seed", *args, cwd=tmp_path)
+    assert replaced.returncode == 0, replaced.stderr
+    text = tab.read_text()
+    assert "\n#safehold-off: " + SEED_LINE + "\n" in text
+    assert list(marked(text)) == ["database", "full", "drill"]
+    assert "commented out the crontab's own backup line" in replaced.stderr
+    assert "left as it is" not in replaced.stderr
+    shown = json.loads(cli("schedule", "show", "--json", *args, cwd=tmp_path).stdout)
+    assert shown["other_backups"] == []
+
+    removed = cli("schedule", "remove", *args, cwd=tmp_path)
+    assert removed.returncode == 0, removed.stderr
+    assert tab.read_text() == original
+    assert "switched back on" in removed.stderr and SEED_LINE in removed.stderr
+
+    # With the database job off, the seed's line is the database backup: nothing to replace.
+    conf = tmp_path / "safehold.toml"
+    conf.write_text('[schedule]\ndatabase = "off"\n')
+    off = cli("schedule", "install", "--config", str(conf), *args, cwd=tmp_path)
+    assert off.returncode == 0, off.stderr
+    (said,) = [line for line in off.stderr.splitlines() if SEED_LINE in line]
+    assert "INFO" in said and "left as it is" in said and "schedule.database is off" in said
+    refused = cli(
+        "schedule", "install", "--replace-seed", "--config", str(conf), *args, cwd=tmp_path
+    )
+    assert refused.returncode == 2 and "--replace-seed" in refused.stderr
+
+
+def test_install_warns_about_each_variable_cron_will_not_have(tmp_path: Path) -> None:
+    conf = tmp_path / "safehold.toml"
+    conf.write_text(
+        'log_file = "s.log"\n'
+        '[encryption]\npassphrase_env = "BACKUP_PASSPHRASE"\n'
+        '[locations.offsite]\nbucket = "b"\nendpoint = "http://127.0.0.1:9"\n'
+        '[locations.keyed]\nbucket = "c"\ncredentials_file = "aws.ini"\n'
+    )
+    tab = tmp_path / "crontab"
+    secrets = {
+        "PGPASSWORD": "pg-s3cret",
+        "BACKUP_PASSPHRASE": "pass-s3cret",
+        "AWS_ACCESS_KEY_ID": "AKIA-s3cret",
+        "AWS_SECRET_ACCESS_KEY": "aws-s3cret",
+    }
+    done = cli(
+        "schedule",
+        "install",
+        "--config",
+        str(conf),
+        "--crontab-file",
+        str(tab),
+        cwd=tmp_path,
+        env={**secrets, "AWS_PROFILE": "backups"},
+    )
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "WARNING" in line]
+    assert any("PGPASSWORD" in w and "database.password_file" in w for w in warnings), warnings
+    assert any(
+        "$BACKUP_PASSPHRASE" in w and "passphrase_file" in w and "passphrase_command" in w
+        for w in warnings
+    ), warnings
+    (s3,) = [w for w in warnings if "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY" in w]
+    assert "[locations.offsite]" in s3 and "credentials_file" in s3
+    assert "[locations.keyed]" not in s3  # it has its own file
+    text = tab.read_text()
+    assert not any(secret in text for secret in secrets.values())
+    assert "AWS_PROFILE=backups" in text  # not a secret, and the jobs need it
+
+
 def test_install_refuses_user_and_file_together(tmp_path: Path) -> None:
     done = cli("schedule", "install", "--user", "x", "--crontab-file", "t", cwd=tmp_path)
     assert done.returncode == 2

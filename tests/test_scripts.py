@@ -7,6 +7,7 @@ DB_PORT DB_NAME DB_USER and PGPASSWORD, finding safehold in the checkout's .venv
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from safehold.sandbox.cluster import free_port
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
 
-from .conftest import ROOT, databases, execute, fingerprint, seed_env
+from .conftest import ROOT, databases, execute, fingerprint, seed_env, webhook_receiver
 
 BACKUP_SH = ROOT / "scripts" / "backup.sh"
 RESTORE_SH = ROOT / "scripts" / "restore.sh"
@@ -184,3 +185,114 @@ def test_failing_backup_leaves_a_timestamped_error_in_log_file(
     failures = [line for line in text.splitlines() if "cannot reach" in line]
     assert failures, f"...so its failure must be too; LOG_FILE holds only:\n{text}"
     assert all(TIMESTAMP.search(line) for line in failures), text
+
+
+# ---- the seed's cron line, exactly as written: another folder, an almost empty environment ----
+
+CRON_ENV_PATH = "/usr/bin:/bin"  # what cron gives a job
+
+
+def make_app(tmp_path: Path, db: PgTarget, toml: str = "") -> Path:
+    """An app folder as operators have one: scripts/ (copies of the real scripts), the
+    safehold.toml beside it, and safehold installed in its .venv (this checkout's)."""
+    app = tmp_path / "app"
+    (app / "scripts").mkdir(parents=True)
+    for name in ("backup.sh", "restore.sh", "_safehold"):
+        shutil.copy2(ROOT / "scripts" / name, app / "scripts" / name)
+    (app / ".venv").symlink_to(ROOT / ".venv")
+    password = app / "db.password"
+    password.write_text((db.password or "") + "\n")
+    password.chmod(0o600)
+    (app / "safehold.toml").write_text(
+        toml
+        + "[database]\n"
+        + f'host = "{db.host}"\nport = {db.port}\nname = "{db.dbname}"\nuser = "{db.user}"\n'
+        + 'password_file = "db.password"\n'  # relative: the app folder's, not cron's $HOME
+    )
+    return app
+
+
+def env_i(command: str, home: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    """``command`` run by sh as cron runs a crontab line: ``env -i`` with cron's variables only,
+    in the user's home folder."""
+    home.mkdir(parents=True, exist_ok=True)
+    variables = [f"HOME={home}", f"PATH={CRON_ENV_PATH}", "SHELL=/bin/sh", "LOGNAME=root"]
+    variables += [f"{name}={value}" for name, value in extra.items()]
+    return subprocess.run(
+        ["env", "-i", *variables, "/bin/sh", "-c", command],
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_seed_cron_line_uses_the_app_folder_and_logs_each_line_once(
+    db: PgTarget, tmp_path: Path
+) -> None:
+    log = tmp_path / "log" / "backup.log"
+    log.parent.mkdir(mode=0o700)
+    app = make_app(tmp_path, db, f'log_file = "{log}"\n')
+    home = tmp_path / "home"
+    line = f"{app}/scripts/backup.sh >> {log} 2>&1"  # the seed's line, log_file the same file
+
+    done = env_i(line, home)
+    assert done.returncode == 0, log.read_text() if log.exists() else done.stderr
+
+    (name,) = artifacts(app / "backups")  # the app folder's ./backups, not $HOME's
+    assert not (home / "backups").exists()
+    assert "TABLE DATA app users" in pg_restore_list(app / "backups" / name)
+    text = log.read_text()
+    lines = text.splitlines()
+    assert len(lines) == len(set(lines)), f"a line written twice:\n{text}"
+    assert f"{app}/backups/{name}" in lines  # the printed result: an absolute path
+    named = re.findall(r"(\S*)backups/db_backup_\d", text)
+    assert named and set(named) == {f"{app}/"}, f"a relative path in the log:\n{text}"
+
+    # restore.sh from the same place and environment sees the same repository.
+    listing = env_i(f"{app}/scripts/restore.sh --list", home)
+    assert listing.returncode == 0, listing.stderr
+    assert name in listing.stdout
+
+
+def test_seed_cron_line_failure_alerts_from_the_app_config(db: PgTarget, tmp_path: Path) -> None:
+    log = tmp_path / "backup.log"
+    with webhook_receiver() as (url, received):
+        app = make_app(tmp_path, db, f'log_file = "{log}"\n[alerts]\nwebhook_url = "{url}"\n')
+        toml = app / "safehold.toml"
+        toml.write_text(toml.read_text().replace(f"port = {db.port}", f"port = {free_port()}"))
+
+        done = env_i(f"{app}/scripts/backup.sh >> {log} 2>&1", tmp_path / "home")
+
+    text = log.read_text()
+    assert done.returncode == 3, text
+    assert len(received) == 1, text
+    assert received[0]["what"] == "backup failed"
+    assert received[0]["repository"] == str(app / "backups")
+    assert "cannot reach" in str(received[0]["message"])
+    errors = [line for line in text.splitlines() if "cannot reach" in line]
+    assert len(errors) == 1, f"the failure must be in the log once:\n{text}"
+    assert TIMESTAMP.search(errors[0]), text
+    assert artifacts(app / "backups") == []
+
+
+def test_relative_backup_dir_given_by_the_operator_means_their_folder(
+    db: PgTarget, tmp_path: Path
+) -> None:
+    app = make_app(tmp_path, db, 'backup_dir = "kept"\n')  # the file's: the app folder's
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in operator_env(db, tmp_path).items() if k != "BACKUP_DIR"}
+
+    ok(script(app / "scripts" / "backup.sh", env=env, cwd=work))
+    (name,) = artifacts(app / "kept")
+
+    ok(script(app / "scripts" / "backup.sh", env={**env, "BACKUP_DIR": "mine"}, cwd=work))
+    assert len(artifacts(work / "mine")) == 1
+    assert artifacts(app / "kept") == [name]
+
+    # FILE arguments of restore.sh are the operator's too: relative to their folder.
+    shutil.copy2(app / "kept" / name, work / name)
+    restored = script(app / "scripts" / "restore.sh", "--database", name, env=env, cwd=work)
+    ok(restored)

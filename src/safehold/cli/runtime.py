@@ -169,13 +169,18 @@ def runtime(ctx: click.Context, *, as_json: bool = False) -> Runtime:
     given: dict[str, Any] = ctx.find_root().obj or {}
     given = {**given, **(ctx.obj or {})}
     flags = {k: v for k, v in given.items() if not k.startswith("@")}
-    settings = config.load(given.get("@config"), flags=flags)
+    settings = config.load(given.get("@config"), flags=flags, absolute=True)
     err = Console(stderr=True)
     fmt = given.get("@log_format") or "text"
     level = "warning" if given.get("@quiet") else "info"
     interactive = err.is_terminal and fmt == "text"
-    stderr_log = LogSink(sys.stderr, fmt=fmt, level=level, progress_lines=not interactive)
     file_log = LogSink(None, settings.log_file, fmt=fmt) if settings.log_file else None
+    if file_log is not None and file_log.same_file_as(sys.stderr):
+        # `>> backup.log 2>&1` with log_file = backup.log: stderr's lines already land there,
+        # all of them, as the log file asks for.
+        file_log.close()
+        file_log, level = None, "info"
+    stderr_log = LogSink(sys.stderr, fmt=fmt, level=level, progress_lines=not interactive)
     progress = ProgressSink(err) if interactive and not given.get("@quiet") else None
     closers: list[Callable[[], None]] = [stderr_log.close]
     if file_log:

@@ -9,7 +9,17 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import UsageError
-from ..scheduler import CrontabRef, cron_line, install, invocation, local_zone, plan, remove
+from ..scheduler import (
+    CrontabRef,
+    Job,
+    cron_line,
+    install,
+    invocation,
+    local_zone,
+    plan,
+    remove,
+)
+from ..scheduler.crontab import Change
 from ..scheduler.show import describe, render_text
 from .runtime import runtime, shared_options
 
@@ -70,17 +80,30 @@ def show(ctx: click.Context, user: str | None, crontab_file: Path | None, as_jso
 @schedule_cmd.command("install")
 @_crontab_options
 @click.option("--dry-run", is_flag=True, help="print the lines, change nothing")
+@click.option(
+    "--replace-seed",
+    is_flag=True,
+    help="comment out the crontab's own backup lines (the seed's 'scripts/backup.sh' line): "
+    "the database job takes their place; 'schedule remove' puts them back",
+)
 @shared_options
 @click.pass_context
 def install_cmd(
-    ctx: click.Context, user: str | None, crontab_file: Path | None, dry_run: bool
+    ctx: click.Context,
+    user: str | None,
+    crontab_file: Path | None,
+    dry_run: bool,
+    replace_seed: bool,
 ) -> None:
     """Write the schedule into the crontab (again: replaces its own lines, leaves others).
 
     Each job runs 'cd <this folder> && <safehold> <command> --config <file> -q >/dev/null':
     safehold appends its log lines to log_file; warnings and errors also go to cron's mail.
     Settings given as flags or environment variables are written as SAFEHOLD_* variables on
-    the job's line; the password never is (use database.password_file or ~/.pgpass).
+    the job's line; the password never is (use database.password_file or ~/.pgpass), and
+    every other variable a job needs that cron will not have is a warning saying what to use.
+    A backup line of the crontab's own (the seed's scripts/backup.sh) is left as it is, with a
+    warning, unless --replace-seed.
     """
     ref = _ref(user, crontab_file)
     with runtime(ctx) as rt:
@@ -88,9 +111,16 @@ def install_cmd(
         schedule = plan(settings)
         if not schedule.jobs:
             raise UsageError("nothing to schedule: every job is off", hint="see [schedule]")
+        database_job = next((job for job in schedule.jobs if job.name == "database"), None)
+        if replace_seed and database_job is None:
+            raise UsageError(
+                "--replace-seed: nothing would back up the database instead",
+                hint="schedule.database is off; keep the crontab's own line",
+            )
         how, warnings = invocation(settings, for_crontab=True)
         lines = [cron_line(job, how) for job in schedule.jobs]
-        change = install(ref, lines, dry_run=dry_run)
+        change = install(ref, lines, dry_run=dry_run, replace_others=replace_seed)
+        _say_about_others(rt.sink_info, rt.sink_warning, change, database_job, dry_run)
         for warning in warnings:
             rt.sink_warning(warning)
         for skipped in schedule.not_scheduled:
@@ -117,6 +147,34 @@ def install_cmd(
             click.echo(line)
 
 
+def _say_about_others(
+    info: Callable[[str], None],
+    warn: Callable[[str], None],
+    change: Change,
+    database_job: Job | None,
+    dry_run: bool,
+) -> None:
+    """What install does about the crontab's own backup lines (the seed's)."""
+    for line in change.switched:
+        verb = "would comment out" if dry_run else "commented out"
+        info(
+            f"{verb} the crontab's own backup line (the database job replaces it; "
+            f"'safehold schedule remove' puts it back): {line}"
+        )
+    for line in change.others:
+        if line in change.switched:
+            continue
+        if database_job is None:
+            info(f"left as it is: the crontab's own backup line (schedule.database is off): {line}")
+            continue
+        warn(
+            f"the crontab already runs a backup of its own, left as it is: {line} -- with the "
+            f"database job ({database_job.expression}) the database is backed up twice; "
+            "'schedule install --replace-seed' comments that line out ('schedule remove' puts "
+            "it back), or delete it with 'crontab -e'"
+        )
+
+
 @schedule_cmd.command("remove")
 @_crontab_options
 @click.option("--dry-run", is_flag=True, help="print the lines that would go, change nothing")
@@ -131,5 +189,8 @@ def remove_cmd(
         change = remove(ref, dry_run=dry_run)
         verb = "would remove" if dry_run else "removed"
         rt.sink_info(f"schedule: {verb} {len(change.removed)} lines from the {ref.describe()}")
+        for line in change.switched:
+            again = "would switch back on" if dry_run else "switched back on"
+            rt.sink_info(f"{again} the crontab's own line that install had commented out: {line}")
         for line in change.removed:
             click.echo(line)

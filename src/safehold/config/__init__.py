@@ -4,6 +4,13 @@ The seed's env names (``BACKUP_DIR DB_HOST DB_PORT DB_NAME DB_USER``) work as op
 every key also has a ``SAFEHOLD_<SECTION>_<KEY>`` name. An unknown or mistyped key in the file is an
 error naming the file, the key and what was expected. There is no global settings object: callers
 load one and pass it down.
+
+Relative paths: ``SAFEHOLD_APP_DIR`` (set by ``scripts/backup.sh`` and ``restore.sh`` to the app
+folder they live in) makes a run behave as if started there, wherever cron or an operator starts
+it: ``safehold.toml`` is looked for there, and the defaults' and the file's relative paths
+(``./backups``) mean that folder. What a caller types (an environment variable, a flag) keeps
+meaning their working folder, as in any shell. Either way the paths come out absolute, so logs,
+alerts and crontab lines name the folder meant.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 from ..errors import ConfigError
 from .schema import (
     _INTERNAL,
+    APP_DIR_ENV,
     DEFAULT_FILE,
     SECTIONS,
     AlertSettings,
@@ -37,6 +45,7 @@ from .schema import (
 )
 
 __all__ = [
+    "APP_DIR_ENV",
     "AlertSettings",
     "BackupSettings",
     "DatabaseSettings",
@@ -58,20 +67,31 @@ def load(
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
+    *,
+    absolute: bool = False,
 ) -> Settings:
-    """``flags`` uses dotted keys (``database.host``); ``None`` values are ignored."""
+    """``flags`` uses dotted keys (``database.host``); ``None`` values are ignored.
+
+    ``absolute`` (the CLI) makes every path setting absolute; with ``SAFEHOLD_APP_DIR`` in the
+    environment they always are (see the module's note on relative paths)."""
     environ = os.environ if env is None else env
-    path, explicit = _config_path(config_file, environ)
+    app_dir = _app_dir(environ)
+    path, explicit = _config_path(config_file, environ, app_dir)
     values: dict[str, Any] = {}
     if path is not None and (explicit or path.exists()):
         values = _read_file(path)
+    typed: set[str] = set()  # keys the caller gave: their relative paths mean the caller's cwd
     for name, value in _from_env(environ).items():
         values[name] = value
+        typed.add(name)
     for name, value in (flags or {}).items():
         if value is not None:
             values[name] = value
+            typed.add(name)
     locations = values.pop("@locations", ((), ""))[0]
-    settings = _build(values, str(path) if path and path.exists() else "defaults")
+    settings = _build(values, str(path.absolute()) if path and path.exists() else "defaults")
+    if absolute or app_dir is not None:
+        settings, locations = _absolute(settings, locations, app_dir or Path.cwd(), typed)
     return dataclasses.replace(settings, password=_password(settings, environ), locations=locations)
 
 
@@ -89,12 +109,44 @@ def env_names(key: str) -> tuple[str, ...]:
     return (*field_.metadata.get("env", ()), generic)
 
 
-def _config_path(given: Path | None, environ: Mapping[str, str]) -> tuple[Path | None, bool]:
+def _app_dir(environ: Mapping[str, str]) -> Path | None:
+    value = environ.get(APP_DIR_ENV, "")
+    return Path(os.path.expanduser(value)).absolute() if value else None
+
+
+def _config_path(
+    given: Path | None, environ: Mapping[str, str], app_dir: Path | None
+) -> tuple[Path | None, bool]:
     if given is not None:
         return given, True
     if environ.get("SAFEHOLD_CONFIG"):
         return Path(environ["SAFEHOLD_CONFIG"]), True
-    return DEFAULT_FILE, False
+    return (app_dir / DEFAULT_FILE if app_dir else DEFAULT_FILE), False
+
+
+def _absolute(
+    settings: Settings, locations: tuple[LocationSettings, ...], base: Path, typed: set[str]
+) -> tuple[Settings, tuple[LocationSettings, ...]]:
+    """Relative paths made absolute: the caller's (``typed``) against the cwd, the rest (file,
+    defaults) against ``base``."""
+
+    def fix(value: Any, key: str) -> Any:
+        if not isinstance(value, Path) or value.is_absolute():
+            return value
+        return (Path.cwd() if key in typed else base) / value
+
+    def fixed(obj: Any, prefix: str) -> Any:
+        changes = {
+            f.name: fix(getattr(obj, f.name), prefix + f.name)
+            for f in dataclasses.fields(obj)
+            if isinstance(getattr(obj, f.name), Path)
+        }
+        return dataclasses.replace(obj, **changes) if changes else obj
+
+    settings = fixed(settings, "")
+    sections = {name: fixed(getattr(settings, name), name + ".") for name in SECTIONS}
+    # Locations live in the file only, so their paths always mean the base folder.
+    return dataclasses.replace(settings, **sections), tuple(fixed(x, "@") for x in locations)
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -19,6 +19,9 @@ if TYPE_CHECKING:  # the docker SDK and psycopg are slow to import; wal-push nee
     from ..operations.restore import RestoreOptions
 
 DEFAULT_FILE = Path("safehold.toml")
+# The app folder (scripts/ set it): where safehold.toml and the relative paths of defaults and
+# file are, whatever the working folder. See config's module note.
+APP_DIR_ENV = "SAFEHOLD_APP_DIR"
 
 
 def _key(*env: str, choices: tuple[str, ...] = (), doc: str = "") -> dict[str, Any]:

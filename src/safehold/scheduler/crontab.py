@@ -2,6 +2,11 @@
 install replaces exactly the marked lines (in place, new jobs after them), remove drops exactly
 them, and every other line stays byte for byte.
 
+One exception, only when asked (``install --replace-seed``): a line of the crontab's own that
+runs a backup (the seed's ``scripts/backup.sh`` line, a hand-written ``safehold backup``) is
+commented out with the ``#safehold-off:`` prefix, so the database is not backed up twice a night;
+remove takes the prefix away again.
+
 python-crontab reads and writes the crontab (``crontab -l`` / ``crontab FILE``, ``-u USER``, or a
 plain crontab file) and parses lines; the editing is done on the text, because python-crontab
 re-renders a whole crontab when it writes one (it moves comments and environment lines, drops
@@ -25,6 +30,8 @@ from .invocation import Invocation
 from .jobs import Job
 
 MARKER = re.compile(r"^safehold:([a-z]+)$")
+# Before a line of the crontab's own that install switched off: remove switches it back on.
+OFF = "#safehold-off: "
 
 
 class _VerbatimTab(CronTab):  # type: ignore[misc]  # python-crontab ships no types
@@ -130,6 +137,31 @@ def ours(lines: list[str]) -> list[Installed]:
     return found
 
 
+def other_backups(lines: list[str]) -> list[str]:
+    """Active lines that are not ours but run a backup: the seed's ``scripts/backup.sh`` line
+    (``0 2 * * * /opt/app/scripts/backup.sh >> /var/log/backup.log 2>&1``) or ``safehold
+    backup`` written by hand."""
+    found = []
+    for line in lines:
+        item = _parse(line) if line.strip() else None
+        if item is None or not item.is_valid() or not item.is_enabled():
+            continue
+        if MARKER.match(str(item.comment or "")) is None and _runs_backup(str(item.command)):
+            found.append(line)
+    return found
+
+
+def _runs_backup(command: str) -> bool:
+    try:
+        words = shlex.split(command)
+    except ValueError:  # an unbalanced quote: cron's sh would fail on it too, but look anyway
+        words = command.split()
+    names = [os.path.basename(word) for word in words]
+    return "backup.sh" in names or any(
+        name == "safehold" and "backup" in names[at + 1 :] for at, name in enumerate(names)
+    )
+
+
 def cron_line(job: Job, how: Invocation) -> str:
     """``0 2 * * * cd DIR && [export K=V &&] { safehold backup ... -q && ...; } >/dev/null
     # safehold:database``: safehold writes the log file itself (all lines, timestamped);
@@ -157,38 +189,51 @@ class Change:
     after: list[str]  # the whole crontab, as it is (or would be) written
     removed: list[str]  # our lines taken out
     added: list[str]  # our lines put in
+    others: list[str]  # active lines of the crontab's own that run a backup (other_backups)
+    switched: list[str]  # lines of its own switched off (install) or back on (remove)
 
     @property
     def changed(self) -> bool:
         return self.before != self.after
 
 
-def install(ref: CrontabRef, new: list[str], *, dry_run: bool = False) -> Change:
-    """Replace our lines by ``new``: where the first of them was, else at the end."""
+def install(
+    ref: CrontabRef, new: list[str], *, dry_run: bool = False, replace_others: bool = False
+) -> Change:
+    """Replace our lines by ``new``: where the first of them was, else at the end; with
+    ``replace_others``, switch off the crontab's own backup lines (``OFF``)."""
 
-    def edit(before: list[str], mine: set[str]) -> list[str]:
-        kept = [line for line in before if line not in mine]
+    def edit(before: list[str], mine: set[str]) -> tuple[list[str], list[str]]:
+        off = set(other_backups(before)) if replace_others else set()
+        kept = [OFF + line if line in off else line for line in before if line not in mine]
         at = next((i for i, line in enumerate(before) if line in mine), len(kept))
-        return [*kept[:at], *new, *kept[at:]]
+        return [*kept[:at], *new, *kept[at:]], [line for line in before if line in off]
 
     return _edit(ref, edit, new, dry_run)
 
 
 def remove(ref: CrontabRef, *, dry_run: bool = False) -> Change:
-    """Take our lines out."""
-    return _edit(ref, lambda before, mine: [ln for ln in before if ln not in mine], [], dry_run)
+    """Take our lines out, and switch back on the lines install switched off."""
+
+    def edit(before: list[str], mine: set[str]) -> tuple[list[str], list[str]]:
+        after = [ln.removeprefix(OFF) for ln in before if ln not in mine]
+        return after, [ln.removeprefix(OFF) for ln in before if ln.startswith(OFF)]
+
+    return _edit(ref, edit, [], dry_run)
 
 
 def _edit(
     ref: CrontabRef,
-    edit: Callable[[list[str], set[str]], list[str]],
+    edit: Callable[[list[str], set[str]], tuple[list[str], list[str]]],
     new: list[str],
     dry_run: bool,
 ) -> Change:
     # One read, one write: python-crontab's own read and write, our text in between.
     tab, before = ref._load()
     mine = {entry.line for entry in ours(before)}
-    change = Change(before, edit(before, mine), [ln for ln in before if ln in mine], new)
+    after, switched = edit(before, mine)
+    removed = [ln for ln in before if ln in mine]
+    change = Change(before, after, removed, new, other_backups(before), switched)
     if change.changed and not dry_run:
         ref._write(tab, change.after)
     return change

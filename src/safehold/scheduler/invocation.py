@@ -3,7 +3,10 @@ and the settings that did not come from that file (flags, environment) passed on
 ``SAFEHOLD_<KEY>`` variables, so a job sees exactly the settings its installer saw.
 
 The password is never passed on: cron gets ``database.password_file`` or ``~/.pgpass``; the
-daemon hands its own ``PGPASSWORD`` to its jobs in their environment, never in a crontab.
+daemon hands its own ``PGPASSWORD`` to its jobs in their environment, never in a crontab. Every
+other secret a job would read from the environment (a passphrase variable, S3 keys) is a warning
+at install naming the file or command that replaces it: cron starts jobs with almost no
+environment (HOME, LOGNAME, SHELL, PATH=/usr/bin:/bin).
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ from ..config import Settings
 
 CRON_PATH = "/usr/bin:/bin"  # what cron gives a job
 # Not settings, but needed by jobs and harmless in a crontab (no secrets).
-PASSED_ENV = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "PGPASSFILE")
+PASSED_ENV = (
+    *("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"),
+    *("PGPASSFILE", "PGSERVICEFILE", "PGSSLMODE", "PGSSLROOTCERT"),
+)
+# The same, needed only when there are S3 locations.
+PASSED_S3_ENV = ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE")
+# Secrets a job could take from the installer's environment, which cron does not pass on.
+S3_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 # Values that may hold tokens: a crontab gets them only from the config file.
 SECRET_KEYS = ("alerts.apprise_urls", "alerts.webhook_url")
 
@@ -49,7 +59,7 @@ def invocation(
     env_in = os.environ if environ is None else environ
     warnings: list[str] = []
     config_file = None if settings.source == "defaults" else Path(settings.source).absolute()
-    baseline = config.load(config_file, env={})
+    baseline = config.load(config_file, env={}, absolute=True)
     passed: dict[str, str] = {}
     for key in config.all_keys():
         value, base = _get(settings, key), _get(baseline, key)
@@ -72,22 +82,46 @@ def invocation(
         passed[config.env_names(key)[-1]] = text
     program = program or safehold_program()
     if for_crontab:
-        passed.update({name: env_in[name] for name in PASSED_ENV if env_in.get(name)})
+        names = (*PASSED_ENV, *(PASSED_S3_ENV if settings.locations else ()))
+        passed.update({name: env_in[name] for name in names if env_in.get(name)})
         if program[1:] == ("-m", "safehold") and env_in.get("PYTHONPATH"):
             passed["PYTHONPATH"] = env_in["PYTHONPATH"]
         path = _tool_path(settings, warnings)
         if path:
             passed["PATH"] = path
-        if (env_in.get("PGPASSWORD") or env_in.get("DB_PASSWORD")) and (
-            settings.database.password_file is None
-        ):
-            warnings.append(
-                "the password comes from PGPASSWORD/DB_PASSWORD, which cron does not have (and "
-                "safehold never writes into a crontab): set database.password_file, or put it "
-                "in ~/.pgpass of the crontab's user"
-            )
+        warnings.extend(_missing_in_cron(settings, env_in))
     workdir = Path.cwd()
     return Invocation(program, workdir, config_file, tuple(sorted(passed.items()))), warnings
+
+
+def _missing_in_cron(settings: Settings, env_in: Mapping[str, str]) -> list[str]:
+    """What the jobs would read from an environment variable that cron does not set."""
+    never = "which cron does not have (and safehold never writes into a crontab)"
+    found = []
+    if (env_in.get("PGPASSWORD") or env_in.get("DB_PASSWORD")) and (
+        settings.database.password_file is None
+    ):
+        found.append(
+            f"the password comes from PGPASSWORD/DB_PASSWORD, {never}: set "
+            "database.password_file, or put it in ~/.pgpass of the crontab's user"
+        )
+    if settings.encryption.passphrase_env:
+        found.append(
+            f"encryption.passphrase_env reads the passphrase from "
+            f"${settings.encryption.passphrase_env}, {never}: use encryption.passphrase_file "
+            "(a file of mode 0600) or encryption.passphrase_command (a command printing it, "
+            "such as a secret manager's CLI) instead"
+        )
+    keys = [name for name in S3_SECRETS if env_in.get(name)]
+    bare = [x.name for x in settings.locations if x.credentials_file is None and not x.profile]
+    if keys and bare:
+        found.append(
+            f"S3 credentials come from {'/'.join(keys)}, {never}: give "
+            + ", ".join(f"[locations.{name}]" for name in bare)
+            + " a credentials_file (an AWS credentials file of mode 0600) or a profile in "
+            "~/.aws/credentials of the crontab's user"
+        )
+    return found
 
 
 def safehold_program() -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import ToolError
-from .crontab import CrontabRef, Installed, cron_line, ours
+from .crontab import CrontabRef, Installed, cron_line, other_backups, ours
 from .invocation import Invocation, invocation
 from .jobs import Schedule, next_runs, plan, zone_name
 
@@ -28,8 +28,10 @@ def describe(
         how, warnings = invocation(settings, for_crontab=True)
     error: str | None = None
     found: list[Installed] = []
+    others: list[str] = []
     try:
-        found = ours(ref.read())
+        lines = ref.read()
+        found, others = ours(lines), other_backups(lines)
     except ToolError as exc:
         error = exc.message
     jobs = []
@@ -72,6 +74,7 @@ def describe(
         "stale": [
             {"job": entry.job, "line": entry.line} for entry in found if entry.job not in configured
         ],
+        "other_backups": others,  # the crontab's own backup lines (the seed's backup.sh)
         "warnings": warnings,
     }
 
@@ -118,6 +121,11 @@ def render_text(report: dict[str, Any]) -> list[str]:
             f"{stale['job']:<{width}}  in the crontab but no longer configured "
             f"(safehold schedule install removes it): {stale['line']}"
         )
+    lines.extend(
+        f"note: the crontab also runs a backup of its own ('schedule install --replace-seed' "
+        f"comments it out): {line}"
+        for line in report["other_backups"]
+    )
     lines.extend(f"note: {warning}" for warning in report["warnings"])
     return lines
 

@@ -84,6 +84,17 @@ class LogSink:
             )
         return f"{stamp} {event.level.upper():7} {event.kind}: {event.message}"
 
+    def same_file_as(self, stream: TextIO) -> bool:
+        """Whether this sink's log file is the file ``stream`` writes to (cron's ``>> f 2>&1``
+        with log_file f): then one of the two must stay silent, or every line is there twice."""
+        if self._file is None:
+            return False
+        try:
+            mine, theirs = os.fstat(self._file.fileno()), os.fstat(stream.fileno())
+        except (OSError, ValueError):  # a stream without a file (a test's StringIO), or closed
+            return False
+        return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
