@@ -7,9 +7,13 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from safehold.errors import IntegrityError
 from safehold.operations import pitr_setup, wal, wal_ahead
 from safehold.storage import LocalStorage
 
@@ -103,3 +107,61 @@ def test_the_server_settings_without_ahead_push_one_file(tmp_path: Path) -> None
     assert plain == f"safehold wal-push --backup-dir {tmp_path} --ahead 0 %p"
     marked = pitr_setup.server_settings("safehold", tmp_path)["archive_command"]
     assert marked.startswith(f"if rm {tmp_path}/wal/.ahead/%f 2>/dev/null; then exit 0; else ")
+
+
+def mark_ready(folder: Path, after: Path, count: int) -> list[Path]:
+    """What the server does while archiving waits: more segments, each marked ready."""
+    name, made = after.name, []
+    for _ in range(count):
+        name = wal.next_segment(name)
+        path = folder / name
+        path.write_bytes(os.urandom(1 << 16) + bytes((16 << 20) - (1 << 16)))
+        (folder / "archive_status" / f"{name}.ready").touch()
+        made.append(path)
+    return made
+
+
+def test_the_push_also_takes_segments_marked_ready_while_it_runs(tmp_path: Path) -> None:
+    repo = tmp_path / "backups"
+    segments = pg_wal(tmp_path, 10)
+    markers = repo / wal_ahead.MARKERS
+    later: list[Path] = []
+
+    def server() -> None:  # marks two more once the push has acknowledged its first segment
+        while not (markers.is_dir() and any(markers.iterdir())):
+            time.sleep(0.005)
+        later.extend(mark_ready(segments[0].parent, segments[-1], 2))
+
+    writer = threading.Thread(target=server)
+    writer.start()
+    result, marked = wal_ahead.push(wal.WalArchive(LocalStorage(repo)), segments[0])
+    writer.join()
+    assert result.name == segments[0].name and not result.already
+    assert marked == [p.name for p in segments[1:] + later]
+    assert wal.archived(LocalStorage(repo)) == [p.name for p in segments + later]
+
+
+def test_the_limit_bounds_the_segments_pushed_ahead(tmp_path: Path) -> None:
+    repo = tmp_path / "backups"
+    segments = pg_wal(tmp_path, 6)
+    _, marked = wal_ahead.push(wal.WalArchive(LocalStorage(repo)), segments[0], limit=2)
+    assert marked == [segments[1].name, segments[2].name]
+    assert wal.archived(LocalStorage(repo)) == [p.name for p in segments[:3]]
+    _, none = wal_ahead.push(wal.WalArchive(LocalStorage(repo)), segments[3], limit=0)
+    assert none == [] and not (repo / wal_ahead.MARKERS / segments[4].name).exists()
+
+
+def test_a_failing_own_segment_raises_and_stops_pushing_ahead(tmp_path: Path) -> None:
+    repo = tmp_path / "backups"
+    segments = pg_wal(tmp_path, 12)
+    other = tmp_path / "other" / segments[0].name
+    other.parent.mkdir()
+    other.write_bytes(os.urandom(1 << 16))
+    archive = wal.WalArchive(LocalStorage(repo))
+    wal.push(archive, other)  # another cluster's file of the same name is archived
+    with pytest.raises(IntegrityError, match="different content"):
+        wal_ahead.push(archive, segments[0])
+    # the ones already queued finish (each durable before its marker), no more are started
+    marked = sorted(p.name for p in (repo / wal_ahead.MARKERS).iterdir())
+    assert len(marked) <= wal_ahead.WORKERS + 1
+    assert wal.archived(LocalStorage(repo)) == sorted([segments[0].name, *marked])

@@ -18,8 +18,8 @@ from .wal_places import wal_archive
     type=click.IntRange(min=0),
     default=wal_ahead.AHEAD,
     show_default=True,
-    help="also push up to N later segments the server has marked ready, leaving a marker "
-    "the archive_command takes instead of starting safehold again (0: off)",
+    help="also push up to N later segments the server has marked ready (or marks meanwhile), "
+    "leaving a marker the archive_command takes instead of starting safehold again (0: off)",
 )
 @shared_options
 @click.pass_context
@@ -32,18 +32,15 @@ def wal_push_cmd(ctx: click.Context, path: Path, ahead: int) -> None:
     when the content is identical, and an error when it differs. The repository folder must be
     writable by the user the server runs as.
 
-    Then it pushes ahead: segments after PATH that the server has already marked ready
-    (archive_status/*.ready) are pushed too, two at a time, each leaving a marker
-    wal/.ahead/NAME that the archive_command of 'pitr setup' takes instead of starting
-    safehold again for that segment.
+    It pushes ahead at the same time: segments after PATH that the server has marked ready
+    (archive_status/*.ready), or marks while this runs, are pushed too, two at a time, each
+    leaving a marker wal/.ahead/NAME that the archive_command of 'pitr setup' takes instead of
+    starting safehold again for that segment.
     """
     with runtime(ctx) as rt:
-        archive = wal_archive(rt)
-        result = wal.push(archive, path)
+        result, _marked = wal_ahead.push(wal_archive(rt), path, limit=ahead)
         if result.already:
             rt.sink_info(f"wal-push {result.name}: already archived (identical)")
-        if ahead:
-            wal_ahead.push_ahead(archive, path, limit=ahead)
 
 
 @click.command("wal-fetch")
