@@ -1,8 +1,12 @@
-"""Consistent copies: labelled containers are stopped for a volume backup and always restarted."""
+"""Consistent copies: labelled containers are stopped for a volume backup and always restarted;
+stops run in parallel in compose's depends_on order, each with its own timeout."""
 
 from __future__ import annotations
 
+import secrets
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -12,10 +16,17 @@ from docker.models.images import Image
 from docker.models.volumes import Volume
 
 from safehold import catalog
-from safehold.errors import HookFailed, StorageError
+from safehold.errors import HookFailed, StorageError, UsageError
 from safehold.model import Event
+from safehold.operations import journal
+from safehold.operations.container_stops import (
+    COMPOSE_DEPENDS_ON,
+    COMPOSE_PROJECT,
+    COMPOSE_SERVICE,
+    TIMEOUT_LABEL,
+)
 from safehold.operations.docker_volume import backup_volume, restore_volume
-from safehold.operations.engine import POST_LABEL, PRE_LABEL, STOP_LABEL
+from safehold.operations.engine import POST_LABEL, PRE_LABEL, STOP_LABEL, Downtime
 from safehold.storage import LocalStorage
 
 from .conftest import run_in
@@ -44,7 +55,7 @@ def started_at(container: Container) -> str:
     return str(container.attrs["State"]["StartedAt"])
 
 
-def test_labelled_containers_stop_for_the_copy_and_restart_in_reverse_order(
+def test_labelled_containers_stop_for_the_copy_and_start_again(
     repo: LocalStorage, client: docker.DockerClient, image: Image, volume: Volume
 ) -> None:
     first = start(client, image, volume, f"{volume.name}-a", labelled=True)
@@ -62,8 +73,8 @@ def test_labelled_containers_stop_for_the_copy_and_restart_in_reverse_order(
     stops = [m for m in moves if m.startswith("stopping")]
     starts = [m for m in moves if m.startswith("started")]
     assert len(stops) == 2 and len(starts) == 2
-    order = [m.split()[1] for m in stops]
-    assert [m.split()[1] for m in starts] == list(reversed(order))
+    # Independent containers (no depends_on) stop and start together, in no fixed order.
+    assert {m.split()[1] for m in starts} == {m.split()[1] for m in stops}
     assert manifest.facts["files"] >= 1
 
 
@@ -192,3 +203,136 @@ def test_a_failing_post_command_is_reported_but_the_backup_stands(
         backup_volume(client, volume.name, repo)
     (record,) = [r for r in catalog.scan(repo) if r.kind == "volume"]
     assert record.status == "ok"
+
+
+# ---- parallel stops in compose's depends_on order (issue 14) ----
+
+# Ignores SIGTERM (PID 1 without a handler does anyway): each stop costs its full timeout.
+STUBBORN = "trap '' TERM; while :; do sleep 1; done"
+
+
+@pytest.fixture
+def project(client: docker.DockerClient) -> Iterator[str]:
+    name = f"stops-{secrets.token_hex(3)}"
+    try:
+        yield name
+    finally:
+        for container in client.containers.list(all=True, filters={"name": name}):
+            container.remove(force=True)
+
+
+def service(
+    client: docker.DockerClient,
+    image: Image,
+    project: str,
+    name: str,
+    depends: tuple[str, ...] = (),
+    labels: dict[str, str] | None = None,
+) -> Container:
+    """A container as docker compose v2 labels it (``depends_on`` = svc:condition:restart)."""
+    compose = {
+        COMPOSE_PROJECT: project,
+        COMPOSE_SERVICE: name,
+        COMPOSE_DEPENDS_ON: ",".join(f"{d}:service_started:false" for d in depends),
+    }
+    return client.containers.run(
+        image,
+        ["sh", "-c", STUBBORN],
+        name=f"{project}-{name}-1",
+        labels=compose | (labels or {}),
+        network_mode="none",
+        detach=True,
+    )
+
+
+def engine_times(client: docker.DockerClient, since: float, action: str) -> dict[str, float]:
+    """The engine's time (seconds) of each container's first ``action`` event since ``since``."""
+    found: dict[str, float] = {}
+    for event in client.events(
+        since=int(since) - 1,
+        until=int(time.time()) + 1,
+        filters={"type": "container", "event": action},
+        decode=True,
+    ):
+        at = int(event["timeNano"]) / 1e9
+        if at >= since:  # (whole seconds asked for: the ones before are not this test's)
+            found.setdefault(str(event["Actor"]["Attributes"]["name"]), at)
+    return found
+
+
+def test_containers_that_ignore_sigterm_stop_in_about_one_timeout_not_n(
+    client: docker.DockerClient, image: Image, project: str
+) -> None:
+    containers = [service(client, image, project, f"s{n}") for n in range(5)]
+    downtime = Downtime(lambda _event: None, "test", stop_timeout=2)
+
+    began = time.monotonic()
+    downtime.stop(containers)
+    stopping_s = time.monotonic() - began
+    began = time.monotonic()
+    downtime.start()
+    starting_s = time.monotonic() - began
+
+    # One after the other: 5 x 2 s. Together: one timeout, plus the engine's own work.
+    assert 1.9 <= stopping_s < 5.0, stopping_s
+    assert starting_s < 5.0, starting_s
+    for container in containers:
+        container.reload()
+        assert container.status == "running"
+
+
+def test_dependents_stop_first_and_start_last_independent_ones_together(
+    repo: LocalStorage, client: docker.DockerClient, image: Image, project: str
+) -> None:
+    # web -> api -> db, worker -> db, cache -> (nothing); one second to stop each.
+    quick = {TIMEOUT_LABEL: "1"}
+    graph = {"db": (), "cache": (), "api": ("db", "cache"), "web": ("api",), "worker": ("db",)}
+    made = {n: service(client, image, project, n, d, quick) for n, d in graph.items()}
+    names = {n: str(c.name) for n, c in made.items()}
+    events: list[Event] = []
+    downtime = Downtime(events.append, "test", repo, stop_timeout=30)
+    since = time.time()
+
+    downtime.stop(list(reversed(made.values())))  # any order in: the labels decide
+    (entry,) = journal.entries(repo)
+    downtime.start()
+
+    signalled = engine_times(client, since, "kill")  # the stop signal: the stop begins
+    died = engine_times(client, since, "die")
+    started = engine_times(client, since, "start")
+    for name, needs in graph.items():
+        for dependency in needs:
+            assert died[names[name]] <= signalled[names[dependency]], (name, dependency)
+            assert started[names[dependency]] <= started[names[name]], (name, dependency)
+    # Leaves stop at once; three levels (web, api, db) take about three timeouts of 1 s.
+    first = [signalled[names[n]] for n in ("web", "worker")]
+    assert max(first) - min(first) < 0.5, signalled
+    assert signalled[names["db"]] - signalled[names["web"]] < 2 + 1.5, signalled
+    # The journal holds a stopping order (its reverse is how the next run starts them) and
+    # each container's timeout: the label's, not the default.
+    recorded = [c["name"] for c in entry.data["containers"]]
+    for name, needs in graph.items():
+        for dependency in needs:
+            assert recorded.index(names[name]) < recorded.index(names[dependency])
+    assert {c["timeout"] for c in entry.data["containers"]} == {1}
+    assert journal.entries(repo) == []
+    stops = [e.message.split()[1] for e in events if e.message.startswith("stopping")]
+    assert sorted(stops) == sorted(names.values())
+
+
+def test_the_label_overrides_the_stop_timeout_and_a_bad_one_stops_nothing(
+    repo: LocalStorage, client: docker.DockerClient, image: Image, project: str
+) -> None:
+    quick = service(client, image, project, "quick", labels={TIMEOUT_LABEL: "1"})
+    downtime = Downtime(lambda _event: None, "test", stop_timeout=30)
+    began = time.monotonic()
+    downtime.stop([quick])
+    assert time.monotonic() - began < 5.0  # its label's 1 s, not the 30 s default
+    downtime.start()
+
+    bad = service(client, image, project, "bad", labels={TIMEOUT_LABEL: "soon"})
+    before = started_at(quick), started_at(bad)
+    with pytest.raises(UsageError, match=TIMEOUT_LABEL):
+        Downtime(lambda _event: None, "test", repo).stop([quick, bad])
+    assert (started_at(quick), started_at(bad)) == before  # checked before anything stopped
+    assert journal.entries(repo) == []

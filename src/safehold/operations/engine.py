@@ -20,10 +20,20 @@ from ..errors import DockerUnavailable, HookFailed, SafeholdError, TargetInUse, 
 from ..model import Event, EventSink
 from ..storage import LocalStorage
 from . import journal
+from .container_stops import (
+    DEFAULT_TIMEOUT_S,
+    PARALLEL,
+    Stop,
+    dependents,
+    depends_on,
+    plan_stops,
+    run_ordered,
+)
 
 # Containers carrying this label (value "true") are stopped while a volume they use is copied.
 STOP_LABEL = "safehold.stop-during-backup"
-STOP_TIMEOUT_S = 30
+# The [docker] stop_timeout default; a container's label or its own stop timeout wins.
+STOP_TIMEOUT_S = DEFAULT_TIMEOUT_S
 KIND = "stopped_containers"  # their journal entries
 # Commands (run with sh -c inside the container) around a backup of a volume it uses.
 PRE_LABEL = "safehold.pre-backup"
@@ -45,7 +55,8 @@ def check_target_name(target_name: str) -> None:
 def connect_docker() -> docker.DockerClient:
     """The engine named by DOCKER_HOST (local socket, tcp or ssh), or the default socket."""
     try:
-        client = docker.from_env()
+        # A connection per stop or start in flight (container_stops.PARALLEL at once).
+        client = docker.from_env(max_pool_size=PARALLEL)
         client.ping()
     except (docker.errors.DockerException, requests.RequestException) as exc:
         raise unavailable(exc) from exc
@@ -78,13 +89,18 @@ def users_of(
 
 @contextlib.contextmanager
 def stopped(
-    containers: list[Container], sink: EventSink, why: str, repo: LocalStorage | None = None
+    containers: list[Container],
+    sink: EventSink,
+    why: str,
+    repo: LocalStorage | None = None,
+    *,
+    stop_timeout: int | None = None,
 ) -> Iterator[None]:
-    """Stop ``containers`` for the block, then start them again in reverse order — also when
-    the block fails. A container that will not start again is an error of its own. With
+    """Stop ``containers`` for the block, then start them again (dependencies first) — also
+    when the block fails. A container that will not start again is an error of its own. With
     ``repo``, they are journalled there first, so a run killed meanwhile is finished by the
-    next one (see ``Downtime``)."""
-    downtime = Downtime(sink, why, repo)
+    next one (see ``Downtime``); ``stop_timeout``: ``[docker] stop_timeout``."""
+    downtime = Downtime(sink, why, repo, stop_timeout=stop_timeout)
     try:
         downtime.stop(containers)
         yield
@@ -95,27 +111,41 @@ def stopped(
 class Downtime:
     """The containers one run stops, and starting them again however the run ends.
 
-    With a repository, they are recorded there (``stopped_containers``, ids and names) before
-    the first is stopped and crossed out once all run again: a run killed in between leaves the
-    entry, and the next command starts them (``recovery_containers``). A stop or start is never
-    cut in two by SIGTERM/SIGINT (``_proc.shielded``): the interruption is raised after it."""
+    They stop in parallel, dependents first, and start in parallel, dependencies first
+    (``container_stops``: compose's ``depends_on``, each container's stop timeout). With a
+    repository, they are recorded there (``stopped_containers``: ids, names and timeouts, in a
+    valid stopping order) before the first is stopped and crossed out once all run again: a run
+    killed in between leaves the entry, and the next command starts them
+    (``recovery_containers``). The stops, and the starts, are never cut short by SIGTERM/SIGINT
+    (``_proc.shielded``): the interruption is raised once none is in flight."""
 
-    def __init__(self, sink: EventSink, why: str, repo: LocalStorage | None = None) -> None:
+    def __init__(
+        self,
+        sink: EventSink,
+        why: str,
+        repo: LocalStorage | None = None,
+        *,
+        stop_timeout: int | None = None,
+    ) -> None:
         self.sink = sink
         self.why = why
         self.repo = repo
+        self.stop_timeout = STOP_TIMEOUT_S if stop_timeout is None else stop_timeout
         self.down: list[Container] = []
         self.entry: journal.Entry | None = None
 
     def stop(self, containers: list[Container]) -> None:
-        if self.repo is not None and containers:
-            recorded = [{"id": str(c.id), "name": str(c.name)} for c in containers]
+        planned = plan_stops(containers, self.stop_timeout)  # a bad label fails before any stop
+        if self.repo is not None and planned:
+            recorded = [
+                {"id": str(s.container.id), "name": str(s.container.name), "timeout": s.timeout}
+                for s in planned
+            ]
             data = {"containers": recorded, "why": self.why}
             with _proc.shielded():
                 self.entry = journal.record(self.repo, KIND, data, f"safehold {self.why}")
-        for container in containers:
-            with _proc.shielded():
-                stop_all([container], self.sink, self.why, self.down)
+        with _proc.shielded():
+            stop_all(planned, self.sink, self.why, self.down)
 
     def start(self) -> None:
         with _proc.shielded():
@@ -126,25 +156,55 @@ class Downtime:
                 self.entry = None
 
 
-def stop_all(containers: list[Container], sink: EventSink, why: str, down: list[Container]) -> None:
-    """Stop each container, adding it to ``down`` once stopped: a caller can then start exactly
-    those again, also when a later one fails to stop."""
-    for container in containers:
-        sink(Event("containers", f"stopping {container.name} for the {why}"))
-        container.stop(timeout=STOP_TIMEOUT_S)
-        down.append(container)
+def stop_all(planned: list[Stop], sink: EventSink, why: str, down: list[Container]) -> None:
+    """Stop the containers in parallel, each once its dependents are down, adding each to
+    ``down`` once stopped: a caller can then start exactly those again. After a failure no
+    new stop begins; the ones in flight finish, then the first error is raised."""
+    errors: list[BaseException] = []
+
+    def begin(stop: Stop) -> None:
+        sink(Event("containers", f"stopping {stop.container.name} for the {why}"))
+
+    def end(stop: Stop, error: BaseException | None) -> None:
+        if error is None:
+            down.append(stop.container)
+        else:
+            errors.append(error)
+
+    run_ordered(
+        planned,
+        dependents(depends_on([s.container for s in planned])),
+        lambda stop: stop.container.stop(timeout=stop.timeout),
+        before=begin,
+        after=end,
+        halt_on_error=True,
+    )
+    if errors:
+        raise errors[0]
 
 
 def start_again(down: list[Container], sink: EventSink, why: str) -> None:
-    """Start ``down`` in reverse order; every one is tried, failures are one error at the end."""
+    """Start ``down`` in parallel, each once the ones it depends on run (the reverse of the
+    stopping order); every one is tried, failures are one error at the end."""
     failed = []
-    for container in reversed(down):
-        try:
-            container.start()
+
+    def end(container: Container, error: BaseException | None) -> None:
+        if error is None:
             sink(Event("containers", f"started {container.name} again"))
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            failed.append(f"{container.name}: {exc}")
-            sink(Event("containers", f"could not start {container.name}: {exc}", "error"))
+            return
+        if not isinstance(error, (docker.errors.DockerException, requests.RequestException)):
+            raise error
+        failed.append(f"{container.name}: {error}")
+        sink(Event("containers", f"could not start {container.name}: {error}", "error"))
+
+    run_ordered(
+        down,
+        depends_on(down),
+        lambda container: container.start(),
+        before=lambda _container: None,
+        after=end,
+        halt_on_error=False,
+    )
     if failed:
         raise SafeholdError(
             f"containers stopped for the {why} did not start again: {'; '.join(failed)}",
@@ -160,11 +220,14 @@ def quiesced(
     sink: EventSink,
     why: str,
     repo: LocalStorage | None = None,
+    *,
+    stop_timeout: int | None = None,
 ) -> Iterator[None]:
     """Around a copy of ``volumes``: the pre-backup commands of the running containers using
     them (a failure stops here), the labelled ones stopped for the block and started again
     (also when it fails), then the post-backup commands. A container using several volumes is
-    handled once. ``repo``: where the stopped ones are journalled (see ``Downtime``)."""
+    handled once. ``repo``: where the stopped ones are journalled (see ``Downtime``);
+    ``stop_timeout``: ``[docker] stop_timeout``."""
     users: dict[str, Container] = {}
     for volume in volumes:
         assert client is not None, "volumes need the engine"
@@ -173,7 +236,7 @@ def quiesced(
     running = list(users.values())
     run_hooks(running, PRE_LABEL, sink)
     to_stop = [c for c in running if (c.labels or {}).get(STOP_LABEL) == "true"]
-    with stopped(to_stop, sink, why, repo):
+    with stopped(to_stop, sink, why, repo, stop_timeout=stop_timeout):
         yield
     run_hooks(running, POST_LABEL, sink)
 

@@ -3,15 +3,17 @@ writing, a whole-system restore it had not finished. The next command starts the
 removes the second and says where the third stopped. (One module, because every recovering
 command loads it.)
 
-``stopped_containers``: ``engine.Downtime`` records the containers (ids and names, in stopping
-order) before the first is stopped and crosses the entry out once all run again. A run killed
-in between (SIGKILL, power loss, a crash) leaves the entry; this resolver starts, in reverse
-order, the recorded containers that still exist and are stopped, and leaves alone the ones
+``stopped_containers``: ``engine.Downtime`` records the containers (ids, names and stop
+timeouts, in a valid stopping order: dependents first) before the first is stopped and crosses
+the entry out once all run again. A run killed in between (SIGKILL, power loss, a crash) leaves
+the entry; this resolver starts, one by one in reverse order (dependencies first), the recorded
+containers that still exist and are stopped, and leaves alone the ones
 running again (started by hand, or never stopped) and the ones removed since. A container that
 will not start keeps the entry for the next command. The engine finishes a stop whose client
 died: a container the killed run was stopping may still run when the next command looks, and
 exit a moment later. Its last engine event since the entry was written is then the stop's
-``kill``; such a container is waited for (up to the stop timeout) and started once it is down.
+``kill``; such a container is waited for (up to its recorded stop timeout) and started once it
+is down.
 
 ``unfinished_artifact``: a pre-restore safety copy is journalled while it is written (backups
 that run on a schedule are cleaned by the next backup instead). A run killed meanwhile leaves
@@ -38,7 +40,7 @@ from docker.models.containers import Container
 from .. import naming
 from ..errors import SafeholdError
 from . import journal
-from .engine import KIND, STOP_TIMEOUT_S, unavailable
+from .engine import KIND, unavailable
 
 UNFINISHED_KIND = "unfinished_artifact"
 PROGRESS_KIND = "system_restore"
@@ -48,6 +50,8 @@ _STARTABLE = frozenset({"created", "exited"})
 # The engine's clock may be a little off ours (DOCKER_HOST on another machine).
 _CLOCK_SKEW_S = 5
 _STOP_GRACE_S = 5
+# What entries written before timeouts were recorded waited: the fixed timeout of then.
+_UNRECORDED_TIMEOUT_S = 30
 
 
 @journal.resolver(KIND, last=True)
@@ -61,10 +65,12 @@ def start_stopped(entry: journal.Entry, context: journal.Context) -> str:
     try:
         found = _existing(client, recorded, gone, failed)
         stopping = _being_stopped(client, entry, [c for c in found if c.status == "running"])
+        timeouts = {str(item["id"]): item.get("timeout") for item in recorded}
         for container in found:
             name = str(container.name)
             if container.id in stopping:
-                _wait_down(container)
+                timeout = timeouts.get(str(container.id))
+                _wait_down(container, timeout if isinstance(timeout, int) else None)
             elif container.status == "running":
                 container.reload()  # (it may have gone down while the events were read)
             if container.status not in _STARTABLE:
@@ -140,11 +146,12 @@ def _being_stopped(
     return {cid for cid, action in last.items() if action == "kill"}
 
 
-def _wait_down(container: Container) -> None:
+def _wait_down(container: Container, timeout: int | None) -> None:
     """Until it has stopped; a container still up after the stop timeout was not being
     stopped (a kill event for another signal) and is left running."""
+    limit = (_UNRECORDED_TIMEOUT_S if timeout is None else timeout) + _STOP_GRACE_S
     with contextlib.suppress(requests.exceptions.ConnectionError, requests.exceptions.Timeout):
-        container.wait(condition="not-running", timeout=STOP_TIMEOUT_S + _STOP_GRACE_S)
+        container.wait(condition="not-running", timeout=limit)
     container.reload()
 
 
