@@ -3,9 +3,11 @@ real PostgreSQL, a private Docker engine, and an HTTP service that serves from i
 
 from __future__ import annotations
 
+import http.server
 import json
 import secrets
 import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +21,10 @@ from docker.models.containers import Container
 from docker.models.images import Image
 
 from safehold import catalog
+from safehold.errors import IntegrityError, RestoreError
+from safehold.model import Manifest
 from safehold.operations.system_plan import choose_set
+from safehold.operations.system_steps import HEALTH_POLL_S, verify_members, wait_healthy
 from safehold.sandbox.dockerd import SandboxDockerd
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
@@ -288,3 +293,80 @@ def test_point_in_time_picks_the_newest_set_at_or_before_it(
     done = run_cli("restore", "--all", "--set", ids[0])
     assert done.returncode == 0, done.stderr
     assert (folder / "round.txt").read_text() == "0"
+
+
+def test_verify_reads_every_member_and_names_the_first_damaged_one(
+    run_cli: CliRunner, repo: LocalStorage, tmp_path: Path
+) -> None:
+    folders = [tmp_path / name for name in ("alpha", "beta")]
+    for number, folder in enumerate(folders):
+        folder.mkdir()
+        (folder / "data.bin").write_bytes(secrets.token_bytes(300_000 + number))
+    made = run_cli("backup", "--all", *[a for f in folders for a in ("--path", str(f))], "--json")
+    assert made.returncode == 0, made.stderr
+    members: list[Manifest] = []
+    for name in json.loads(made.stdout)["members"]:
+        manifest = catalog.read_manifest(repo, name if isinstance(name, str) else name["artifact"])
+        assert manifest is not None
+        members.append(manifest)
+    # The database, its roles and the two folders, hashed at once.
+    assert {m.kind for m in members} == {"database", "globals", "volume"}
+    verify_members(members, repo, lambda _: None)
+    first, second = [m for m in members if m.kind == "volume"]
+
+    def damage(manifest: Manifest) -> None:
+        path = repo.path(manifest.artifact)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+    damage(second)
+    with pytest.raises(IntegrityError, match=second.artifact):
+        verify_members(members, repo, lambda _: None)
+    damage(first)  # both damaged: the error is the plan's first, whichever ends first
+    with pytest.raises(IntegrityError, match=first.artifact):
+        verify_members(members, repo, lambda _: None)
+
+
+@pytest.fixture
+def slow_starting_app() -> Iterator[tuple[str, float]]:
+    """A health URL that answers 503 for its first 0.3 s, as an application starting up."""
+    ready_at = time.monotonic() + 0.3
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if time.monotonic() >= ready_at else 503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/health", ready_at
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_health_is_polled_often_while_the_application_starts(
+    slow_starting_app: tuple[str, float],
+) -> None:
+    url, ready_at = slow_starting_app
+    waited = wait_healthy(url, timeout=30)
+    # Answered 0.3 s after the start: the restore notices it well before a 1 s poll would.
+    assert time.monotonic() - ready_at < HEALTH_POLL_S / 2
+    assert 0.25 < waited < 0.3 + HEALTH_POLL_S / 2
+
+
+def test_health_that_never_comes_fails_at_its_timeout() -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/health"
+    began = time.monotonic()
+    with pytest.raises(RestoreError, match="did not answer 200 within 2s"):
+        wait_healthy(url, timeout=2)
+    assert 1.9 < time.monotonic() - began < 3.5

@@ -18,33 +18,28 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import docker
 
-from .. import _proc
 from ..crypto import EncryptionKey
-from ..errors import HookFailed, RestoreError, SafeholdError
+from ..errors import SafeholdError
 from ..model import Event, EventSink, Objectives, null_sink
-from ..sources.postgres import PgTarget, connect
+from ..sources.postgres import PgTarget
 from ..storage import LocalStorage
 from . import journal
-from ._pipeline import Progress, check_digest, sha256_of
 from .docker_volume import Access, restore_volume
 from .engine import Downtime
 from .recovery_containers import PROGRESS_KIND
 from .restore import RestoreOptions, restore_database
 from .system_plan import Step, SystemPlan, folder_of
+from .system_steps import count_tables, post_command, verify_members, wait_healthy
 from .volume import restore_tree
 
-HEALTH_POLL_S = 1.0
 CHANGING = ("roles", "database", "volume", "folder", "post")
 PURPOSE = "safehold restore --all"
-POST_OUTPUT_LINES = 20
 
 
 @dataclass(frozen=True)
@@ -112,7 +107,8 @@ def run_system_restore(
     began = time.monotonic()
     try:
         steps = {s.kind: s for s in plan.steps if s.kind in ("verify", "stop", "start")}
-        runner.step(steps["verify"], lambda: _verify(plan, storage, sink))
+        members = [s.member for s in plan.steps if s.member is not None and not plan.skipped(s)]
+        runner.step(steps["verify"], lambda: verify_members(members, storage, sink))
         restore_steps = [s for s in plan.steps if s.kind in CHANGING]
         stop_step, start_step = steps.get("stop"), steps.get("start")
         # Stopped so far: journalled, and started again however the run ends.
@@ -136,7 +132,7 @@ def run_system_restore(
             if step.kind == "connect" and database is not None:
                 runner.step(step, lambda: _check_database(database, result))
             elif step.kind == "health" and health_url:
-                runner.step(step, lambda: _wait_healthy(health_url, options.health_timeout))
+                runner.step(step, lambda: wait_healthy(health_url, options.health_timeout))
     except KeyboardInterrupt:  # SIGTERM or SIGINT: unwinding (containers started above)
         runner.interrupted()
         raise
@@ -273,19 +269,7 @@ def _action(
             lock_timeout=options.lock_timeout,
             key=options.database.decryption,
         )
-    return lambda: _post_command(step.target, database, sink)
-
-
-def _verify(plan: SystemPlan, storage: LocalStorage, sink: EventSink) -> None:
-    for step in plan.steps:
-        if step.member is None or plan.skipped(step):
-            continue
-        manifest = step.member
-        with storage.open_reader(manifest.artifact) as raw:
-            digest, size = sha256_of(
-                raw, Progress(sink, f"verify {manifest.artifact}", manifest.size)
-            )
-        check_digest(manifest.artifact, manifest.sha256, digest, manifest.size, size)
+    return lambda: post_command(step.target, database, sink)
 
 
 def _restore_db(
@@ -352,49 +336,6 @@ def _restore_one_volume(
         )
 
 
-def _post_command(command: str, database: PgTarget | None, sink: EventSink) -> None:
-    """On this host with ``sh -c`` (e.g. ``docker compose run --rm app npm run migrate``),
-    the database's libpq settings in its environment."""
-    env = database.env() | {"PGDATABASE": database.dbname} if database else {}
-    done = _proc.run(["sh", "-c", command], env=env)
-    lines = (done.stdout + done.stderr).splitlines()
-    for line in lines[-POST_OUTPUT_LINES:]:
-        sink(Event("hook", f"post-restore: {line}"))
-    if done.returncode != 0:
-        tail = " | ".join(lines[-3:]) or "no output"
-        raise HookFailed(
-            f"post-restore command {command!r} failed (exit {done.returncode}): {tail}",
-            hint="fix the command and continue from this step",
-        )
-
-
 def _check_database(target: PgTarget, result: SystemRestoreResult) -> None:
-    with connect(target) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM information_schema.tables "
-            "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
-        ).fetchone()
-    tables = int(row[0]) if row else 0
+    tables = count_tables(target)
     result.notes.append(f"database {target.dbname!r} answers: {tables} tables")
-
-
-def _wait_healthy(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last = "no answer yet"
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=min(10.0, timeout)) as answer:  # noqa: S310
-                if answer.status == 200:
-                    return
-                last = f"HTTP {answer.status}"
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError) as exc:
-            last = str(getattr(exc, "reason", exc))
-        if time.monotonic() >= deadline:
-            raise RestoreError(
-                f"{url} did not answer 200 within {timeout:.0f}s (last: {last})",
-                hint="the data is restored and the containers run; check the application's "
-                "logs (docker logs NAME)",
-            )
-        time.sleep(HEALTH_POLL_S)
