@@ -7,16 +7,21 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from safehold.operations import wal
+from safehold.operations import pitr_setup, wal
 from safehold.operations.status_wal import read_wal_status
+from safehold.sandbox import SandboxCluster
+from safehold.sandbox.cluster import free_port
+from safehold.sources.postgres import connect
 from safehold.storage import LocalStorage
 
-from .conftest import CliRunner, webhook_receiver
+from .conftest import CliRunner, execute, webhook_receiver
 from .test_pitr_retention import push_files, seg, write_base
 
 
@@ -109,3 +114,90 @@ def test_status_cli_shows_wal_and_a_stalled_archive_breaches(
     (alert,) = received
     assert alert["what"] == "PITR: WAL stalled"
     assert "archived 40 min ago (stalled after 15 min)" in str(alert["message"])
+
+
+@pytest.fixture(scope="module")
+def failing_archiver() -> Iterator[SandboxCluster]:
+    """A cluster of its own with archive_mode on, an archive_command that always fails, and a
+    failure already counted in pg_stat_archiver."""
+    cluster = SandboxCluster()
+    cluster.start()
+    try:
+        settings = {"wal_level": "replica", "archive_mode": "on", "archive_command": "false"}
+        pitr_setup.apply_settings(cluster.target, settings)
+        log = str(cluster.root / "server.log")
+        cluster._run("pg_ctl", "-D", str(cluster.data), "-l", log, "-m", "fast", "-w", "restart")
+        execute(cluster.target, "CREATE TABLE t AS SELECT 1 AS x", "postgres")
+        execute(cluster.target, "SELECT pg_switch_wal()", "postgres")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with connect(cluster.target, "postgres", autocommit=True) as conn:
+                row = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()
+            if row and row[0]:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the archiver never failed")
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+def test_a_failing_archiver_is_critical_although_the_repository_looks_fresh(
+    run_cli: CliRunner, repo: LocalStorage, tmp_path: Path, failing_archiver: SandboxCluster
+) -> None:
+    """The issue's case: the repository's newest WAL file is seconds old, so the repository
+    alone says "ok", while the server's archiver fails on every segment since."""
+    assert run_cli("backup").returncode == 0
+    push_files(repo, [seg(1, 1), seg(1, 2)], tmp_path / "spool")
+    write_base(repo, f"{datetime.now(UTC) - timedelta(hours=1):%Y-%m-%d %H:%M}", 1, 1)
+
+    # The test database's own server does not archive: the repository decides, "ok".
+    quiet = run_cli("status", "--json")
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    line = json.loads(quiet.stdout)["wal"]
+    assert (line["state"], line["archiver"]["archive_mode"]) == ("ok", "off")
+
+    server = {"DB_PORT": str(failing_archiver.port), "PGPASSWORD": failing_archiver.password}
+    with webhook_receiver() as (url, received):
+        failing = run_cli("status", "--json", env={**server, "SAFEHOLD_ALERTS_WEBHOOK_URL": url})
+    assert failing.returncode == 2, failing.stdout + failing.stderr
+    reading = json.loads(failing.stdout)
+    assert reading["level"] == "critical" and reading["targets"][0]["level"] == "ok"
+    line = reading["wal"]
+    assert (line["level"], line["state"]) == ("critical", "failing")
+    assert line["age_s"] < 120  # the repository's newest file is fresh all the same
+    archiver = line["archiver"]
+    assert archiver["failing"] and archiver["failed_count"] >= 1
+    assert archiver["last_failed_wal"].startswith("0000000100000000000000")
+    reason = line["reasons"][0]
+    assert reason.startswith("the server's WAL archiver is failing: ")
+    assert f"the last for {archiver['last_failed_wal']} at " in reason
+    (alert,) = received
+    assert alert["what"] == "PITR: WAL failing" and archiver["last_failed_wal"] in str(
+        alert["message"]
+    )
+    shown = run_cli("status", env=server)
+    assert shown.returncode == 2 and "status: CRITICAL" in shown.stdout
+    assert "wal: server archiver (archive_mode on): 0 archived, " in shown.stdout
+    assert "FAILING" in shown.stdout
+
+    # The server cannot be reached: a note on the WAL line, the repository's reading stands.
+    away = run_cli("status", "--json", env={"DB_PORT": str(free_port())})
+    assert away.returncode == 0, away.stdout + away.stderr
+    line = json.loads(away.stdout)["wal"]
+    assert line["state"] == "ok" and line["archiver"] is None
+    assert line["notes"][0].startswith("the server's archiver was not checked: cannot reach")
+
+
+def test_a_failing_archiver_shows_with_nothing_archived_yet(
+    run_cli: CliRunner, repo: LocalStorage, failing_archiver: SandboxCluster
+) -> None:
+    """Archiving that never worked leaves the repository without any WAL: the server's
+    archiver is the only witness."""
+    assert run_cli("backup").returncode == 0
+    server = {"DB_PORT": str(failing_archiver.port), "PGPASSWORD": failing_archiver.password}
+    result = run_cli("status", "--json", env=server)
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = json.loads(result.stdout)["wal"]
+    assert (line["state"], line["archived_files"], line["base_backups"]) == ("failing", 0, 0)

@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from safehold.errors import StorageError, UsageError
 from safehold.model import BackupSet, Manifest, null_sink
 from safehold.operations._pipeline import commit, repository_session
 from safehold.operations.backup import BackupOptions, dump_database
+from safehold.operations.copy import Location, copy_backups, representatives
 from safehold.operations.prune import (
     PINS_DIR,
     PruneResult,
@@ -382,3 +383,71 @@ def test_cli_prune_pin_and_unpin(repo: LocalStorage, folder: Path) -> None:
     refused = cli(repo, "prune", **zero)
     assert refused.returncode == 2
     assert "error: the retention policy keeps nothing" in refused.stderr
+
+
+# --- backup --pin / --keep-until, and the archive's monthly representatives -------------------
+
+
+def test_backup_keep_until_is_kept_through_the_date_then_pruned(
+    repo: LocalStorage, folder: Path
+) -> None:
+    repo.ensure()
+    today = datetime.now(UTC)
+    until = (today + timedelta(days=10)).date()
+    done = cli(repo, "backup", "--path", str(folder), "--keep-until", until.isoformat())
+    assert done.returncode == 0, done.stderr
+    (made,) = [Path(line).name for line in done.stdout.splitlines()]
+    end = datetime(until.year, until.month, until.day, tzinfo=UTC) + timedelta(days=1)
+    assert read_pins(repo)[made].until == end  # through the whole day named
+    assert f"pinned {made}: prune keeps it until" in done.stderr
+    newer = old_backup(repo, folder, today + timedelta(days=1), target=folder.name).artifact
+
+    during = prune(repo, policy(keep_last=1), now=end - timedelta(minutes=1))
+    assert decided(during)[made] == (True, [f"pinned until {end:%Y-%m-%d %H:%M} UTC"])
+    assert repo.exists(made)
+    after = prune(repo, policy(keep_last=1), now=end)
+    assert after.removed == [made] and not repo.exists(made) and repo.exists(newer)
+    assert made not in read_pins(repo)  # the pin went with its backup
+
+    both = cli(repo, "backup", "--path", str(folder), "--pin", "--keep-until", "2999-01-01")
+    assert both.returncode == 2 and "not both" in both.stderr
+    past = cli(repo, "backup", "--path", str(folder), "--keep-until", "2001-01-01")
+    assert past.returncode == 2 and "not in the future" in past.stderr
+
+
+def test_backup_all_pin_pins_every_member_of_the_set(repo: LocalStorage, folder: Path) -> None:
+    other = folder.parent / "uploads"
+    other.mkdir()
+    (other / "u.bin").write_bytes(os.urandom(500))
+    done = cli(repo, "backup", "--all", "--no-database", "--path", str(folder), "--path",
+               str(other), "--pin", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    pins = read_pins(repo)
+    assert sorted(pins) == sorted(result["members"]) and len(pins) == 2
+    assert all(p.until is None and p.note == "backup --pin" for p in pins.values())
+    listed = cli(repo, "pin")
+    assert "for good" in listed.stdout and "UNTIL (UTC)" in listed.stdout
+
+
+def test_the_archive_copies_each_finished_months_representatives(
+    repo: LocalStorage, folder: Path, tmp_path: Path
+) -> None:
+    times = ["2024-09-03 02:00", "2024-09-28 02:00", "2024-10-01 02:00", "2024-10-30 02:00",
+             "2024-11-02 02:00", "2024-11-02 14:00", "2024-12-01 02:00"]  # fmt: skip
+    made = {when: old_backup(repo, folder, at(when)).artifact for when in times}
+    archive = LocalStorage(tmp_path / "archive")
+    archive.ensure()
+    now = at("2024-12-01 04:00")  # the archive job's slot: November has just finished
+
+    chosen = representatives(repo, "monthly", now)
+
+    expected = [made[w] for w in ("2024-09-28 02:00", "2024-10-30 02:00", "2024-11-02 14:00")]
+    assert chosen == expected
+    copied = copy_backups(repo, Location("archive", archive), chosen)
+    assert copied.copied == expected
+    assert sorted(r.name for r in catalog.scan(archive)) == sorted(expected)
+    # Next month only December's is new; the others are there already.
+    later = representatives(repo, "monthly", at("2025-01-01 04:00"))
+    again = copy_backups(repo, Location("archive", archive), later)
+    assert again.copied == [made["2024-12-01 02:00"]] and again.skipped == expected

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
 from safehold.errors import UsageError
 from safehold.model import Kind, Status
-from safehold.retention import REMOVE_OUTSIDE, Candidate, Decision, Policy, decide, iso_week
+from safehold.retention import (
+    REMOVE_OUTSIDE,
+    Candidate,
+    Decision,
+    Policy,
+    decide,
+    iso_week,
+    representatives,
+)
 
 NOW = datetime(2025, 1, 1, 0, 30, tzinfo=UTC)
 ZERO = Policy(daily=0, weekly=0, monthly=0, yearly=0, keep_last=0)
@@ -283,3 +292,56 @@ def test_decision_json() -> None:
             "yearly 2024",
         ],
     }
+
+
+def test_a_pin_with_an_end_keeps_until_then_the_rules_decide() -> None:
+    before = at("2024-06-01 02:00")
+    newer = [backup(at("2024-06-05 02:00"))]
+    until = at("2024-06-10 00:00")
+    pinned = replace(backup(before), pinned_until=until)
+
+    def reasons(now: datetime) -> list[str]:
+        first = decide([pinned, *newer], policy(keep_last=1), now)[0]
+        return first.reasons
+
+    assert reasons(at("2024-06-09 23:59")) == ["pinned until 2024-06-10 00:00 UTC"]
+    assert reasons(until) == [REMOVE_OUTSIDE]  # the end is exclusive: from then on, the rules
+    forever = replace(backup(before), pinned=True)
+    assert decide([forever, *newer], policy(keep_last=1), until)[0].reasons == ["pinned"]
+
+
+def test_representatives_are_the_monthly_choice_of_finished_months() -> None:
+    daily = [
+        backup(datetime(2024, month, day, 2, tzinfo=UTC))
+        for month in (9, 10, 11, 12)
+        for day in (1, 15, 28)
+    ]
+    volume = [backup(at("2024-10-20 03:00"), target="user-1", kind="volume", set_id="S")]
+    member = backup(at("2024-10-20 03:00"), set_id="S")  # the set's dump, not October's newest
+    late = backup(at("2024-11-29 02:00"), status="damaged")  # never a representative
+    safety = backup(at("2024-11-30 02:00"), target="user-1", kind="safety")
+    everything = [*daily, *volume, member, late, safety]
+    now = at("2024-12-15 12:00")
+
+    chosen = representatives(everything, "monthly", now)
+
+    # Each finished month's newest good backup per target, and its set's members; not the
+    # running month (December), nor the damaged or the safety copy.
+    assert chosen == [
+        daily[2].name,  # 2024-09-28
+        daily[5].name,  # 2024-10-28
+        daily[8].name,  # 2024-11-28
+        volume[0].name,
+        member.name,
+    ]
+    # It is what prune's monthly rule keeps for those months.
+    kept = decide(everything, policy(monthly=4), now)
+    by_rule = {d.candidate.name for d in kept if any(r.startswith("monthly") for r in d.reasons)}
+    assert set(chosen) - {member.name} <= by_rule
+    # Yearly: only finished years.
+    assert representatives(everything, "yearly", now) == []
+    assert representatives(everything, "yearly", at("2025-01-01 00:30")) == [
+        daily[11].name,
+        volume[0].name,
+        member.name,
+    ]

@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from safehold import catalog, config
 from safehold.errors import ConfigError, UsageError
-from safehold.model import Event
+from safehold.model import BackupSet, Event
+from safehold.operations import doctor_schedule
 from safehold.scheduler import (
     CrontabRef,
     DaemonLog,
@@ -51,7 +53,7 @@ from safehold.scheduler.show import describe, render_text
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
 
-from .conftest import ROOT, seed_env
+from .conftest import ROOT, CliRunner, seed_env
 
 NOW = datetime(2024, 12, 1, 1, 59, tzinfo=UTC)  # a Sunday, a minute before the daily backup
 FOREIGN = (
@@ -102,6 +104,12 @@ def test_default_jobs_and_why_others_are_not_scheduled(tmp_path: Path) -> None:
         ("database", "0 2 * * *", (("backup",), ("prune",))),
         ("full", "0 3 * * 0", (("backup", "--all"), ("prune",))),
         ("drill", "0 5 2 * *", (("drill", "--latest"),)),
+        ("quarterly_drill", "0 6 3 1,4,7,10 *", (("drill", "--full-system", "--set", "latest"),)),
+        (
+            "annual_drill",
+            "0 6 10 1 *",
+            (("drill", "--full-system", "--set", "latest", "--sandbox"),),
+        ),
     ]
     reasons = {s.name: s.reason for s in schedule.not_scheduled}
     assert "schedule.archive_location is empty" in reasons["archive"]
@@ -115,12 +123,22 @@ def test_hourly_archive_and_no_prune(tmp_path: Path) -> None:
         "[retention]\nprune_after_backup = false\n",
     )
     jobs = {j.name: j for j in plan(settings).jobs}
-    assert list(jobs) == ["database", "full", "hourly", "archive", "drill"]
+    assert list(jobs) == [
+        "database",
+        "full",
+        "hourly",
+        "archive",
+        "drill",
+        "quarterly_drill",
+        "annual_drill",
+    ]
     assert jobs["database"].steps == (("backup",),)
     # Every hour except 02:00, when the daily backup runs; waits for a lock held by a long job.
     assert jobs["hourly"].expression == "0 0-1,3-23 * * *"
     assert jobs["hourly"].steps == (("backup", "--lock-timeout", "3000"),)
-    assert jobs["archive"].steps == (("copy", "--to", "/mnt/archive"),)
+    # Only each month's representatives go to the archive (retention's monthly choice).
+    archive = ("copy", "--to", "/mnt/archive", "--representative", "monthly")
+    assert jobs["archive"].steps == (archive,)
     assert jobs["archive"].expression == "0 4 1 * *"
 
 
@@ -147,9 +165,13 @@ def test_a_bad_cron_expression_names_its_key(tmp_path: Path, bad: str) -> None:
 
 
 def test_off_turns_a_job_off(tmp_path: Path) -> None:
-    schedule = plan(load(tmp_path, '[schedule]\nfull = "off"\ndrill = ""\n'))
+    toml = '[schedule]\nfull = "off"\ndrill = ""\nquarterly_drill = "off"\nannual_drill = "Off"\n'
+    schedule = plan(load(tmp_path, toml))
     assert [j.name for j in schedule.jobs] == ["database"]
-    assert {s.name: s.reason for s in schedule.not_scheduled}["full"] == "schedule.full is off"
+    reasons = {s.name: s.reason for s in schedule.not_scheduled}
+    assert reasons["full"] == "schedule.full is off"
+    assert reasons["quarterly_drill"] == "schedule.quarterly_drill is off"
+    assert reasons["annual_drill"] == "schedule.annual_drill is off"
 
 
 # ---- next runs ----
@@ -198,8 +220,50 @@ def test_show_report_for_a_fixed_now(tmp_path: Path) -> None:
     ]
     text = "\n".join(render_text(report))
     assert "Mon 2024-12-02 02:00 CET (2024-12-02 01:00 UTC)" in text
-    assert "\narchive   not scheduled: schedule.archive_location is empty" in text
+    assert re.search(r"\narchive +not scheduled: schedule\.archive_location is empty", text)
     assert report["timezone"] == "Europe/Berlin"
+
+
+def test_show_warns_of_a_full_system_job_without_volumes_and_gives_the_rpo(
+    tmp_path: Path,
+) -> None:
+    how = Invocation(("/opt/safehold",), tmp_path, None, ())
+    ref = CrontabRef(file=tmp_path / "crontab")
+    bare = describe(load(tmp_path), ref, now=NOW, zone=UTC, how=how)
+    (warning,) = [w for w in bare["warnings"] if "volumes" in w]
+    assert warning.startswith("the full-system job (full, 0 3 * * 0) backs up no volumes")
+    assert bare["rpo"]["database_s"] == 86400 and bare["rpo"]["volumes_s"] == 7 * 86400
+    text = "\n".join(render_text(bare))
+    assert "note: the full-system job (full, 0 3 * * 0) backs up no volumes" in text
+    assert "RPO: database 24 h, volumes 7 d (from the schedule" in text
+    named = describe(load(tmp_path, '[volumes]\ninclude = ["user-*"]\n'), ref, now=NOW,
+                     zone=UTC, how=how)  # fmt: skip
+    assert not [w for w in named["warnings"] if "volumes" in w]
+    off = describe(load(tmp_path, '[schedule]\nfull = "off"\n'), ref, now=NOW, zone=UTC, how=how)
+    assert not [w for w in off["warnings"] if "volumes" in w]
+
+
+def test_doctor_warns_of_a_full_system_job_without_volumes(
+    repo: LocalStorage, tmp_path: Path
+) -> None:
+    assert doctor_schedule.full_system((), (), None, repo) == []  # nothing to go by
+    (named,) = doctor_schedule.full_system(("user-*",), (), "0 3 * * 0", repo)
+    assert named.result == "OK"
+    (told,) = doctor_schedule.full_system((), (), "0 3 * * 0", repo)
+    assert told.result == "WARN" and "(0 3 * * 0) backs up no volumes" in told.detail
+    assert 'schedule.full = "off"' in told.fix
+    # Without the schedule, the newest set in the repository is the evidence.
+    moment = datetime(2024, 12, 1, 3, tzinfo=UTC)
+    catalog.write_set(repo, BackupSet("20241201_030000", moment, moment, ("x",), "app", (), "t"))
+    (seen,) = doctor_schedule.full_system((), (), None, repo)
+    assert seen.result == "WARN" and "set 20241201_030000 holds no volumes" in seen.detail
+
+
+def test_a_full_system_backup_without_volumes_says_so(run_cli: CliRunner) -> None:
+    done = run_cli("backup", "--all")
+    assert done.returncode == 0, done.stderr
+    assert "the full-system backup holds no volumes, only the database" in done.stderr
+    assert done.stdout.startswith("set ")
 
 
 # ---- the crontab ----
@@ -237,7 +301,7 @@ def test_install_is_idempotent_and_leaves_other_lines_alone(tmp_path: Path) -> N
     text = tab.read_text()
     assert text.startswith(FOREIGN)  # byte for byte, ours appended
     ours = marked(text)
-    assert list(ours) == ["database", "full", "drill"]
+    assert list(ours) == ["database", "full", "drill", "quarterly_drill", "annual_drill"]
     assert ours["database"].startswith(f"0 2 * * * cd {tmp_path} && {{ ")
     assert ours["full"].startswith("0 3 * * 0 ")
     assert ours["drill"].startswith("0 5 2 * * ")
@@ -261,7 +325,14 @@ def test_install_is_idempotent_and_leaves_other_lines_alone(tmp_path: Path) -> N
     assert text.startswith(FOREIGN)
     assert text.endswith("30 6 * * * /usr/local/bin/report\n")
     ours = marked(text)
-    assert list(ours) == ["database", "full", "hourly", "drill"]
+    assert list(ours) == [
+        "database",
+        "full",
+        "hourly",
+        "drill",
+        "quarterly_drill",
+        "annual_drill",
+    ]
     assert ours["hourly"].startswith("0 0-1,3-23 * * * ")
 
     shown = cli("schedule", "show", "--json", *args, cwd=tmp_path)
@@ -283,7 +354,7 @@ def test_install_is_idempotent_and_leaves_other_lines_alone(tmp_path: Path) -> N
     removed = cli("schedule", "remove", *args, cwd=tmp_path)
     assert removed.returncode == 0, removed.stderr
     assert tab.read_text() == FOREIGN + "30 6 * * * /usr/local/bin/report\n"
-    assert len(removed.stdout.splitlines()) == 4
+    assert len(removed.stdout.splitlines()) == 6
     assert cli("schedule", "remove", *args, cwd=tmp_path).stdout == ""
 
 
@@ -311,8 +382,8 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     done = cli("schedule", "install", "--dry-run", "--crontab-file", str(tab), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert not tab.exists()
-    assert "would install 3 jobs" in done.stderr
-    assert len(done.stdout.splitlines()) == 3
+    assert "would install 5 jobs" in done.stderr
+    assert len(done.stdout.splitlines()) == 5
 
 
 def test_settings_from_flags_and_env_go_along_but_never_the_password(tmp_path: Path) -> None:
@@ -365,7 +436,7 @@ def test_the_seeds_own_line_is_found_kept_or_replaced_and_put_back(tmp_path: Pat
     assert replaced.returncode == 0, replaced.stderr
     text = tab.read_text()
     assert "\n#safehold-off: " + SEED_LINE + "\n" in text
-    assert list(marked(text)) == ["database", "full", "drill"]
+    assert list(marked(text)) == ["database", "full", "drill", "quarterly_drill", "annual_drill"]
     assert "commented out the crontab's own backup line" in replaced.stderr
     assert "left as it is" not in replaced.stderr
     shown = json.loads(cli("schedule", "show", "--json", *args, cwd=tmp_path).stdout)

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from safehold import catalog
 from safehold.model import Objectives
 from safehold.operations.backup import backup_database
 from safehold.operations.drill import drill
 from safehold.operations.status import read_status
 from safehold.operations.status_metrics import write_metrics
 from safehold.operations.verify import verify_backup
+from safehold.operations.verify_record import verify_key
 from safehold.operations.volume import backup_tree
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
@@ -136,3 +138,34 @@ def test_status_alerts_on_an_rpo_breach(run_cli: CliRunner, tmp_path: Path) -> N
     assert result.returncode == 2
     (alert,) = received
     assert alert["what"] == "RPO breached" and "no good backup" in str(alert["message"])
+
+
+def test_status_errors_exit_3_unknown(
+    run_cli: CliRunner, repo: LocalStorage, tmp_path: Path
+) -> None:
+    """Monitoring plugin convention: an error of status itself is UNKNOWN (3), never read as
+    WARNING (1) or CRITICAL (2), and --json still prints one object, with level "unknown"."""
+    config = run_cli("status", "--json", env={"SAFEHOLD_OBJECTIVES_RPO_HOURS": "soon"})
+    assert config.returncode == 3, config.stdout + config.stderr
+    unknown = json.loads(config.stdout)
+    assert unknown["level"] == "unknown" and unknown["type"] == "ConfigError"
+    assert "SAFEHOLD_OBJECTIVES_RPO_HOURS" in unknown["error"]
+    assert "error: environment variable SAFEHOLD_OBJECTIVES_RPO_HOURS" in config.stderr
+
+    usage = run_cli("status", "--no-such-option")
+    assert usage.returncode == 3 and "No such option" in usage.stderr
+
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    storage = run_cli("status", env={"BACKUP_DIR": str(not_a_folder)})
+    assert storage.returncode == 3, storage.stdout + storage.stderr
+    assert "hint: move that file away, or point BACKUP_DIR at a folder" in storage.stderr
+
+    # A crash: the newest backup's verify record is a folder where a file must be.
+    assert run_cli("backup").returncode == 0
+    (name,) = [r.name for r in catalog.scan(repo) if r.kind == "database"]
+    repo.path(verify_key(name)).mkdir(parents=True)
+    crash = run_cli("status", "--json")
+    assert crash.returncode == 3, crash.stdout + crash.stderr
+    assert "IsADirectoryError" in crash.stderr and "unexpected failure" in crash.stderr
+    assert json.loads(crash.stdout)["level"] == "unknown"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,15 +66,43 @@ class Manifest:
 @dataclass(frozen=True)
 class Objectives:
     """Recovery objectives in seconds (the procedures: RPO 24 h; RTO database 30 min,
-    container data 1 h, full system 2 h)."""
+    container data 1 h, full system 2 h).
+
+    ``rpo_s`` is the database's RPO and every target's without one of its own;
+    ``rpo_volumes_s`` the volumes' (None: ``rpo_s``); ``rpo_targets`` per target name or
+    pattern (``user-*``), first match wins. A backup is late once older than its RPO plus the
+    grace: ``grace_share`` of the RPO, at least ``grace_min_s``, never more than half the RPO.
+    Built by hand the grace is 0 (exact thresholds); the settings give it its default."""
 
     rpo_s: float = 24 * 3600
     rto_database_s: float = 30 * 60
     rto_volumes_s: float = 60 * 60
     rto_full_s: float = 120 * 60
+    rpo_volumes_s: float | None = None
+    rpo_targets: tuple[tuple[str, float], ...] = ()
+    grace_share: float = 0.0
+    grace_min_s: float = 0.0
 
     def rto(self, kind: str) -> float:
         return self.rto_database_s if kind == "database" else self.rto_volumes_s
+
+    def rpo(self, kind: str, target: str) -> float:
+        for pattern, seconds in self.rpo_targets:
+            if fnmatch.fnmatchcase(target, pattern):
+                return seconds
+        if kind == "volume" and self.rpo_volumes_s is not None:
+            return self.rpo_volumes_s
+        return self.rpo_s
+
+    def grace(self, rpo_s: float) -> float:
+        # Capped at half the RPO: a 30 min floor would otherwise hide a missed run of a
+        # schedule that runs every few minutes.
+        return min(max(rpo_s * self.grace_share, self.grace_min_s), rpo_s / 2)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["rpo_targets"] = dict(self.rpo_targets)
+        return data
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ and a backup kept by any rule is kept, with every reason that keeps it:
 - Globals (kind ``globals``) are never judged on their own: one is kept exactly when the
   database dump it belongs to (``companion_of``) is kept, and removed with it, or when no
   dump of the location names it (pinned or foreign ones excepted).
+- Pins: a pin without an end keeps its backup for good; one with an end (``backup
+  --keep-until``) keeps it while ``now`` is before the end, then the rules above decide.
 - Refused: a policy whose counts and keep_last are all 0, negative counts, and (a safety net the
   rules above already guarantee) any outcome that removes every good backup of a target.
 """
@@ -42,9 +44,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from .errors import UsageError
-from .model import Kind, Status
+from .model import BACKUP_KINDS, Kind, Status
 
 REMOVE_OUTSIDE = "remove: outside every window"
+Period = Literal["monthly", "yearly"]
 # What a policy judges: logical backups by kind, and PITR base backups ("base").
 CandidateKind = Kind | Literal["base"]
 
@@ -93,10 +96,19 @@ class Candidate:
     verified_ok: bool = False  # the last recorded verify of this backup was ok
     set_id: str | None = None
     companion_of: str | None = None  # globals: the database dump it belongs to
+    pinned_until: datetime | None = None  # a pin that ends (``pinned`` is one that does not)
 
     @property
     def good(self) -> bool:
         return self.status == "ok"
+
+    def pin_reason(self, now: datetime) -> str | None:
+        """Why a pin keeps it at ``now``, or None."""
+        if self.pinned:
+            return "pinned"
+        if self.pinned_until is not None and now < self.pinned_until:
+            return f"pinned until {self.pinned_until.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+        return None
 
 
 @dataclass(frozen=True)
@@ -185,8 +197,8 @@ def _decide_group(
     ordered = sorted(members, key=lambda i: (backups[i].created, backups[i].name), reverse=True)
     good = [i for i in ordered if backups[i].good]  # newest first
     for i in ordered:
-        if backups[i].pinned:
-            reasons[i].append("pinned")
+        if pin := backups[i].pin_reason(now):
+            reasons[i].append(pin)
     if good:
         reasons[good[0]].append("newest good backup")
     verified = [i for i in good if backups[i].verified_ok]
@@ -224,8 +236,8 @@ def _decide_group(
 
 def _decide_safety(candidate: Candidate, policy: Policy, now: datetime, why: list[str]) -> None:
     until = candidate.created + timedelta(days=policy.safety_days)
-    if candidate.pinned:
-        why.append("pinned")
+    if pin := candidate.pin_reason(now):
+        why.append(pin)
     if candidate.created > now:
         why.append("created after now (clock skew?): kept")
     if candidate.status == "unverified/foreign":
@@ -246,8 +258,8 @@ def _follow_dumps(
         if candidate.kind != "globals":
             continue
         dump = candidate.companion_of
-        if candidate.pinned:
-            reasons[i].append("pinned")
+        if pin := candidate.pin_reason(now):
+            reasons[i].append(pin)
         if candidate.created > now:
             reasons[i].append("created after now (clock skew?): kept")
         if candidate.status == "unverified/foreign":
@@ -260,6 +272,29 @@ def _follow_dumps(
             if present
             else "remove: no database dump it belongs to is left"
         )
+
+
+def representatives(backups: list[Candidate], period: Period, now: datetime) -> list[str]:
+    """The names the ``period`` rule would pick in each complete calendar month (or year)
+    before ``now``'s: per target the newest good backup of each, and with them every good
+    member of a set one of them belongs to (as prune keeps sets whole), in the order given.
+    The month still running is left out: its representative is not known yet. Safety copies
+    and globals are never picked (a copy takes a dump's globals along with it)."""
+    bucket_of = month if period == "monthly" else year
+    current = bucket_of(now)
+    picked: dict[tuple[str, str | None, str], Candidate] = {}
+    eligible = [c for c in backups if c.good and c.kind in BACKUP_KINDS]
+    for candidate in eligible:
+        bucket = bucket_of(candidate.created)
+        if bucket >= current:  # "2024-11" < "2024-12": the names sort as the periods do
+            continue
+        key = (candidate.kind, candidate.target, bucket)
+        best = picked.get(key)
+        if best is None or (candidate.created, candidate.name) > (best.created, best.name):
+            picked[key] = candidate
+    sets = {c.set_id for c in picked.values()} - {None}
+    chosen = {c.name for c in picked.values()} | {c.name for c in eligible if c.set_id in sets}
+    return [c.name for c in backups if c.name in chosen]
 
 
 def _keep_sets(backups: list[Candidate], reasons: dict[int, list[str]]) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -14,10 +15,12 @@ from ..operations.backup import backup_database
 from ..operations.backup_set import SetOptions, backup_set
 from ..operations.docker_volume import backup_volume
 from ..operations.engine import connect_docker, select_volumes
+from ..operations.pins import pin_all
 from ..operations.volume import backup_tree
 from ..storage import LocalStorage
 from .locations import copy_after_backup
 from .physical import run_base_backup
+from .pin_cmd import parse_keep_until
 from .runtime import Runtime, runtime, shared_options
 
 
@@ -75,6 +78,18 @@ from .runtime import Runtime, runtime, shared_options
     help="a physical base backup for point-in-time recovery (pg_basebackup; needs WAL "
     "archiving, see 'safehold pitr setup')",
 )
+@click.option(
+    "--pin",
+    "pin_it",
+    is_flag=True,
+    help="pin the new backup (every member of an --all set): prune never removes it",
+)
+@click.option(
+    "--keep-until",
+    metavar="DATE",
+    help="pin it until DATE (YYYY-MM-DD: through that day, UTC; or an ISO 8601 time, UTC "
+    "without a zone); after that prune's retention rules decide",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the manifest(s) as JSON")
 @shared_options
 @click.pass_context
@@ -88,6 +103,8 @@ def backup(
     paths: tuple[Path, ...],
     database: bool | None,
     physical: bool,
+    pin_it: bool,
+    keep_until: str | None,
     as_json: bool,
 ) -> None:
     """Back up the database (db_backup_YYYYMMDD_HHMMSS.sql, UTC) and/or Docker volumes.
@@ -104,7 +121,15 @@ def backup(
     --physical streams a base backup (pg_basebackup, zstd, age when configured, sha256) into
     base/ and copies it to the locations; with archived WAL it is the start point of
     'restore --pitr'.
+
+    --pin / --keep-until DATE pin what was just written (as 'safehold pin' does), e.g. the
+    backup taken before maintenance: kept for good, or through DATE.
     """
+    until = parse_keep_until(keep_until) if keep_until else None
+    if pin_it and until:
+        raise UsageError("give --pin (for good) or --keep-until DATE, not both")
+    if physical and (pin_it or until):
+        raise UsageError("--pin and --keep-until pin logical backups, not a base backup")
     given = ctx.ensure_object(dict)
     if compress is not None:
         given["backup.compress"] = compress
@@ -119,8 +144,9 @@ def backup(
             run_base_backup(rt, as_json)
             return
         storage = LocalStorage(rt.settings.backup_dir)
+        pinning = (pin_it or until is not None, until)
         if full:
-            _backup_all(rt, storage, volumes, labels, paths, database is not False)
+            _backup_all(rt, storage, volumes, labels, paths, database is not False, pinning)
             return
         opts = rt.settings.backup_options()
         tree_compression = "zstd" if opts.compression == "zstd" else "gzip"
@@ -154,6 +180,7 @@ def backup(
                         encryption=opts.encryption,
                     )
                 )
+        _pin(rt, storage, [m.artifact for m in done], pinning)
         copy_after_backup(rt, storage, done)
         if as_json:
             only_db = len(done) == 1 and not (volumes or paths)
@@ -170,6 +197,7 @@ def _backup_all(
     labels: tuple[str, ...],
     paths: tuple[Path, ...],
     with_database: bool,
+    pinning: tuple[bool, datetime | None],
 ) -> None:
     settings: Settings = rt.settings
     chosen = settings.volumes
@@ -181,10 +209,7 @@ def _backup_all(
         client = connect_docker()
         names = select_volumes(client, include, labels, chosen.exclude)
         if not names:
-            rt.sink_warning(
-                f"no Docker volume matches {', '.join((*include, *labels))}: the set holds "
-                "no volumes"
-            )
+            rt.sink_warning(f"no Docker volume matches {', '.join((*include, *labels))}")
     options = settings.backup_options()
     result = backup_set(
         storage,
@@ -200,6 +225,7 @@ def _backup_all(
         ),
         sink=rt.sink,
     )
+    _pin(rt, storage, list(result.members), pinning)
     manifests = [catalog.read_manifest(storage, name) for name in result.members]
     copy_after_backup(rt, storage, [m for m in manifests if m is not None])
     if rt.as_json:
@@ -210,3 +236,13 @@ def _backup_all(
     click.echo(f"set {result.id}")
     for name in result.members:
         click.echo(storage.path(name))
+
+
+def _pin(
+    rt: Runtime, storage: LocalStorage, names: list[str], pinning: tuple[bool, datetime | None]
+) -> None:
+    wanted, until = pinning
+    if wanted and names:
+        note = "backup --keep-until" if until else "backup --pin"
+        timeout = rt.settings.lock_timeout
+        pin_all(storage, names, note=note, until=until, lock_timeout=timeout, sink=rt.sink)

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import click
 
 from .. import catalog
 from ..errors import UsageError
+from ..operations.copy import representatives
+from ..retention import Period
 from ..storage import LocalStorage
 from .locations import copy_to, locations
 from .runtime import runtime, shared_options
@@ -20,27 +24,46 @@ from .runtime import runtime, shared_options
     help="a configured location ([locations.NAME]); repeatable",
 )
 @click.option("--latest", is_flag=True, help="only the newest good backup of each target")
+@click.option(
+    "--representative",
+    type=click.Choice(["monthly", "yearly"]),
+    help="only what retention's monthly (yearly) rule keeps for each finished month (year): "
+    "each target's newest good backup in it, with the sets those belong to",
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @shared_options
 @click.pass_context
 def copy_cmd(
-    ctx: click.Context, names: tuple[str, ...], to: tuple[str, ...], latest: bool, as_json: bool
+    ctx: click.Context,
+    names: tuple[str, ...],
+    to: tuple[str, ...],
+    latest: bool,
+    representative: str | None,
+    as_json: bool,
 ) -> None:
     """Copy backups from the local repository to other locations (S3-compatible buckets).
 
     Without BACKUP names: every good backup the location does not hold yet (--latest: only the
-    newest of each target, e.g. for the monthly archive). Each copy streams once, is checked
+    newest of each target; --representative monthly: each finished month's representatives, what
+    the scheduled monthly archive copies). Each copy streams once, is checked
     against the manifest's sha256 before the upload completes (a half upload is never visible),
     and is followed by its manifest and the records of the sets it completes. Already present
     copies are skipped. The location's bucket lock is held meanwhile.
     """
-    if names and latest:
-        raise UsageError("give BACKUP names or --latest, not both")
+    if sum(bool(x) for x in (names, latest, representative)) > 1:
+        raise UsageError("give BACKUP names, --latest or --representative, not two of them")
     with runtime(ctx, as_json=as_json) as rt:
         storage = LocalStorage(rt.settings.backup_dir)
         targets = locations(rt.settings, to)
         records = [r for r in catalog.scan(storage) if r.status == "ok"]
-        if latest:
+        if representative:
+            period: Period = "monthly" if representative == "monthly" else "yearly"
+            chosen = representatives(storage, period, datetime.now(UTC))
+            if not chosen:
+                # Not a failure: the first month after setup has no finished month yet.
+                rt.sink_warning(f"no finished {period[:-2]} has a good backup yet: nothing copied")
+                return
+        elif latest:
             chosen = sorted(r.name for r in catalog.newest_by_target(records).values())
         else:
             chosen = list(names) or [r.name for r in records]

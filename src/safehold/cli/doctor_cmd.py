@@ -86,7 +86,20 @@ def _setup(settings: config.Settings) -> DoctorSetup:
         key=_key(settings),
         locations=_locations(settings),
         archive_needs=_archive_needs,
+        full_schedule=_full_schedule(settings),
     )
+
+
+def _full_schedule(settings: config.Settings) -> str | None:
+    """The full-system job's cron expression; None when it is off (or the schedule is invalid:
+    the 'config' check reports that)."""
+    from ..scheduler.jobs import plan
+
+    try:
+        job = plan(settings).job("full")
+    except ConfigError:
+        return None
+    return job.expression if job is not None else None
 
 
 def _locations(settings: config.Settings) -> tuple[tuple[str, Storage], ...]:

@@ -5,12 +5,14 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .. import catalog
 from ..operations.copy import holders
 from ..operations.pitr import BaseBackup
 from ..operations.prune_pitr import base_status, read_bases
+from ..operations.runs import RunRecord, read_runs
 from ..operations.verify import VerifyResult, read_verify
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage, Storage
@@ -22,6 +24,9 @@ from .runtime import runtime, shared_options
 @click.command("list")
 @click.option("--sets", "only_sets", is_flag=True, help="one line per full-system backup set")
 @click.option(
+    "--runs", "only_runs", is_flag=True, help="the recorded runs (failed ones too), newest first"
+)
+@click.option(
     "--from",
     "source",
     metavar="LOCATION",
@@ -30,7 +35,9 @@ from .runtime import runtime, shared_options
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @shared_options
 @click.pass_context
-def list_cmd(ctx: click.Context, only_sets: bool, source: str | None, as_json: bool) -> None:
+def list_cmd(
+    ctx: click.Context, only_sets: bool, only_runs: bool, source: str | None, as_json: bool
+) -> None:
     """List the backups in the repository, newest first.
 
     Files without a manifest show as "unverified/foreign"; unfinished files never show. Members
@@ -40,7 +47,21 @@ def list_cmd(ctx: click.Context, only_sets: bool, source: str | None, as_json: b
 
     --from LOCATION lists a location's copies (nothing is written locally). When the local
     repository holds no backups and one location is configured, that one is listed.
+
+    --runs lists the runs of backup, verify, drill, prune, copy and restore recorded in the
+    repository (.safehold/runs/, kept 90 days): when, the command, ok/failed/interrupted, the
+    exit code and the error, or what the run wrote.
     """
+    if only_runs:
+        if only_sets or source:
+            raise click.UsageError("--runs lists the local repository's runs: no --sets or --from")
+        with runtime(ctx, as_json=as_json) as rt:
+            records = list(reversed(read_runs(LocalStorage(rt.settings.backup_dir))))
+            if as_json:
+                rt.emit_json([r.to_json() for r in records])
+            else:
+                _runs_table(records, rt.out, str(rt.settings.backup_dir))
+        return
     show_backups(ctx, as_json, only_sets=only_sets, source=source)
 
 
@@ -144,6 +165,31 @@ def _bases_table(rows: list[dict[str, Any]], console: Console, where: str) -> No
             row["start_segment"],
             str(row["timeline"]),
             f"[{STATUS_STYLE[row['status']]}]{row['status']}[/]",
+        )
+    console.print(table)
+
+
+RUN_STYLE = {"ok": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}
+
+
+def _runs_table(records: list[RunRecord], console: Console, where: str) -> None:
+    if not records:
+        console.print(f"no recorded runs in {where}")
+        return
+    table = Table(title=f"runs in {where}", title_justify="left", box=None, pad_edge=False)
+    for column in ("STARTED (UTC)", "COMMAND", "OUTCOME", "EXIT", "TOOK", "DETAIL"):
+        table.add_column(column, no_wrap=column != "DETAIL")
+    for r in records:
+        took = "-" if r.duration_s is None else f"{r.duration_s:.1f}s"
+        outcome = "killed?" if r.dead() else r.outcome
+        detail = r.error or ", ".join(r.produced)
+        table.add_row(
+            r.started_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            escape(r.command_line),
+            f"[{RUN_STYLE.get(r.outcome, 'red')}]{outcome}[/]",
+            "-" if r.exit_code is None else str(r.exit_code),
+            took,
+            escape(detail),
         )
     console.print(table)
 

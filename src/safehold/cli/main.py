@@ -5,6 +5,10 @@ Exit codes: 0 success; 1 unexpected failure; 2 usage/config; 3 database; 4 exter
 8 repository locked; 9 a pre/post-backup command in a container failed; 130 interrupted by SIGINT
 (Ctrl-C); 143 interrupted by SIGTERM (systemd, ``timeout``, ``docker stop``).
 
+``status`` follows the monitoring plugin convention instead: 0 OK, 1 WARNING, 2 CRITICAL, and 3
+UNKNOWN for any error of its own (a config error, a usage error, an unreadable repository, a
+crash): a monitoring system must never read "status failed" as "backups WARNING".
+
 An interrupting signal unwinds like Ctrl-C: every ``finally`` runs (unfinished files removed,
 stopped containers started again, staging dropped, the lock released), the children still
 running are stopped, and one line says so. A second signal during that clean-up is ignored.
@@ -80,9 +84,13 @@ def cli() -> None:
     """
 
 
+UNKNOWN = 3  # status's exit code for its own errors
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     wants_json = "--json" in args
+    status = _command_of(args) == "status"
     _proc.handle_interrupts()
     try:
         # Without standalone mode, ctx.exit(N) (status's monitoring exit codes) comes back here.
@@ -92,11 +100,13 @@ def main(argv: list[str] | None = None) -> None:
     except SafeholdError as exc:
         if _proc.caught_signal() is not None:  # the signal's clean-up failed: say both
             _interrupted(exc, wants_json)
-        _report(exc.message, exc.hint, type(exc).__name__, wants_json)
-        sys.exit(exc.exit_code)
+        _report(exc.message, exc.hint, type(exc).__name__, wants_json, status)
+        sys.exit(UNKNOWN if status else exc.exit_code)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
+        if status and wants_json:
+            _report_json(exc.format_message(), None, type(exc).__name__, status)
+        sys.exit(UNKNOWN if status else exc.exit_code)
     except Exception as exc:
         if _proc.caught_signal() is not None:
             _interrupted(exc, wants_json)
@@ -106,9 +116,16 @@ def main(argv: list[str] | None = None) -> None:
             "please report this with the traceback above",
             type(exc).__name__,
             wants_json,
+            status,
         )
-        sys.exit(1)
+        sys.exit(UNKNOWN if status else 1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _command_of(args: list[str]) -> str | None:
+    # The group itself takes no option with a value (only --help, --version): the first word
+    # that is not an option is the command.
+    return next((a for a in args if not a.startswith("-")), None)
 
 
 def _interrupted(during_cleanup: BaseException | None, wants_json: bool) -> NoReturn:
@@ -128,7 +145,9 @@ def _interrupted(during_cleanup: BaseException | None, wants_json: bool) -> NoRe
     sys.exit(128 + signum)
 
 
-def _report(message: str, hint: str | None, kind: str, wants_json: bool) -> None:
+def _report(
+    message: str, hint: str | None, kind: str, wants_json: bool, status: bool = False
+) -> None:
     # Without a terminal (cron, >> backup.log) the lines carry a timestamp like every log line.
     prefix = (
         "" if sys.stderr.isatty() else datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ ERROR   ")
@@ -137,4 +156,11 @@ def _report(message: str, hint: str | None, kind: str, wants_json: bool) -> None
     if hint:
         click.echo(f"{prefix}hint: {hint}", err=True)
     if wants_json:
-        click.echo(json.dumps({"error": message, "hint": hint, "type": kind}, indent=2))
+        _report_json(message, hint, kind, status)
+
+
+def _report_json(message: str, hint: str | None, kind: str, status: bool) -> None:
+    data: dict[str, object] = {"error": message, "hint": hint, "type": kind}
+    if status:  # the shape of a status reading: a monitor reads "level" first
+        data = {"level": "unknown", **data}
+    click.echo(json.dumps(data, indent=2))

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import click
 from rich.table import Table
 
 from .. import catalog
-from ..operations.prune import pin, read_pins, unpin
+from ..errors import UsageError
+from ..operations.pins import pin, read_pins, unpin
 from ..storage import LocalStorage
 from .runtime import runtime, shared_options
 
@@ -12,21 +15,31 @@ from .runtime import runtime, shared_options
 @click.command("pin")
 @click.argument("name", required=False)
 @click.option("--note", default="", help="why it is pinned (shown by 'safehold pin')")
+@click.option(
+    "--keep-until",
+    metavar="DATE",
+    help="only until DATE (YYYY-MM-DD: through that day, UTC; or an ISO 8601 time)",
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @shared_options
 @click.pass_context
-def pin_cmd(ctx: click.Context, name: str | None, note: str, as_json: bool) -> None:
+def pin_cmd(
+    ctx: click.Context, name: str | None, note: str, keep_until: str | None, as_json: bool
+) -> None:
     """Pin a backup so that prune never removes it; without NAME, list the pins.
 
     NAME is a backup as 'safehold list' shows it, or a latest link name (the backup it points
     at). The pin is .safehold/pins/NAME.json in the repository; 'safehold unpin NAME' removes it.
+    --keep-until DATE pins it through DATE only; after that prune's retention rules decide.
     """
+    if keep_until and name is None:
+        raise UsageError("--keep-until pins a backup: give its NAME")
+    until = parse_keep_until(keep_until) if keep_until else None
     with runtime(ctx, as_json=as_json) as rt:
         storage = LocalStorage(rt.settings.backup_dir)
         if name is not None:
-            made = pin(
-                storage, name, note=note, lock_timeout=rt.settings.lock_timeout, sink=rt.sink
-            )
+            timeout = rt.settings.lock_timeout
+            made = pin(storage, name, note=note, until=until, lock_timeout=timeout, sink=rt.sink)
             if as_json:
                 rt.emit_json(made.to_json())
             return
@@ -41,11 +54,14 @@ def pin_cmd(ctx: click.Context, name: str | None, note: str, as_json: bool) -> N
         table = Table(
             title=f"pinned in {storage.description}", title_justify="left", box=None, pad_edge=False
         )
-        for column in ("NAME", "PINNED (UTC)", "BY", "NOTE"):
+        for column in ("NAME", "PINNED (UTC)", "UNTIL (UTC)", "BY", "NOTE"):
             table.add_column(column, no_wrap=column != "NOTE")
+        now = datetime.now(UTC)
         for p in sorted(pins.values(), key=lambda p: p.artifact):
             gone = "" if p.artifact in present else " (gone)"
-            table.add_row(p.artifact + gone, f"{p.pinned_at:%Y-%m-%d %H:%M}", p.by, p.note)
+            ends = "for good" if p.until is None else f"{p.until:%Y-%m-%d %H:%M}"
+            ends += "" if p.holds(now) else " (ended)"
+            table.add_row(p.artifact + gone, f"{p.pinned_at:%Y-%m-%d %H:%M}", ends, p.by, p.note)
         rt.out.print(table)
 
 
@@ -61,3 +77,20 @@ def unpin_cmd(ctx: click.Context, name: str) -> None:
     with runtime(ctx) as rt:
         storage = LocalStorage(rt.settings.backup_dir)
         unpin(storage, name, lock_timeout=rt.settings.lock_timeout, sink=rt.sink)
+
+
+def parse_keep_until(text: str) -> datetime:
+    """--keep-until DATE: a day means through its end (UTC); a time without a zone is UTC."""
+    try:
+        if len(text) == 10:
+            moment = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC) + timedelta(days=1)
+        else:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except ValueError:
+        raise UsageError(
+            f"--keep-until {text!r} is not a date", hint="YYYY-MM-DD or YYYY-MM-DDTHH:MM"
+        ) from None
+    if moment <= datetime.now(UTC):
+        raise UsageError(f"--keep-until {text} is not in the future")
+    return moment

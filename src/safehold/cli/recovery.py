@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib
 
-from ..operations import journal
+from ..model import Event
+from ..operations import journal, runs
 from ..storage import LocalStorage
 from .runtime import Runtime
 
@@ -30,6 +31,8 @@ def recover_interrupted(rt: Runtime) -> int:
     if rt.command.partition(" ")[0] not in RECOVERING:
         return 0
     storage = LocalStorage(rt.settings.backup_dir)
+    for torn in storage.remove_stale_partials(runs.RUNS_DIR):  # a kill while a record was written
+        rt.sink(Event("recover", f"removed {torn}: a run record a killed run was writing", "debug"))
     if not storage.path(journal.JOURNAL_DIR).is_dir():
         return 0  # the usual case, one stat: nothing was ever left behind here
     for name in RESOLVER_MODULES:

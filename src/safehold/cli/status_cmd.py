@@ -1,17 +1,21 @@
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+from prometheus_client import Gauge, write_to_textfile
 from rich.console import Console
 from rich.table import Table
 
+from ..config import Settings
 from ..operations.copy import holders
 from ..operations.status import StatusReport, read_status
-from ..operations.status_metrics import write_metrics
+from ..operations.status_metrics import registry_for
 from ..operations.status_rehearsal import RehearsalStatus
-from ..operations.status_wal import WalStatus
+from ..operations.status_runs import RunsStatus, read_runs_status
+from ..operations.status_wal import LEVELS, Archiver, WalStatus, read_archiver, read_wal_status
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage
 from .locations import automatic, locations
@@ -35,16 +39,21 @@ def status_cmd(ctx: click.Context, metrics_file: Path | None, as_json: bool) -> 
     For the database and each volume: the newest good backup and its age (against the RPO),
     size and its trend, the last verify, the last drill and its measured recovery time
     (against the RTO). With point-in-time recovery: the newest archived WAL and its age (the
-    achieved RPO; "stalled" past objectives.wal_stall_minutes) and the newest base backup.
-    Exit code 0 OK, 1 warning, 2 critical.
+    achieved RPO; "stalled" past objectives.wal_stall_minutes), the server's archiver
+    (pg_stat_archiver: "failing" is critical) and the newest base backup. The runs line: the
+    newest run of backup, verify, drill, prune and copy failed (warning).
+
+    Exit code 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (status itself failed: config error,
+    unreadable repository; with --json, an object with level "unknown").
     """
     with runtime(ctx, as_json=as_json) as rt:
         settings = rt.settings
         storage = LocalStorage(settings.backup_dir)
         targets = locations(settings) if settings.locations else []
+        now = datetime.now(UTC)
         report = read_status(
             storage,
-            now=datetime.now(UTC),
+            now=now,
             objectives=settings.objectives_s(),
             database=settings.database.name,
             volumes=settings.volumes.names(),
@@ -52,11 +61,12 @@ def status_cmd(ctx: click.Context, metrics_file: Path | None, as_json: bool) -> 
             expected=tuple(t.name for t in automatic(targets)),
             wal_stall_s=settings.objectives.wal_stall_minutes * 60,
         )
+        report = _with_archiver(report, storage, settings, now)
+        ran = read_runs_status(storage, now)
+        level = LEVELS[max(LEVELS.index(report.level), LEVELS.index(ran.level) if ran else 0)]
         if metrics_file is not None:
-            write_metrics(report, metrics_file)
-        breached = [
-            t for t in report.targets if t.age_s is None or t.age_s > report.objectives.rpo_s
-        ]
+            _write_metrics(report, ran, metrics_file)
+        breached = [t for t in report.targets if t.breached]  # each against its own RPO
         problems = [f"{t.kind} {t.target}: {', '.join(t.reasons)}" for t in breached]
         pitr = report.wal
         if pitr is not None and pitr.level != "ok":
@@ -70,17 +80,47 @@ def status_cmd(ctx: click.Context, metrics_file: Path | None, as_json: bool) -> 
                 else "check archive_command and pg_stat_archiver on the server, and the log",
             )
         if as_json:
-            rt.emit_json(report.to_json())
+            rt.emit_json(report.to_json() | {"level": level, "runs": ran and ran.to_json()})
         else:
-            _show(report, rt.out)
+            _show(report, level, rt.out)
+            if ran is not None:
+                _show_runs(ran, now, rt.out)
     # After the runtime closed: a warning is a result to report, not a failure to log.
-    ctx.exit(report.exit_code)
+    ctx.exit(LEVELS.index(level))
 
 
-def _show(report: StatusReport, console: Console) -> None:
+def _with_archiver(
+    report: StatusReport, storage: LocalStorage, settings: Settings, now: datetime
+) -> StatusReport:
+    """The WAL line judged with the server's archiver too. The server is asked whatever the
+    repository holds (an archiver failing from its first segment leaves nothing there); not
+    reaching it is a note on the WAL line, and nothing at all without one."""
+    archiver: Archiver | None = None
+    notes: tuple[str, ...] = ()
+    try:
+        archiver = read_archiver(settings.pg_target())
+    except Exception as exc:
+        why = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        notes = (f"the server's archiver was not checked: {why}",)
+    stall_s = settings.objectives.wal_stall_minutes * 60
+    wal = read_wal_status(storage, now, stall_s, archiver, notes)
+    return dataclasses.replace(report, wal=wal)
+
+
+def _write_metrics(report: StatusReport, ran: RunsStatus | None, path: Path) -> None:
+    registry = registry_for(report)
+    if ran is not None:
+        runs = Gauge("safehold_runs_status", "0 ok, 1 a command's last run failed", [],
+                     registry=registry)  # fmt: skip
+        runs.set(LEVELS.index(ran.level))
+    write_to_textfile(str(path), registry)
+
+
+def _show(report: StatusReport, level: str, console: Console) -> None:
     goals = report.objectives
     table = Table(
-        title=f"status: {report.level.upper()} (RPO {goals.rpo_s / 3600:g} h; RTO database "
+        title=f"status: {level.upper()} (RPO database {goals.rpo('database', '') / 3600:g} h, "
+        f"volumes {goals.rpo('volume', '') / 3600:g} h; RTO database "
         f"{goals.rto_database_s / 60:g} min, volumes {goals.rto_volumes_s / 60:g} min, full "
         f"{goals.rto_full_s / 60:g} min)",
         title_justify="left",
@@ -131,10 +171,29 @@ def _show_wal(pitr: WalStatus, console: Console) -> None:
         f"{pitr.stall_s / 60:g} min); newest base backup {based}; "
         f"[{STYLE[pitr.level]}]{pitr.state}[/]"
     )
+    archiver = pitr.archiver
+    if archiver is not None:
+        failed = f", {archiver.failed_count} failed" if archiver.failed_count else ""
+        console.print(
+            f"wal: server archiver (archive_mode {archiver.mode}): {archiver.archived_count} "
+            f"archived{failed}, {'FAILING' if archiver.failing else 'not failing'}"
+        )
     for reason in pitr.reasons:
         console.print(f"[{STYLE[pitr.level]}]wal: {reason}[/]")
     for note in pitr.notes:
         console.print(f"wal: {note}")
+
+
+def _show_runs(ran: RunsStatus, now: datetime, console: Console) -> None:
+    newest = [
+        f"{command} {run.outcome} {_age((now - run.started_at).total_seconds())} ago"
+        for command, run in sorted(ran.last.items())
+    ]
+    console.print(f"runs: last {'; '.join(newest)} ('safehold list --runs')")
+    for reason in ran.reasons:
+        console.print(f"[{STYLE[ran.level]}]runs: {reason}[/]")
+    for note in ran.notes:
+        console.print(f"runs: {note}")
 
 
 def _show_rehearsal(rehearsal: RehearsalStatus, console: Console) -> None:

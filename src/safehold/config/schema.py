@@ -104,6 +104,9 @@ class AlertSettings:
         default=(), metadata=_key(doc="Apprise URLs notified on failures (slack://, mailto://...)")
     )
     webhook_url: str = field(default="", metadata=_key(doc="URL that gets a JSON POST on failures"))
+    heartbeat_url: str = field(
+        default="", metadata=_key(doc="pinged at start, success (/fail: failure): Healthchecks.io")
+    )
     timeout: float = field(default=10.0, metadata=_key(doc="seconds per alert target"))
 
 
@@ -128,6 +131,12 @@ class ScheduleSettings:
     full: str = field(default="0 3 * * 0", metadata=_key(doc="cron: full-system backup (--all)"))
     archive: str = field(default="0 4 1 * *", metadata=_key(doc="cron: monthly archive copy"))
     drill: str = field(default="0 5 2 * *", metadata=_key(doc="cron: restore drill"))
+    quarterly_drill: str = field(
+        default="0 6 3 1,4,7,10 *", metadata=_key(doc="cron: full-system DR rehearsal")
+    )
+    annual_drill: str = field(
+        default="0 6 10 1 *", metadata=_key(doc="cron: annual full recovery test (--sandbox)")
+    )
     hourly: bool = field(default=False, metadata=_key(doc="also back up the database hourly"))
     archive_location: str = field(default="", metadata=_key(doc="location the archive goes to"))
 
@@ -170,7 +179,20 @@ class LocationSettings:
 
 @dataclass(frozen=True)
 class ObjectiveSettings:
-    rpo_hours: float = field(default=24.0, metadata=_key(doc="newest backup may be this old"))
+    rpo_hours: float = field(
+        default=0.0, metadata=_key(doc="every target's RPO; 0: each follows its schedule")
+    )
+    rpo_hours_database: float = field(
+        default=0.0, metadata=_key(doc="the database's RPO; 0: rpo_hours, else the schedule")
+    )
+    rpo_hours_volumes: float = field(
+        default=0.0, metadata=_key(doc="the volumes' RPO; 0: rpo_hours, else the schedule")
+    )
+    rpo_hours_targets: tuple[str, ...] = field(
+        default=(), metadata=_key(doc="NAME=HOURS per target name or pattern (user-*=168)")
+    )
+    grace_percent: float = field(default=10.0, metadata=_key(doc="late only past RPO + this %"))
+    grace_minutes: float = field(default=30.0, metadata=_key(doc="but at least this grace"))
     rto_database_minutes: float = field(default=30.0, metadata=_key(doc="database restore"))
     rto_volumes_minutes: float = field(default=60.0, metadata=_key(doc="container data"))
     rto_full_minutes: float = field(default=120.0, metadata=_key(doc="whole-system restore"))
@@ -244,13 +266,9 @@ class Settings:
         )
 
     def objectives_s(self) -> Objectives:
-        goals = self.objectives
-        return Objectives(
-            goals.rpo_hours * 3600,
-            goals.rto_database_minutes * 60,
-            goals.rto_volumes_minutes * 60,
-            goals.rto_full_minutes * 60,
-        )
+        from .cadence import objectives  # croniter: not at import, wal-push must start fast
+
+        return objectives(self.objectives, self.schedule)
 
     def volume_access(self) -> Access:
         return self.backup.volume_access  # type: ignore[return-value]  # checked by choices

@@ -37,6 +37,11 @@ from .volume import (
     write_tree_backup,
 )
 
+NO_VOLUMES = (
+    "the full-system backup holds no volumes, only the database: configure [volumes] include "
+    "or labels (or pass --volume NAME|PATTERN)"
+)
+
 
 @dataclass(frozen=True)
 class SetOptions:
@@ -64,6 +69,10 @@ def backup_set(
             "the full-system backup has nothing to back up",
             hint="configure [volumes] include / labels, or pass --volume NAME|PATTERN",
         )
+    if not volumes and not folders:
+        # Allowed (the database alone is a valid set), but a weekly full-system job that
+        # silently takes no volumes leaves them without any backup.
+        sink(Event("backup", NO_VOLUMES, "warning"))
     if options.volume_compression not in VOLUME_COMPRESSIONS:
         raise UsageError(f"unknown compression {options.volume_compression!r} for a volume")
     if options.concurrency < 1:

@@ -13,14 +13,18 @@ restore, verify and drill can fall back to another location.
 
 A backup's companions (``catalog.companions``: a dump's globals) go wherever it goes, ahead of
 it: a restore on a fresh host needs them beside the dump.
+
+``representatives`` chooses what the monthly archive takes: retention's monthly (or yearly)
+choice for each finished month, with the sets those belong to, not every backup.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from .. import catalog, naming
+from .. import catalog, naming, retention
 from ..errors import IntegrityError, SafeholdError, UsageError
 from ..model import Event, EventSink, Manifest, null_sink
 from ..storage import LocalStorage, Storage
@@ -98,6 +102,19 @@ def copy_backups(
         )
     )
     return result
+
+
+def representatives(storage: Storage, period: retention.Period, now: datetime) -> list[str]:
+    """The good backups ``retention.representatives`` picks for each finished month (or year)
+    of ``storage``, oldest first."""
+    candidates = [
+        retention.Candidate(
+            r.name, r.kind, r.manifest.target, r.created, r.status, set_id=r.manifest.set_id
+        )
+        for r in catalog.scan(storage)
+        if r.manifest is not None
+    ]
+    return retention.representatives(candidates, period, now)
 
 
 def fetch(

@@ -23,7 +23,7 @@ from ..model import BackupRecord, Event, EventSink, null_sink
 from ..sinks.log import human_bytes
 from ..sources.postgres import PgTarget
 from ..storage import LocalStorage, Storage
-from . import doctor_leftovers, doctor_locations, doctor_server, doctor_wal
+from . import doctor_leftovers, doctor_locations, doctor_schedule, doctor_server, doctor_wal
 from .doctor_check import RESULTS, Check, Result, State, names
 from .doctor_rights import rights, roles
 from .engine import connect_docker, select_volumes, volume_mountpoint
@@ -53,6 +53,7 @@ class DoctorSetup:
     key: DecryptionKey | None = None  # reads the newest backup's globals when encrypted
     locations: tuple[tuple[str, Storage], ...] = ()  # the configured copy locations, by name
     archive_needs: doctor_wal.NeedsOf | None = None  # files a config makes wal-push use
+    full_schedule: str | None = None  # the full-system job's cron expression, when scheduled
 
 
 def run_checks(setup: DoctorSetup, sink: EventSink = null_sink) -> list[Check]:
@@ -79,6 +80,12 @@ def run_checks(setup: DoctorSetup, sink: EventSink = null_sink) -> list[Check]:
         ("scripts", _one(_scripts, setup.script_dirs)),
         ("docker", _one(_docker, setup, state)),
         ("volumes", lambda: _volumes(setup, state)),
+        (
+            doctor_schedule.NAME,
+            lambda: doctor_schedule.full_system(
+                setup.volume_include, setup.volume_labels, setup.full_schedule, storages[0]
+            ),
+        ),
     ]
     checks: list[Check] = []
     try:

@@ -1,4 +1,4 @@
-"""Prune one repository location by the retention policy (``safehold prune``), and pins.
+"""Prune one repository location by the retention policy (``safehold prune``); pins (``pins``).
 
 Under the exclusive repository lock (``--dry-run``: shared, and nothing is written): scan
 (setting aside what an interrupted prune left), read pins and verify records, ask
@@ -7,7 +7,7 @@ not keep:
 
 1. write an intent record ``.safehold/pruning/<artifact>.json`` (name, size, sha256, reason);
 2. delete the manifest: from here on the backup no longer exists for any reader;
-3. delete the artifact, then its verify record, then the intent record.
+3. delete the artifact, then its verify record and ended pin, then the intent record.
 
 A prune killed between 2 and 3 leaves a file without a manifest, which looks foreign; its
 intent record says it is ours, so the next prune deletes it when its size still matches (a
@@ -25,64 +25,45 @@ Works over the ``Storage`` contract, one location per call (``prune_location``);
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
-import os
-import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from .. import catalog, naming, retention
-from ..errors import IntegrityError, StorageError, UsageError
+from ..errors import IntegrityError
 from ..lock import repository_lock
-from ..model import BackupRecord, Event, EventSink, null_sink, parse_time
+from ..model import BackupRecord, Event, EventSink, null_sink
 from ..retention import Candidate, Decision, Policy
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage, Storage
 from . import prune_pitr
 from ._pipeline import repository_session
+from .pins import PINS_DIR, Pin, pin, pin_key, read_pins, unpin
+from .pins import delete as _delete
+from .pins import records as _records
+from .pins import require_repository as _require_repository
 from .verify import VERIFY_DIR, read_verify, verify_key
 
-PINS_DIR = ".safehold/pins"
 PRUNING_DIR = ".safehold/pruning"
-
-
-def pin_key(artifact: str) -> str:
-    return f"{PINS_DIR}/{artifact}.json"
+# Pins live in ``pins``; named here too, where callers have always found them.
+__all__ = [
+    "PINS_DIR",
+    "PRUNING_DIR",
+    "Pin",
+    "PruneResult",
+    "intent_key",
+    "pin",
+    "pin_key",
+    "prune",
+    "prune_location",
+    "read_pins",
+    "unpin",
+]
 
 
 def intent_key(artifact: str) -> str:
     return f"{PRUNING_DIR}/{artifact}.json"
-
-
-@dataclass(frozen=True)
-class Pin:
-    artifact: str
-    pinned_at: datetime
-    by: str = ""
-    note: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        at = f"{self.pinned_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
-        return {"artifact": self.artifact, "pinned_at": at, "by": self.by, "note": self.note}
-
-
-def read_pins(storage: Storage) -> dict[str, Pin]:
-    """Every pin by artifact name. An unreadable pin record still pins: when in doubt, keep."""
-    pins: dict[str, Pin] = {}
-    for key in _records(storage, PINS_DIR):
-        artifact = naming.artifact_of(key)
-        try:
-            data = json.loads(storage.read_bytes(key))
-            at = parse_time(str(data["pinned_at"]))
-            pins[artifact] = Pin(artifact, at, str(data.get("by", "")), str(data.get("note", "")))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pins[artifact] = Pin(artifact, datetime.fromtimestamp(0, UTC), note="(unreadable)")
-        except FileNotFoundError:
-            continue
-    return pins
 
 
 @dataclass(frozen=True)
@@ -174,7 +155,8 @@ def prune_location(
         # Links first: they never point at a removed backup, not even for a moment.
         catalog.update_latest_links(storage, kept)
         for decision in doomed:
-            _remove(storage, by_name[decision.candidate.name], decision.reasons[0], sink)
+            ended = decision.candidate.pinned_until is not None
+            _remove(storage, by_name[decision.candidate.name], decision.reasons[0], sink, ended)
         for key in cleaned:
             _delete(storage, key)
         for set_id in sets_gone:
@@ -215,21 +197,26 @@ def _candidate(
     parsed = naming.parse(record.name)
     target = manifest.target if manifest else (parsed.target if parsed else None)
     check = read_verify(storage, record.name)
+    held = pins.get(record.name)
     return Candidate(
         name=record.name,
         kind=record.kind,
         target=target,
         created=record.created,
         status=record.status,
-        pinned=record.name in pins,
+        pinned=held is not None and held.until is None,
+        pinned_until=held.until if held is not None else None,
         verified_ok=check is not None and check.ok,
         set_id=manifest.set_id if manifest else None,
         companion_of=dumps.get(record.name) if record.kind == "globals" else None,
     )
 
 
-def _remove(storage: Storage, record: BackupRecord, reason: str, sink: EventSink) -> None:
-    """Intent, manifest, artifact, verify record, intent: each step is safe to stop after."""
+def _remove(
+    storage: Storage, record: BackupRecord, reason: str, sink: EventSink, ended_pin: bool
+) -> None:
+    """Intent, manifest, artifact, verify record, ended pin, intent: each step is safe to stop
+    after."""
     name = record.name
     intent = {
         "artifact": name,
@@ -239,7 +226,9 @@ def _remove(storage: Storage, record: BackupRecord, reason: str, sink: EventSink
         "at": f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}",
     }
     storage.put_bytes(intent_key(name), json.dumps(intent, sort_keys=True).encode() + b"\n")
-    for key in (naming.manifest_key(name), name, verify_key(name), intent_key(name)):
+    # An ended pin goes with its backup (a pin that holds never lets it get here).
+    pin_keys = [pin_key(name)] if ended_pin else []
+    for key in (naming.manifest_key(name), name, verify_key(name), *pin_keys, intent_key(name)):
         _delete(storage, key)
     size = human_bytes(record.size) if record.size is not None else "no file"
     sink(Event("prune", f"removed {name} ({size}): {reason}", data={"artifact": name}))
@@ -287,107 +276,10 @@ def _announce(result: PruneResult, sink: EventSink) -> None:
     sink(Event("prune", message, data={**data, "dry_run": result.dry_run}))
 
 
-# --- pins -------------------------------------------------------------------------------------
-
-
-def pin(
-    storage: LocalStorage,
-    name: str,
-    *,
-    note: str = "",
-    lock_timeout: float = 300.0,
-    sink: EventSink = null_sink,
-) -> Pin:
-    """Pin a backup: prune never removes it. Taken under the exclusive lock, so a prune that
-    is running finishes first and the next one sees the pin."""
-    _require_repository(storage)
-    with repository_session(storage, lock_timeout=lock_timeout, purpose="safehold pin", sink=sink):
-        artifact = _backup_name(storage, name)
-        if artifact not in {r.name for r in catalog.scan(storage)}:
-            raise UsageError(
-                f"no backup named {name!r} in {storage.description}",
-                hint="'safehold list' shows the backups",
-            )
-        record = Pin(artifact, datetime.now(UTC), _who(), note)
-        body = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-        storage.put_bytes(pin_key(artifact), body)
-    sink(Event("pin", f"pinned {artifact}: prune never removes it", data={"artifact": artifact}))
-    return record
-
-
-def unpin(
-    storage: LocalStorage, name: str, *, lock_timeout: float = 300.0, sink: EventSink = null_sink
-) -> bool:
-    """Remove a pin; ``False`` when the backup exists but was not pinned."""
-    _require_repository(storage)
-    with repository_session(
-        storage, lock_timeout=lock_timeout, purpose="safehold unpin", sink=sink
-    ):
-        artifact = _backup_name(storage, name)
-        pinned = storage.exists(pin_key(artifact))
-        if not pinned and artifact not in {r.name for r in catalog.scan(storage)}:
-            raise UsageError(
-                f"no backup or pin named {name!r} in {storage.description}",
-                hint="'safehold pin' lists the pins",
-            )
-        _delete(storage, pin_key(artifact))
-    message = f"unpinned {artifact}" if pinned else f"{artifact} was not pinned"
-    sink(Event("pin", message, data={"artifact": artifact, "was_pinned": pinned}))
-    return pinned
-
-
-def _backup_name(storage: LocalStorage, ref: str) -> str:
-    """A backup name, a ``latest`` link name (the backup it points at), or a path to either
-    inside the repository."""
-    root = storage.root.resolve()
-    given = Path(ref)
-    if given.name != ref and given.parent.resolve() != root:
-        raise UsageError(f"{ref} is not in the repository {storage.root}")
-    path = storage.root / given.name
-    if path.is_symlink() and path.resolve().parent == root:
-        return path.resolve().name
-    return given.name
-
-
-def _who() -> str:
-    user = str(os.getuid())
-    with contextlib.suppress(OSError, KeyError):
-        user = getpass.getuser()
-    return f"{user}@{socket.gethostname()}"
-
-
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def _require_repository(storage: LocalStorage) -> None:
-    if not storage.root.is_dir():
-        raise UsageError(
-            f"there is no backup repository at {storage.root}",
-            hint="set BACKUP_DIR or --backup-dir to the folder holding the backups",
-        )
-
-
-def _delete(storage: Storage, key: str) -> None:
-    try:
-        storage.delete(key)
-    except OSError as exc:
-        raise StorageError(
-            f"cannot remove {key} from {storage.description}: {exc.strerror or exc}",
-            hint="fix the repository's permissions and run 'safehold prune' again; it "
-            "finishes what this run started",
-        ) from exc
 
 
 def _recorded_size(storage: Storage, key: str) -> object:
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         return json.loads(storage.read_bytes(key))["size"]
     return None
-
-
-def _records(storage: Storage, folder: str) -> list[str]:
-    """The ``<artifact>.json`` records of a folder (never another writer's temp files)."""
-    return [
-        key
-        for key in storage.list(folder)
-        if key.endswith(".json") and not key.rsplit("/", 1)[-1].startswith(".")
-    ]

@@ -16,6 +16,7 @@ from ..errors import UsageError
 from ..model import BACKUP_KINDS, BackupRecord, BackupSet, Kind, Objectives
 from ..storage import LocalStorage
 from .drill import DrillRecord, read_drills
+from .runs import RunRecord, read_runs
 from .status import StatusReport, read_status
 from .verify import VERIFY_DIR, VerifyResult, read_verify
 
@@ -69,7 +70,7 @@ class BackupPoint:
 @dataclass(frozen=True)
 class Failure:
     at: datetime
-    what: str  # backup, verify, drill, set
+    what: str  # backup, verify, drill, set; a failed run: its command (prune, copy, ...)
     subject: str
     detail: str
     severity: Severity = "critical"
@@ -220,7 +221,11 @@ def gather_report(
         sets=[s for s in sets if since <= s.started_at <= now],
         drills=[d for d in drills if since <= d.started_at <= now],
         verifies=[v for v in verifies if since <= v.checked_at <= now],
-        failures=[f for f in _failures(records, sets, drills, verifies) if since <= f.at <= now],
+        failures=[
+            f
+            for f in _failures(records, sets, drills, verifies, read_runs(storage))
+            if since <= f.at <= now
+        ],
         rpo=[rpo_track(k, t, goods[(k, t)], track_from, now, objectives) for k, t in targets],
     )
 
@@ -319,6 +324,7 @@ def _failures(
     sets: list[SetRow],
     drills: list[DrillRecord],
     verifies: list[VerifyResult],
+    runs: list[RunRecord],
 ) -> list[Failure]:
     found: list[Failure] = []
     for r in records:
@@ -349,7 +355,25 @@ def _failures(
             found.append(Failure(s.started_at, "set", s.id, detail))
         elif s.status != "ok":
             found.append(Failure(s.started_at, "set", s.id, s.status))
+    found += _failed_runs(runs, found)
     return sorted(found, key=lambda f: (f.at, f.what, f.subject), reverse=True)
+
+
+def _failed_runs(runs: list[RunRecord], recorded: list[Failure]) -> list[Failure]:
+    """Failed runs, except those whose failure a record already shows (a verify or drill that
+    failed on a backup writes its own record during the run): the rest, such as a backup that
+    never reached the server, would otherwise be missing from the page."""
+    found = []
+    for run in runs:
+        if not run.failed:
+            continue
+        end = run.finished_at or run.started_at
+        if any(f.what == run.command and run.started_at <= f.at <= end for f in recorded):
+            continue
+        what = "interrupted" if run.outcome == "interrupted" else f"failed (exit {run.exit_code})"
+        detail = f"run {what}: {run.error or 'no error recorded'}"
+        found.append(Failure(run.started_at, run.command, run.command_line, detail))
+    return found
 
 
 def _iso(moment: datetime) -> str:

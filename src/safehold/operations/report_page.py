@@ -160,7 +160,7 @@ def _status(report: Report, esc: Esc) -> str:
 
 def _failures(report: Report, esc: Esc) -> str:
     if not report.failures:
-        text = "None in this window: no damaged or missing backups, failed verifies or drills."
+        text = "None in this window: no failed runs, verifies or drills, no damaged backups."
         return _section("failures", "Latest failures", f'<p class="muted">{esc(text)}</p>')
     rows = [
         [

@@ -4,7 +4,9 @@ recovery time, judged like a monitoring plugin (ok / warning / critical).
 
 The rules, per target:
 - no good backup at all: critical;
-- newest good backup older than the RPO: warning; older than twice the RPO: critical;
+- newest good backup older than its RPO plus the grace: warning; older than twice the RPO
+  plus the grace: critical (the RPO and grace per target: ``Objectives.rpo``/``grace``; the
+  settings derive an RPO nobody set from how often the schedule backs the target up);
 - its last verify failed, or the newest backup file is damaged or missing: critical;
 - the newest backup is missing from a location that should get every backup: warning;
 - the last drill that covered it failed: critical; it took longer than the target's RTO, or is
@@ -45,6 +47,15 @@ class TargetStatus:
     verify: VerifyResult | None = None
     drill: DrillRecord | None = None
     drill_s: float | None = None  # this target's share of that drill
+    rpo_s: float | None = None  # this target's RPO, and the grace it gets past it
+    grace_s: float = 0.0
+
+    @property
+    def breached(self) -> bool:
+        """No good backup, or the newest is later than the RPO and its grace allow."""
+        if self.age_s is None:
+            return True
+        return self.rpo_s is not None and self.age_s > self.rpo_s + self.grace_s
 
     def to_json(self) -> dict[str, Any]:
         newest = self.newest
@@ -58,6 +69,8 @@ class TargetStatus:
             "last_backup": newest.name if newest else None,
             "last_backup_at": newest.created.isoformat() if newest else None,
             "age_s": None if self.age_s is None else round(self.age_s, 1),
+            "rpo_s": self.rpo_s,
+            "grace_s": round(self.grace_s, 1),
             "size": newest.size if newest else None,
             "previous_size": self.previous_size,
             "duration_s": round(manifest.duration_s, 3) if manifest else None,
@@ -98,7 +111,7 @@ class StatusReport:
         return {
             "checked_at": self.checked_at.isoformat(),
             "level": self.level,
-            "objectives": vars(self.objectives),
+            "objectives": self.objectives.to_json(),
             "targets": [t.to_json() for t in self.targets],
             "notes": self.notes,
             "wal": self.wal.to_json() if self.wal else None,
@@ -160,16 +173,15 @@ def _judge(
     notes: list[str] = []
     newest = good[-1] if good else None
     age = (now - newest.created).total_seconds() if newest else None
+    rpo = goals.rpo(kind, target)
+    grace = goals.grace(rpo)
+    allowed = f"RPO {_hours(rpo)}" + (f" + {_hours(grace)} grace" if grace else "")
     if newest is None:
         reasons.append(("critical", "no good backup"))
-    elif age is not None and age > 2 * goals.rpo_s:
-        reasons.append(
-            ("critical", f"newest backup is {_hours(age)} old (RPO {_hours(goals.rpo_s)})")
-        )
-    elif age is not None and age > goals.rpo_s:
-        reasons.append(
-            ("warning", f"newest backup is {_hours(age)} old (RPO {_hours(goals.rpo_s)})")
-        )
+    elif age is not None and age > 2 * rpo + grace:
+        reasons.append(("critical", f"newest backup is {_hours(age)} old ({allowed})"))
+    elif age is not None and age > rpo + grace:
+        reasons.append(("warning", f"newest backup is {_hours(age)} old ({allowed})"))
     if mine and mine[-1].status in ("damaged", "missing"):
         reasons.append(("critical", f"the newest backup file {mine[-1].name} is {mine[-1].status}"))
     if newest is not None:
@@ -217,6 +229,8 @@ def _judge(
         verify=verify,
         drill=drill,
         drill_s=drill_s,
+        rpo_s=rpo,
+        grace_s=grace,
     )
 
 

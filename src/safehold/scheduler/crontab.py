@@ -29,7 +29,7 @@ from ..errors import ToolError, UsageError
 from .invocation import Invocation
 from .jobs import Job
 
-MARKER = re.compile(r"^safehold:([a-z]+)$")
+MARKER = re.compile(r"^safehold:([a-z_]+)$")
 # Before a line of the crontab's own that install switched off: remove switches it back on.
 OFF = "#safehold-off: "
 

@@ -14,12 +14,10 @@ from datetime import datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from crontab import CronSlices
 
 from ..config import Settings
-from ..errors import ConfigError
+from ..config.cadence import OFF, check_expression, firings
 
-OFF = ("", "off")  # a schedule key set to one of these turns its job off
 # The hourly backup waits this long for the repository lock (a weekly full backup or a drill
 # holding it at the top of the hour delays it instead of failing it; it never waits into the
 # next hour's run). Only raised, never lowered, from lock_timeout.
@@ -99,27 +97,20 @@ def plan(settings: Settings) -> Schedule:
         )
     else:
         where = s.archive_location
-        add("archive", "archive", (("copy", "--to", where),), f"archive copy to {where}")
+        # The month's representatives only (retention's monthly choice), not every backup.
+        copy = ("copy", "--to", where, "--representative", "monthly")
+        add("archive", "archive", (copy,), f"archive copy of each month's backups to {where}")
     add("drill", "drill", (("drill", "--latest"),), "restore drill of the newest backups")
-    return Schedule(tuple(jobs), tuple(skipped))
-
-
-def check_expression(expression: str, key: str) -> None:
-    """Five fields that both cron and croniter read the same way (no seconds field, no
-    @reboot: the daemon could not run those)."""
-    fields = expression.split()
-    ok = (
-        (len(fields) == 5 or (len(fields) == 1 and expression.startswith("@")))
-        and expression != "@reboot"
-        and bool(croniter.is_valid(expression))
-        and bool(CronSlices.is_valid(expression))
+    # Job names are one word: the crontab marker (``# safehold:<job>``) is [a-z]+.
+    rehearse = ("drill", "--full-system", "--set", "latest")
+    add("quarterly_drill", "quarterly_drill", (rehearse,), "full-system DR rehearsal")
+    add(
+        "annual_drill",
+        "annual_drill",
+        ((*rehearse, "--sandbox"),),
+        "full recovery test of the newest set on a throwaway cluster",
     )
-    if not ok:
-        raise ConfigError(
-            f"{key}: {expression!r} is not a cron schedule",
-            hint="five fields, minute hour day-of-month month day-of-week, e.g. '0 2 * * *' "
-            "(or @daily, @weekly, @monthly; 'off' turns the job off)",
-        )
+    return Schedule(tuple(jobs), tuple(skipped))
 
 
 def hourly_expression(daily: str | None) -> str | None:
@@ -155,8 +146,7 @@ def next_runs(
     expression: str, after: datetime, count: int = 3, zone: tzinfo | None = None
 ) -> list[datetime]:
     """The next ``count`` times strictly after ``after``, in ``zone`` (default: local)."""
-    it = croniter(expression, after.astimezone(zone or local_zone()))
-    return [it.get_next(datetime) for _ in range(count)]
+    return firings(expression, after.astimezone(zone or local_zone()), count)
 
 
 def local_zone() -> tzinfo:

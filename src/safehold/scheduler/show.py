@@ -58,6 +58,8 @@ def describe(
             }
         )
     configured = {job.name for job in schedule.jobs}
+    warnings += full_without_volumes(settings, schedule)
+    goals = settings.objectives_s()
     if not settings.log_file:
         warnings.append(
             "log_file is not set: scheduled runs log nothing (their warnings and errors go to "
@@ -76,7 +78,27 @@ def describe(
         ],
         "other_backups": others,  # the crontab's own backup lines (the seed's backup.sh)
         "warnings": warnings,
+        "rpo": {
+            "database_s": goals.rpo("database", settings.database.name),
+            "volumes_s": goals.rpo("volume", ""),
+            "grace_percent": settings.objectives.grace_percent,
+            "grace_minutes": settings.objectives.grace_minutes,
+        },
     }
+
+
+def full_without_volumes(settings: Settings, schedule: Schedule) -> list[str]:
+    """The weekly full-system job with no volumes configured is a second database backup:
+    the volumes are never backed up, and nothing else says so."""
+    full = schedule.job("full")
+    chosen = settings.volumes
+    if full is None or chosen.include or chosen.labels:
+        return []
+    return [
+        f"the full-system job (full, {full.expression}) backs up no volumes: [volumes] include "
+        "and labels are empty, so each run is the database only; name the volumes "
+        '(include = ["app-data", "user-*"]) or labels'
+    ]
 
 
 def _state(line: str, mine: list[Installed], error: str | None) -> str:
@@ -126,8 +148,19 @@ def render_text(report: dict[str, Any]) -> list[str]:
         f"comments it out): {line}"
         for line in report["other_backups"]
     )
+    rpo = report["rpo"]
+    lines.append(
+        f"RPO: database {_span(rpo['database_s'])}, volumes {_span(rpo['volumes_s'])} (from "
+        f"the schedule unless [objectives] sets them); late after the RPO + "
+        f"{rpo['grace_percent']:g} % (at least {rpo['grace_minutes']:g} min)"
+    )
     lines.extend(f"note: {warning}" for warning in report["warnings"])
     return lines
+
+
+def _span(seconds: float) -> str:
+    days = seconds / 86400
+    return f"{days:g} d" if days >= 2 and days == int(days) else f"{seconds / 3600:g} h"
 
 
 def _when(run: dict[str, str]) -> str:
