@@ -15,7 +15,7 @@ from docker.models.containers import Container
 from docker.models.images import Image
 from docker.models.volumes import Volume
 
-from safehold import catalog
+from safehold import catalog, config
 from safehold.errors import HookFailed, StorageError, UsageError
 from safehold.model import Event
 from safehold.operations import journal
@@ -336,3 +336,29 @@ def test_the_label_overrides_the_stop_timeout_and_a_bad_one_stops_nothing(
         Downtime(lambda _event: None, "test", repo).stop([quick, bad])
     assert (started_at(quick), started_at(bad)) == before  # checked before anything stopped
     assert journal.entries(repo) == []
+
+
+def test_the_configured_stop_timeout_reaches_a_volume_restore(
+    repo: LocalStorage, client: docker.DockerClient, image: Image, volume: Volume
+) -> None:
+    run_in(client, image, volume.name, "echo v1 > /data/state")
+    backup_volume(client, volume.name, repo)
+    stubborn = client.containers.run(
+        image,
+        ["sh", "-c", STUBBORN],
+        name=f"{volume.name}-stubborn",
+        volumes={volume.name: {"bind": "/data", "mode": "rw"}},
+        network_mode="none",
+        detach=True,
+    )
+    timeout = config.load(env={"SAFEHOLD_DOCKER_STOP_TIMEOUT": "2"}).docker.stop_timeout
+
+    began = time.monotonic()
+    restore_volume(client, volume.name, repo, "latest", stop_containers=True, stop_timeout=timeout)
+    took = time.monotonic() - began
+
+    # The container ignores SIGTERM: the stop costs the whole timeout, 2 s and not the 10 s default.
+    assert timeout == 2 and 1.9 <= took < 9.0, took
+    stubborn.reload()
+    assert stubborn.status == "running"
+    stubborn.remove(force=True)

@@ -178,6 +178,7 @@ def backup(
                         sink=rt.sink,
                         access=rt.settings.volume_access(),
                         encryption=opts.encryption,
+                        stop_timeout=rt.settings.docker.stop_timeout,
                     )
                 )
         _pin(rt, storage, [m.artifact for m in done], pinning)
@@ -222,6 +223,7 @@ def _backup_all(
             volume_compression="zstd" if options.compression == "zstd" else "gzip",
             concurrency=settings.backup.concurrency,
             volume_access=settings.volume_access(),
+            stop_timeout=settings.docker.stop_timeout,
         ),
         sink=rt.sink,
     )

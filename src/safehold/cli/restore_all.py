@@ -144,6 +144,7 @@ def _restore_set(
             health_timeout=request.health_timeout or settings.restore.health_timeout,
             lock_timeout=settings.lock_timeout,
             objectives=settings.objectives_s(),
+            stop_timeout=settings.docker.stop_timeout,
         ),
         health_url=health_url,
         sink=rt.sink,

@@ -79,6 +79,7 @@ def restore_volumes(
             encryption=rt.settings.encryption_key() if safety else None,
             key=rt.settings.decryption_key(),
             keep_setuid=keep_setuid,
+            stop_timeout=rt.settings.docker.stop_timeout,
         )
         kept = result.safety_backup.artifact if result.safety_backup else None
         done.append(

@@ -99,6 +99,17 @@ class VolumeSettings:
 
 
 @dataclass(frozen=True)
+class DockerSettings:
+    stop_timeout: int = field(
+        default=10,
+        metadata=_key(
+            doc="seconds a stopped container gets before it is killed (docker-compose's "
+            "default; its org.safehold.stop-timeout label or its own stop timeout wins)"
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class AlertSettings:
     apprise_urls: tuple[str, ...] = field(
         default=(), metadata=_key(doc="Apprise URLs notified on failures (slack://, mailto://...)")
@@ -210,6 +221,7 @@ class Settings:
     backup: BackupSettings = field(default_factory=BackupSettings)
     restore: RestoreSettings = field(default_factory=RestoreSettings)
     volumes: VolumeSettings = field(default_factory=VolumeSettings)
+    docker: DockerSettings = field(default_factory=DockerSettings)
     objectives: ObjectiveSettings = field(default_factory=ObjectiveSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
@@ -291,6 +303,7 @@ SECTIONS: dict[str, type] = {
     "backup": BackupSettings,
     "restore": RestoreSettings,
     "volumes": VolumeSettings,
+    "docker": DockerSettings,
     "objectives": ObjectiveSettings,
     "alerts": AlertSettings,
     "retention": RetentionSettings,

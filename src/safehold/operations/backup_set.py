@@ -49,6 +49,7 @@ class SetOptions:
     volume_compression: str = "gzip"
     concurrency: int = 4
     volume_access: Access = "auto"
+    stop_timeout: int | None = None  # [docker] stop_timeout; None: its default
 
 
 def backup_set(
@@ -152,7 +153,14 @@ def backup_set(
                     )
                 # One quiet period for all volumes: a container using several is stopped
                 # once, and the volumes are copied at one moment of the application.
-                with quiesced(client, volumes, sink, f"full-system backup {set_id}", storage):
+                with quiesced(
+                    client,
+                    volumes,
+                    sink,
+                    f"full-system backup {set_id}",
+                    storage,
+                    stop_timeout=options.stop_timeout,
+                ):
                     try:
                         copies = [pool.submit(members.run, f"volume {v}", copy(v)) for v in targets]
                         wait(copies)

@@ -127,6 +127,7 @@ def backup_volume(
     sink: EventSink = null_sink,
     access: Access = "auto",
     encryption: EncryptionKey | None = None,
+    stop_timeout: int | None = None,
 ) -> Manifest:
     """Back up a volume. Running containers that use it run their safehold.pre-backup command
     first (a failure stops the backup); those labelled safehold.stop-during-backup=true are
@@ -144,7 +145,14 @@ def backup_volume(
                 timeout=lock_timeout,
                 purpose=f"safehold backup of volume {name}",
             ),
-            quiesced(client, [name], sink, f"backup of volume {name}", storage),
+            quiesced(
+                client,
+                [name],
+                sink,
+                f"backup of volume {name}",
+                storage,
+                stop_timeout=stop_timeout,
+            ),
         ):
             manifest = backup_source(
                 source,
@@ -177,6 +185,7 @@ def restore_volume(
     encryption: EncryptionKey | None = None,
     key: DecryptionKey | None = None,
     keep_setuid: bool = False,
+    stop_timeout: int | None = None,
 ) -> VolumeRestore:
     """Replace a volume's content; refused while a running container uses it, unless
     ``stop_containers``: then they are stopped, and started again afterwards.
@@ -195,7 +204,8 @@ def restore_volume(
         purpose=f"safehold restore of volume {name} from {source.name}",
     ):
         users = users_of(client, name) if stop_containers else []
-        with stopped(users, sink, f"restore of volume {name}", storage):
+        why = f"restore of volume {name}"
+        with stopped(users, sink, why, storage, stop_timeout=stop_timeout):
             return _replace(
                 client,
                 name,
