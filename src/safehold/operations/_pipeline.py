@@ -179,6 +179,9 @@ class LocalArtifact:
         except OSError as exc:
             self.abort()
             raise storage_error(exc, self.final, f"committing {self.final.name}") from exc
+        except BaseException:  # a signal during the fsync: no temp file may outlive the run
+            self.abort()
+            raise
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):

@@ -24,6 +24,7 @@ from typing import Any
 
 import docker
 
+from .. import _proc
 from ..crypto import EncryptionKey
 from ..errors import SafeholdError
 from ..model import Event, EventSink, Objectives, null_sink
@@ -52,6 +53,7 @@ class SystemRestoreOptions:
     health_timeout: float = 120.0
     lock_timeout: float = 300.0
     objectives: Objectives = field(default_factory=Objectives)
+    stop_timeout: int | None = None  # [docker] stop_timeout; None: its default
 
 
 @dataclass
@@ -112,7 +114,8 @@ def run_system_restore(
         restore_steps = [s for s in plan.steps if s.kind in CHANGING]
         stop_step, start_step = steps.get("stop"), steps.get("start")
         # Stopped so far: journalled, and started again however the run ends.
-        downtime = Downtime(sink, f"restore of set {plan.backup_set.id}", storage)
+        why = f"restore of set {plan.backup_set.id}"
+        downtime = Downtime(sink, why, storage, stop_timeout=options.stop_timeout)
         try:
             if stop_step is not None:
                 runner.step(stop_step, lambda: downtime.stop(list(plan.containers)))
@@ -161,9 +164,13 @@ class _Runner:
         if self._plan.skipped(step):
             self._sink(Event("restore", f"step {step.number}/{total} skipped: {step.title}"))
             return
-        self._current = step
+        # Journalled once the step before is done and before this one is announced: after a
+        # kill the journal names the step to continue from, which the log may not have shown
+        # yet. An interruption names the step the log announced last (shielded: the two agree).
         self._journal(step)
-        self._sink(Event("restore", f"step {step.number}/{total}: {step.title}"))
+        with _proc.shielded():
+            self._sink(Event("restore", f"step {step.number}/{total}: {step.title}"))
+            self._current = step
         began = time.monotonic()
         try:
             action()

@@ -15,6 +15,7 @@ import secrets
 from pathlib import Path
 from typing import IO
 
+from .. import _proc
 from .._proc import pid_alive
 from ..errors import StorageError, StorageFull
 
@@ -59,6 +60,9 @@ class LocalWriter:
         except OSError as exc:
             self.abort()
             raise storage_error(exc, self._final, f"committing {self._final.name}") from exc
+        except BaseException:  # a signal during the fsync: no temp file may outlive the run
+            self.abort()
+            raise
 
     def abort(self) -> None:
         if self._fd is not None:
@@ -146,7 +150,9 @@ class LocalStorage:
         return self.path(key).read_bytes()
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        with self.open_writer(key) as writer:
+        # Small records (manifests, journal entries): a signal waits until this one is
+        # written or not, so none is left half-made by a run that stops cleanly.
+        with _proc.shielded(), self.open_writer(key) as writer:
             writer.write(data)
 
     def size(self, key: str) -> int:
