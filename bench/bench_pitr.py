@@ -19,7 +19,8 @@ archive-push %p'``), it measures through the command lines, as an operator runs 
    diagnostic, N ``safehold wal-push --help``: the start-up cost alone).
 
 Medians of ``--repeat`` runs, order rotated per repetition; the issue's target is safehold
-within 1.2x of pgBackRest's time for backup and for restore. Results go to
+within 1.2x of pgBackRest's time for backup, and for restore within 1.0x of its zst-3
+(1.2x of its lz4). Results go to
 bench/results/pitr-*.json.
 """
 
@@ -59,6 +60,7 @@ from . import _dataset
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TARGET_RATIO = 1.2
+RESTORE_TARGET = 1.0  # issue 13: restore to a time no slower than pgBackRest zst-3
 STANZA = "bench"
 RUN_AS = UNPRIVILEGED_USER if os.geteuid() == 0 else None
 SAFEHOLD = "safehold (zstd-3)"
@@ -479,7 +481,7 @@ def main() -> None:
                 bench.stop(data)
                 log(
                     f"{method}: restore {took:.2f}s, checked (batch 1 only, {orders} orders); "
-                    f"server: {seen}; {said}"
+                    f"server: {seen}; load {os.getloadavg()[0]:.2f}; {said}"
                 )
         archiver = bench.sql("SELECT archived_count, failed_count FROM pg_stat_archiver")[0]
         results["archiver"] = {"archived": archiver[0], "failed": archiver[1]}
@@ -509,7 +511,8 @@ def main() -> None:
     for phase in ("backup", "restore"):
         for baseline in (PGBR_ZST, PGBR_LZ4):
             ratio = medians[phase][SAFEHOLD] / medians[phase][baseline]
-            verdicts[f"{phase}: safehold / {baseline} (time)"] = (ratio, ratio <= TARGET_RATIO)
+            goal = RESTORE_TARGET if phase == "restore" and baseline == PGBR_ZST else TARGET_RATIO
+            verdicts[f"{phase}: safehold / {baseline} (time)"] = (ratio, ratio <= goal)
     for baseline in (PGBR_ZST, PGBR_LZ4):
         ratio = sizes["backup"][SAFEHOLD] / sizes["backup"][baseline]
         verdicts[f"size: safehold / {baseline}"] = (ratio, None)
@@ -517,7 +520,9 @@ def main() -> None:
     verdicts["wal-push: safehold / pgBackRest (segments/s)"] = (push_ratio, None)
 
     database_mb = results["database_bytes"] / 1e6
+    load_end = os.getloadavg()
     print(f"\nbench database {database_mb:.0f} MB; medians of {args.repeat}")
+    print(f"load average (1/5/15 min) at start {load_start}, at end {load_end}")
     print(f"\n{'base backup':<28}{'median s':>10}{'min':>8}{'max':>8}{'MB':>10}{'x pgbr zst':>12}")
     for name, times in runs["backup"].items():
         median = medians["backup"][name]
@@ -549,9 +554,8 @@ def main() -> None:
         )
     print()
     for label, (ratio, ok) in verdicts.items():
-        verdict = (
-            "(information)" if ok is None else f"<= {TARGET_RATIO}  " + ("PASS" if ok else "FAIL")
-        )
+        goal = RESTORE_TARGET if label == f"restore: safehold / {PGBR_ZST} (time)" else TARGET_RATIO
+        verdict = "(information)" if ok is None else f"<= {goal}  " + ("PASS" if ok else "FAIL")
         print(f"{label:<48}{ratio:>8.3f}   {verdict}")
     results.update(
         runs=runs,
@@ -565,7 +569,7 @@ def main() -> None:
         verdicts={k: {"ratio": r, "pass": ok} for k, (r, ok) in verdicts.items()},
         cores=os.cpu_count(),
         load_start=load_start,
-        load_end=os.getloadavg(),
+        load_end=load_end,
     )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"pitr-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"

@@ -3,22 +3,28 @@ restores into folders the server user owns, and row checks."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import pwd
 import shutil
+import subprocess
 import sys
 import sysconfig
+import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
+import zstandard
 
 from safehold.model import Event
-from safehold.operations import pitr_restore, pitr_setup
+from safehold.operations import pitr, pitr_restore, pitr_setup
 from safehold.sandbox import SandboxCluster
 from safehold.sandbox.cluster import UNPRIVILEGED_USER, free_port
 from safehold.sources.postgres import PgTarget, connect
@@ -28,6 +34,7 @@ from .conftest import ROOT
 
 AS_ROOT = os.geteuid() == 0
 RUN_AS = UNPRIVILEGED_USER if AS_ROOT else None
+Member = tuple[tarfile.TarInfo, bytes]
 
 
 def server_command() -> str:
@@ -138,3 +145,39 @@ def batches(data_dir: Path, port: int) -> list[tuple[object, ...]]:
 
 def new_target_dir() -> Path:
     return shared_folder("safehold-pitr-") / "data"
+
+
+def repacked_base(repo: LocalStorage, into: Path, change: Callable[[list[Member]], None]) -> Path:
+    """A copy of ``repo`` whose newest base backup holds a changed tar (``change`` edits the
+    members in place) under a record with the new sha256 and size: only the manifest inside
+    can tell. Returns the copy's root."""
+    shutil.copytree(repo.root, into)
+    copy = LocalStorage(into)
+    base = pitr.base_backups(copy)[-1]
+    stored = copy.path(base.data_key)
+    raw = zstandard.ZstdDecompressor().decompressobj().decompress(stored.read_bytes())
+    members: list[Member] = []
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        for info in tar.getmembers():
+            data = tar.extractfile(info).read() if info.isfile() else b""  # type: ignore[union-attr]
+            members.append((info, data))
+    change(members)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:", format=tarfile.USTAR_FORMAT) as tar:
+        for info, data in members:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    packed = zstandard.ZstdCompressor(level=1).compress(out.getvalue())
+    stored.write_bytes(packed)
+    record = json.loads(copy.read_bytes(base.record_key))
+    record.update(sha256=hashlib.sha256(packed).hexdigest(), size=len(packed))
+    copy.put_bytes(base.record_key, json.dumps(record).encode())
+    return into
+
+
+def unpack_base(repo: LocalStorage, folder: Path) -> None:
+    """The newest base backup's tar, unpacked by tar itself (for pg_verifybackup's verdict)."""
+    stored = repo.path(pitr.base_backups(repo)[-1].data_key)
+    folder.mkdir(mode=0o700, parents=True)
+    raw = zstandard.ZstdDecompressor().decompressobj().decompress(stored.read_bytes())
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=raw, check=True)

@@ -128,7 +128,7 @@ def test_seed_line_then_installed_schedule_under_a_real_cron_daemon(
 
     # 1. The seed's line, exactly as the seed writes it (log_file the redirect's file).
     ok(private_cron("crontab", "-", stdin=seed + "\n"))
-    wait_for("run the seed's line", lambda: len(artifacts(backups)) == 1 and _printed(log), log)
+    wait_for("run the seed's line", lambda: len(artifacts(backups)) == 1 and _printed(log) > 0, log)
     (first,) = artifacts(backups)
 
     # 2. schedule install finds that line: says so, then replaces it when asked.

@@ -122,7 +122,7 @@ def production(client: docker.DockerClient, db: PgTarget, app: App) -> dict[str,
 
 
 def leftovers(client: docker.DockerClient, db: PgTarget) -> list[str]:
-    label = {"label": DRILL_LABEL}
+    label: dict[str, str | list[str] | bool] = {"label": DRILL_LABEL}
     found = [f"container {c.name}" for c in client.containers.list(all=True, filters=label)]
     found += [f"network {n.name}" for n in client.networks.list(filters=label)]
     found += [f"volume {v.name}" for v in client.volumes.list(filters=label)]
@@ -161,7 +161,7 @@ def test_rehearsal_runs_isolated_on_restored_data_is_timed_and_leaves_production
         copies = client.containers.list(filters={"label": DRILL_LABEL})
         seen["copies"] = [c.attrs for c in copies]
         seen["networks"] = [n.attrs for n in client.networks.list(filters={"label": DRILL_LABEL})]
-        seen["orders"] = [bytes(c.exec_run(["cat", "/data/orders.json"]).output) for c in copies]
+        seen["orders"] = [c.exec_run(["cat", "/data/orders.json"]).output for c in copies]
 
     record = drill_system(
         repo,

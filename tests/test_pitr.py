@@ -3,6 +3,7 @@ time between two batches, the chain check, and the push/fetch edge cases."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from safehold.errors import IntegrityError
 from safehold.operations import pitr, pitr_restore, wal, wal_chain, wal_prefetch
 from safehold.sandbox.cluster import free_port
 from safehold.storage import LocalStorage
@@ -24,13 +26,16 @@ from .conftest import ROOT, seed_env
 from .pitr_support import (
     RUN_AS,
     Archiving,
+    Member,
     archiving_cluster,
     batches,
     insert_batch,
     new_target_dir,
     quiet,
+    repacked_base,
     server,
     server_command,
+    unpack_base,
 )
 
 
@@ -234,3 +239,71 @@ def test_setup_prints_the_settings(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "archive_mode = 'on'" in shown.stdout
     assert f"/opt/safehold wal-push --backup-dir {tmp_path / 'b'} %p" in shown.stdout
+
+
+def _flip_a_byte(members: list[Member]) -> None:
+    index, (info, data) = max(enumerate(members), key=lambda m: len(m[1][1]))
+    members[index] = (info, data[:100] + bytes([data[100] ^ 1]) + data[101:])
+
+
+def _add_a_file(members: list[Member]) -> None:
+    info = copy.copy(next(i for i, _ in members if i.name.startswith("global/")))
+    info.name = "global/99999"
+    members.insert(len(members) - 1, (info, b"\0" * 8192))
+
+
+def _drop_a_file(members: list[Member]) -> None:
+    members[:] = [m for m in members if not m[0].name.startswith("global/1")][:-1] + members[-1:]
+
+
+CHANGES = {"none": None, "changed": _flip_a_byte, "extra": _add_a_file, "missing": _drop_a_file}
+SAID = {
+    "changed": "checksum mismatch",
+    "extra": '"global/99999" is in the backup but not in the manifest',
+    "missing": "is in the manifest but not in the backup",
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_the_manifest_check_agrees_with_pg_verifybackup(
+    archiving: Archiving, tmp_path: Path, change: str
+) -> None:
+    """A base backup whose sha256 is right but whose files are not those of its manifest is
+    refused before the server starts, as pg_verifybackup would refuse it; an intact one
+    (repacked by Python's tarfile) restores."""
+    pitr.base_backup(archiving.target, archiving.repo, quiet)
+    archiving.switch_and_wait()
+    repo = LocalStorage(
+        repacked_base(archiving.repo, tmp_path / "repo", CHANGES[change] or (lambda _m: None))
+    )
+    unpack_base(repo, tmp_path / "by-tar")
+    tool = archiving.cluster.bin_dir / "pg_verifybackup"
+    verdict = subprocess.run([str(tool), "-n", "-q", str(tmp_path / "by-tar")], check=False)
+    target_dir = new_target_dir()
+    try:
+        if change == "none":
+            assert verdict.returncode == 0
+            result = pitr_restore.restore(
+                wal.WalArchive(repo),
+                target_dir,
+                pitr_restore.Target(),
+                server(archiving.cluster.bin_dir),
+                sink=quiet,
+            )
+            assert result.verified_by == "CRC-32C while unpacking"
+            return
+        assert verdict.returncode != 0
+        with pytest.raises(IntegrityError, match="does not match its manifest") as refused:
+            pitr_restore.restore(
+                wal.WalArchive(repo),
+                target_dir,
+                pitr_restore.Target(),
+                server(archiving.cluster.bin_dir),
+                sink=quiet,
+            )
+        assert SAID[change] in str(refused.value)
+        assert (target_dir / "backup_manifest").exists()  # unpacked, then refused
+        assert not (target_dir / pitr_restore.LOG).exists()  # the server never started
+        assert not (target_dir / "postmaster.pid").exists()
+    finally:
+        shutil.rmtree(target_dir.parent, ignore_errors=True)

@@ -214,7 +214,8 @@ def run_restore(rt: Runtime, request: PitrRequest, source: str | None = None) ->
     rt.out.print(
         f"restored {result.base} into {result.target_dir} (to {target.describe()}): "
         f"{result.reached}; lsn {result.lsn}, timeline {result.timeline}; "
-        f"{result.took_s:.1f}s (pg_verifybackup {result.verify_s:.1f}s); server {state}{moved}",
+        f"{result.took_s:.1f}s ({result.verified_by or 'manifest check'} "
+        f"{result.verify_s:.1f}s); server {state}{moved}",
         highlight=False,
     )
 

@@ -1,14 +1,26 @@
-"""Unpacking a base backup into a data folder: from the first place with a good copy, through
-sha256 and age into ``zstd -d | tar -x``, flushed to disk while it is written."""
+"""Unpacking a base backup into a data folder, checksummed and flushed as it is written.
+
+From the first place with a good copy, through sha256 and age into ``zstd -d``, whose output
+this process unpacks itself (``_Unpack``): each file's CRC-32C, the checksum pg_basebackup
+writes into ``backup_manifest``, is computed over the bytes as they are written, so checking
+them against the manifest (``pitr_restore.check_manifest``) needs no second read of every file, as
+``pg_verifybackup`` does. A finished file goes to a pool of flush threads: on this kind of
+disk every fsync waits for a cache flush of the device, and several at once share one.
+Files are created owned by the server's OS user: a chown after their fsync would leave every
+inode dirty again for the server's own fsync pass at start-up.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
+import queue
 import shutil
-import stat
 import subprocess
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -20,10 +32,22 @@ from ..storage import LocalStorage
 from ..storage.local import fsync_dir
 from . import wal
 from ._pipeline import HashingReader, check_digest, sha256_of, unlock_key
-from .pitr import BaseBackup
+from .pitr import BaseBackup, crc32c_extend, tar_header
 
-FLUSH_EVERY_S = 0.25
-_TAR = ["tar", "-x", "-f", "-", "--no-same-owner", "-C"]
+FLUSH_THREADS = 4
+FLUSH_STEP = 64 << 20  # a large file is flushed every 64 MiB too: writeback starts early
+CHUNK = 1 << 20
+DEPTH = 32  # decompressed MiB read ahead of the unpacking
+MANIFEST = "backup_manifest"
+
+
+@dataclass
+class Unpacked:
+    """What the stream held: each file's size and CRC-32C (hex, as in the manifest; None
+    without a CRC-32C), and the manifest's bytes (None when the tar had none)."""
+
+    files: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    manifest: bytes | None = None
 
 
 def clear(folder: Path) -> None:
@@ -34,9 +58,11 @@ def clear(folder: Path) -> None:
             entry.unlink()
 
 
-def extract(archive: wal.WalArchive, base: BaseBackup, flusher: Flusher, sink: EventSink) -> str:
+def extract(
+    archive: wal.WalArchive, base: BaseBackup, flusher: Flusher, sink: EventSink
+) -> tuple[str, Unpacked]:
     """Unpack ``base`` into ``flusher.folder`` from the first place with a good copy; returns
-    that place's name. The caller runs ``flusher.sync()`` once for the last writes."""
+    that place's name and what was unpacked. The caller runs ``flusher.finish()``."""
     target_dir = flusher.folder
     failures: list[str] = []
     for where, storage in archive.places():
@@ -47,23 +73,23 @@ def extract(archive: wal.WalArchive, base: BaseBackup, flusher: Flusher, sink: E
             continue
         try:
             if isinstance(storage, LocalStorage) and base.encryption is None:
-                digest, size = _untar_file(storage.path(base.data_key), raw, flusher)
+                digest, size, unpacked = _from_file(storage.path(base.data_key), raw, flusher)
             else:
                 source = HashingReader(raw)
                 plain: IO[bytes] | HashingReader = source
                 if base.encryption is not None:
                     plain = age_reader(source, unlock_key(storage, archive.decryption, base.name))
-                with flusher:
-                    _untar(plain, target_dir)
+                unpacked = _unzstd(plain, flusher)
                 source.drain()
                 digest, size = source.hexdigest(), source.size
             check_digest(base.name, base.sha256, digest, base.size, size)
             if where != "local":
                 sink(Event("pitr", f"{base.name}: read from location {where}"))
-            return where
+            return where, unpacked
         except IntegrityError as exc:
             failures.append(f"{where}: {exc}")
             sink(Event("pitr", f"{base.name} in {where} is damaged ({exc}); trying the next copy"))
+            flusher.reset()
             clear(target_dir)
         finally:
             raw.close()
@@ -74,95 +100,273 @@ def extract(archive: wal.WalArchive, base: BaseBackup, flusher: Flusher, sink: E
 
 
 class Flusher:
-    """Writes the extracted files to disk while extraction goes on: every ``FLUSH_EVERY_S`` it
-    fsyncs the files that are new or grew since their last fsync. The server syncs its whole
-    data folder before recovery anyway; flushing 1 GB only then takes seconds during which
-    nothing else happens, while here the disk writes overlap with decompression (as a restore
-    writing each file synchronously would). Only these files: ``sync -f`` would also flush
-    whatever else is dirty on the filesystem."""
+    """fsyncs the unpacked files on ``FLUSH_THREADS`` threads while unpacking goes on; the
+    folders and the target folder once it ended (``finish``). ``owner``: the (uid, gid) new
+    files and folders get, when the server runs as another OS user."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, run_as: str | None = None) -> None:
         self.folder = folder
-        self._synced: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        entry = pwd.getpwnam(run_as) if run_as else None
+        self.owner = (entry.pw_uid, entry.pw_gid) if entry else None
+        if self.owner is not None:
+            os.chown(folder, *self.owner)
+        self._pool = ThreadPoolExecutor(FLUSH_THREADS, thread_name_prefix="safehold-flush")
+        self._pending: list[Future[None]] = []
+        self.folders: list[str] = []
 
-    def __enter__(self) -> Flusher:  # once per place tried: a new thread each time
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="safehold-flush", daemon=True)
-        self._thread.start()
-        return self
+    def file(self, path: str) -> None:
+        self._pending.append(self._pool.submit(_fsync, path))
 
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+    def finish(self) -> None:
+        """Wait until every file and folder written so far is on disk (raises an fsync error)."""
+        for future in self._pending:
+            future.result()
+        done = [self._pool.submit(_fsync, folder) for folder in self.folders]
+        for future in done:
+            future.result()
+        fsync_dir(self.folder)
+        self._pending.clear()
+        self._pool.shutdown()
 
-    def _loop(self) -> None:
-        while not self._stop.wait(FLUSH_EVERY_S):
-            self.sync(folders=False)
+    def close(self) -> None:
+        self.reset()
+        self._pool.shutdown()
 
-    def sync(self, *, folders: bool = True) -> None:
-        """fsync what changed since the last pass; with ``folders`` the directories too (the
-        last pass, once extraction ended)."""
-        for root, dirs, files in os.walk(self.folder):
-            for name in files + (dirs if folders else []):
-                path = os.path.join(root, name)
-                with contextlib.suppress(OSError):  # gone, or a special file: nothing to keep
-                    info = os.lstat(path)
-                    if stat.S_ISLNK(info.st_mode) or self._synced.get(path) == info.st_size:
-                        continue
-                    fd = os.open(path, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-                    if stat.S_ISREG(info.st_mode):
-                        self._synced[path] = info.st_size
-        if folders:
-            fsync_dir(self.folder)
+    def reset(self) -> None:
+        """Forget a failed attempt (its files are about to be removed)."""
+        for future in self._pending:
+            future.cancel()
+        for future in self._pending:
+            with contextlib.suppress(Exception):
+                future.result()
+        self._pending.clear()
+        self.folders.clear()
 
 
-def _untar_file(path: Path, raw: IO[bytes], flusher: Flusher) -> tuple[str, int]:
-    """A local, unencrypted base backup: ``zstd -d FILE | tar -x`` while a thread hashes the
-    same file (``raw``, from the page cache); (sha256, size). Keeping Python out of the data
-    path saves a second of a 1 GB restore here."""
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _from_file(path: Path, raw: IO[bytes], flusher: Flusher) -> tuple[str, int, Unpacked]:
+    """A local, unencrypted base backup: ``zstd -d FILE`` unpacked here while a thread hashes
+    the same file (``raw``, from the page cache); (sha256, size, unpacked)."""
     found: list[tuple[str, int]] = []
     hasher = threading.Thread(
         target=lambda: found.append(sha256_of(raw)), name="safehold-restore-hash", daemon=True
     )
     hasher.start()
-    with flusher:
-        _untar(path, flusher.folder)
+    unpacked = _unzstd(path, flusher)
     hasher.join()
     if not found:
         raise IntegrityError(f"could not read {path} to check its sha256")
-    return found[0]
+    return (*found[0], unpacked)
 
 
-def _untar(compressed: Path | IO[bytes] | HashingReader, target_dir: Path) -> None:
-    """``compressed`` (a zstd file, or a stream already decrypted) through ``zstd -d`` into
-    ``tar -x``: separate processes, so reading, decompressing and writing files overlap."""
+def _unzstd(compressed: Path | IO[bytes] | HashingReader, flusher: Flusher) -> Unpacked:
+    """``compressed`` (a zstd file, or a stream already decrypted, fed on a thread) through
+    ``zstd -d``, unpacked by this process: decompressing and writing run on both cores."""
     from_file = isinstance(compressed, Path)
     argv = ["zstd", "-d", "-c", "-q", *([str(compressed)] if from_file else [])]
     unzstd = _proc.spawn(argv, stdin=subprocess.DEVNULL if from_file else subprocess.PIPE)
-    untar = _proc.spawn([*_TAR, str(target_dir)], stdin=unzstd.stdout, stdout=subprocess.DEVNULL)
-    assert unzstd.stdout is not None and unzstd.stderr is not None and untar.stderr is not None
-    unzstd.stdout.close()  # tar holds it now: zstd sees a broken pipe if tar dies
-    tails = (_proc.StderrTail(unzstd.stderr), _proc.StderrTail(untar.stderr))
+    assert unzstd.stdout is not None and unzstd.stderr is not None
+    tail = _proc.StderrTail(unzstd.stderr)
+    feeding: list[BaseException] = []
+    feeder = None
     if not isinstance(compressed, Path):
-        assert unzstd.stdin is not None
+        feeder = threading.Thread(
+            target=_feed, args=(compressed, unzstd, feeding), name="safehold-unzstd-feed"
+        )
+        feeder.start()
+    unpack = _Unpack(flusher)
+    try:
+        unpack.run(unzstd.stdout.fileno())
+    except BaseException:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            unzstd.wait(timeout=1)  # a truncated stream: zstd has failed, or is about to
+        _proc.stop(unzstd)  # then returncode > 0 says the stream, not the tar, is damaged
+        _stream_failed(feeder, feeding, max(unzstd.returncode or 0, 0), tail)
+        raise
+    _stream_failed(feeder, feeding, unzstd.wait(), tail)
+    return unpack.result
+
+
+def _stream_failed(
+    feeder: threading.Thread | None, feeding: list[BaseException], code: int, tail: _proc.StderrTail
+) -> None:
+    """Raise what the feeding thread met (damaged encryption, a storage error), else a zstd
+    failure."""
+    if feeder is not None:
+        feeder.join()
+    if feeding:
+        raise feeding[0]
+    if code != 0:
+        said = tail.text()[-600:]
+        raise IntegrityError(f"the base backup's stream is damaged (zstd exit {code}): {said}")
+
+
+def _feed(
+    source: IO[bytes] | HashingReader, unzstd: subprocess.Popen[bytes], out: list[BaseException]
+) -> None:
+    assert unzstd.stdin is not None
+    try:
+        while chunk := source.read(CHUNK):
+            unzstd.stdin.write(chunk)
+        unzstd.stdin.close()
+    except BrokenPipeError:
+        pass
+    except BaseException as exc:
+        out.append(exc)
+        _proc.stop(unzstd)
+
+
+class _Chunks:
+    """The decompressed stream read on a thread into up to ``DEPTH`` buffers: zstd never waits
+    while a file is created (through a 1 MiB pipe alone, the two took turns)."""
+
+    Buffer = tuple[bytearray, memoryview]  # the bytes and a view of them
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._free: queue.SimpleQueue[_Chunks.Buffer | None] = queue.SimpleQueue()
+        self._full: queue.SimpleQueue[tuple[_Chunks.Buffer, int] | BaseException] = (
+            queue.SimpleQueue()
+        )
+        for _ in range(DEPTH):
+            buf = bytearray(CHUNK)
+            self._free.put((buf, memoryview(buf)))
+        self._thread = threading.Thread(target=self._run, name="safehold-unzstd-read", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
         try:
-            while chunk := compressed.read(1 << 20):
-                unzstd.stdin.write(chunk)
-            unzstd.stdin.close()
-        except BrokenPipeError:
-            pass
-        except BaseException:
-            _proc.stop(unzstd)
-            _proc.stop(untar)
-            raise
-    codes = (unzstd.wait(), untar.wait())
-    if codes != (0, 0):
-        said = "; ".join(t.text()[-600:] for t in tails if t.text())
-        raise IntegrityError(f"the base backup's stream is damaged (zstd/tar exit {codes}): {said}")
+            while (buffer := self._free.get()) is not None:
+                count = os.readv(self._fd, [buffer[1]])
+                self._full.put((buffer, count))
+                if not count:
+                    return
+        except BaseException as exc:  # handed to the unpacking thread, which raises it
+            self._full.put(exc)
+
+    def next(self, done: Buffer | None) -> tuple[Buffer, int]:
+        """The next buffer and its length (0 at the end); ``done`` goes back for reuse."""
+        if done is not None:
+            self._free.put(done)
+        item = self._full.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._free.put(None)  # a reader waiting for a buffer stops; one in readv sees EOF
+
+
+class _Unpack:
+    """A pg_basebackup tar (plain ustar: regular files and folders only) read from a pipe and
+    written below ``flusher.folder``; anything else in it is refused as damage."""
+
+    def __init__(self, flusher: Flusher) -> None:
+        self.flusher = flusher
+        self.root = str(flusher.folder)
+        self.result = Unpacked()
+        self._chunks: _Chunks | None = None
+        self._current: _Chunks.Buffer | None = None
+        self._view = memoryview(b"")
+        self._pos = self._end = 0
+        self._times: list[tuple[str, int]] = []
+
+    def _take(self, wanted: int) -> tuple[int, int]:
+        """(offset in ``_view``, length) of up to ``wanted`` next bytes; length 0 at the end."""
+        if self._pos == self._end:
+            if self._current is not None and self._end == 0:
+                return 0, 0  # the end was reached: the reading thread is gone
+            assert self._chunks is not None
+            self._current, self._end = self._chunks.next(self._current)
+            self._pos, self._view = 0, self._current[1]
+        count = min(wanted, self._end - self._pos)
+        self._pos += count
+        return self._pos - count, count
+
+    def _exact(self, wanted: int) -> bytes:
+        out = bytearray()
+        while len(out) < wanted:
+            offset, count = self._take(wanted - len(out))
+            if not count:
+                raise IntegrityError("the base backup's tar ends in the middle (truncated?)")
+            out += self._view[offset : offset + count]
+        return bytes(out)
+
+    def run(self, fd: int) -> None:
+        self._chunks = _Chunks(fd)
+        try:
+            self._run()
+        finally:
+            self._chunks.close()
+
+    def _run(self) -> None:
+        while True:
+            header = self._exact(512)
+            if not any(header):
+                break  # end-of-archive blocks
+            kind, name, size, mode, mtime = tar_header(header)
+            path = os.path.join(self.root, name)
+            if kind == "5":
+                self._folder(path, mode, mtime)
+            else:
+                self._file(name, path, size, mode, mtime)
+            self._exact(-size % 512)
+        while self._take(CHUNK)[1]:
+            pass  # the second zero block and padding: zstd must end cleanly too
+        for path, mtime in reversed(self._times):  # after their content, as tar does
+            os.utime(path, ns=(mtime, mtime))
+        self.flusher.folders.extend(path for path, _ in self._times)
+
+    def _folder(self, path: str, mode: int, mtime: int) -> None:
+        try:
+            os.mkdir(path, mode & 0o777)
+        except FileExistsError:
+            if not os.path.isdir(path) or os.path.islink(path):
+                raise IntegrityError(f"the base backup's tar has {path!r} twice") from None
+        else:
+            if self.flusher.owner is not None:
+                os.chown(path, *self.flusher.owner)
+        self._times.append((path, mtime))
+
+    def _file(self, name: str, path: str, size: int, mode: int, mtime: int) -> None:
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):
+            raise IntegrityError(f"the base backup's tar has {name!r} before its folder")
+        try:
+            out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode & 0o777)
+        except FileExistsError:
+            raise IntegrityError(f"the base backup's tar has {name!r} twice") from None
+        try:
+            if self.flusher.owner is not None:
+                os.fchown(out, *self.flusher.owner)
+            crc, left, flushed = 0, size, 0
+            keep = bytearray() if name == MANIFEST else None
+            while left:
+                offset, count = self._take(min(left, CHUNK))
+                if not count:
+                    raise IntegrityError(f"the base backup's tar ends inside {name!r}")
+                view = self._view[offset : offset + count]
+                while view:
+                    view = view[os.write(out, view) :]
+                crc = crc32c_extend(crc, self._view[offset : offset + count])
+                if keep is not None:
+                    keep += self._view[offset : offset + count]
+                left -= count
+                if size - left - flushed >= FLUSH_STEP:
+                    flushed = size - left
+                    self.flusher.file(path)
+            os.utime(out, ns=(mtime, mtime))
+        finally:
+            os.close(out)
+        self.flusher.file(path)
+        checksum = crc.to_bytes(4, "little").hex()
+        self.result.files[name] = (size, checksum)
+        if keep is not None:
+            self.result.manifest = bytes(keep)

@@ -5,7 +5,8 @@ one pass through zstd, age (when encryption is configured) and sha256 into
 ``base/base_YYYYMMDD_HHMMSS.tar.zst[.age]``; nothing is staged locally. Its JSON record
 ``base/base_....json`` (start/stop LSN, timeline, times, sha256, encryption) is written last:
 the commit point. pg_basebackup's ``backup_manifest`` travels inside the tar, so a restore can
-check the extracted files with ``pg_verifybackup``.
+check the extracted files against it (``pitr_restore.check_manifest``, else
+``pg_verifybackup``).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import crc32c
+
 from .. import _proc
 from ..compress.zstd import ZstdWriter
 from ..crypto import SUFFIX, EncryptionKey
-from ..errors import ToolError, UsageError
+from ..errors import IntegrityError, ToolError, UsageError
 from ..model import Event, EventSink
 from ..sources.postgres import PgTarget
 from ..storage import LocalStorage, Storage
@@ -277,7 +280,7 @@ def copy_base(source: Storage, base: BaseBackup, destination: Storage) -> int:
 
 def verify_base(storage: Storage, base: BaseBackup) -> str | None:
     """Size and sha256 of the stored file against its record; None when intact, else why.
-    (The files inside are checked by ``pg_verifybackup`` on every restore and drill.)"""
+    (The files inside are checked against its manifest on every restore and drill.)"""
     try:
         with storage.open_reader(base.data_key) as reader:
             digest, size = sha256_of(reader)
@@ -288,3 +291,41 @@ def verify_base(storage: Storage, base: BaseBackup) -> str | None:
     if digest != base.sha256:
         return f"sha256 {digest[:12]}… does not match the record's {base.sha256[:12]}…"
     return None
+
+
+def crc32c_extend(value: int, data: bytes | memoryview) -> int:
+    """The CRC-32C of pg_basebackup's manifest over ``data``, continued from ``value`` (0 to
+    start). The GIL is kept: a 1 MiB sum takes ~40 us, less than winning the GIL back."""
+    return int(crc32c.crc32c(data, value, gil_release_mode=0))
+
+
+def tar_header(block: bytes) -> tuple[str, str, int, int, int]:
+    """(type, relative name, size, mode, mtime in ns) of a ustar header; damage raises."""
+    stored = _number(block[148:156])
+    if stored != sum(block[:148]) + 256 + sum(block[156:]):
+        raise IntegrityError("the base backup's tar has a header with a wrong checksum")
+    kind = chr(block[156]) if block[156] else "0"
+    name = block[:100].split(b"\0", 1)[0]
+    if block[257:263] == b"ustar\0" and block[345] != 0:
+        name = block[345:500].split(b"\0", 1)[0] + b"/" + name
+    text = name.decode("utf-8", "surrogateescape")
+    parts = [part for part in text.split("/") if part not in ("", ".")]
+    if kind not in "05" or text.startswith("/") or not parts or ".." in parts:
+        raise IntegrityError(f"the base backup's tar has an unexpected member {text!r} ({kind})")
+    return (
+        kind,
+        "/".join(parts),
+        _number(block[124:136]),
+        _number(block[100:108]),
+        (_number(block[136:148]) * 1_000_000_000),
+    )
+
+
+def _number(field: bytes) -> int:
+    if field[0] & 0x80:  # base-256, as PostgreSQL writes sizes of 8 GiB and more
+        return int.from_bytes(field[1:], "big") + ((field[0] & 0x7F) << (8 * (len(field) - 1)))
+    text = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(text or b"0", 8)
+    except ValueError:
+        raise IntegrityError("the base backup's tar has a damaged header") from None

@@ -2,9 +2,10 @@
 
 Steps: pick the newest base backup that ends before the target; stream it from the first place
 holding a good copy (the repository, else a copy location) through sha256 and age into
-``zstd -d | tar -x`` in the target folder (``base_extract``; the folder is wiped when the
-stream proves damaged, and the next place is tried); ``pg_verifybackup`` checks
-every extracted file against pg_basebackup's manifest; the recovery settings go into
+``zstd -d``, unpacked into the target folder (``base_extract``; the folder is wiped when the
+stream proves damaged, and the next place is tried); every extracted file is checked
+against pg_basebackup's manifest (from CRC-32C sums taken while unpacking, else with
+``pg_verifybackup``) and is on disk before the server starts; the recovery settings go into
 ``postgresql.auto.conf`` with ``recovery.signal``; the server starts, replays WAL (read ahead by
 ``wal_prefetch``, else fetched by ``wal-fetch``) and promotes at the target; the point reached
 is read from its log.
@@ -20,20 +21,23 @@ backup is tried first, and when the server reports the target was not reached, t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import stat
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from ..errors import IntegrityError, UsageError
 from ..model import Event, EventSink
 from ..storage import LocalStorage, Storage
 from . import pitr_setup, wal, wal_chain, wal_prefetch
-from .base_extract import Flusher, clear, extract
-from .pitr import choose_base, timeline_switches
+from .base_extract import Flusher, Unpacked, clear, extract
+from .pitr import BaseBackup, choose_base, timeline_switches
 from .restored_server import (
     LOG,
     Server,
@@ -93,13 +97,14 @@ class RestoreResult:
     port: int
     took_s: float
     extract_s: float
-    verify_s: float
+    verify_s: float  # checking the files against the manifest (verified_by says how)
     reached: str  # what the server logged about where recovery stopped
     lsn: str
     timeline: int
     running: bool
     moved_aside: Path | None
     read_ahead: int = 0  # segments the restore_command took from the read-ahead spool
+    verified_by: str = ""
 
 
 def restore(
@@ -137,19 +142,20 @@ def restore(
     for number, base in enumerate(candidates, 1):
         sink(Event("pitr", f"restoring base backup {base.name} into {target_dir}"))
         extract_began = time.monotonic()
-        flusher = Flusher(target_dir)
-        where = extract(archive, base, flusher, sink)
-        extract_s = time.monotonic() - extract_began
-        # The last writes go to disk while pg_verifybackup reads the files (from memory)
-        flush = threading.Thread(target=flusher.sync, name="safehold-flush-last")
-        flush.start()
-        verify_s = _verify_backup(server.bin_dir, target_dir)
-        flush.join()
+        flusher = Flusher(target_dir, server.run_as)
+        try:
+            where, unpacked = extract(archive, base, flusher, sink)
+            extract_s = time.monotonic() - extract_began
+            # The flush threads finish the last files while the sums are compared
+            verify_s, verified_by = _verify(base, unpacked, server.bin_dir, target_dir)
+            flusher.finish()
+        finally:
+            flusher.close()
         sink(
             Event(
                 "pitr",
-                f"{base.name}: {base.raw_size} bytes extracted in {extract_s:.1f}s, "
-                f"pg_verifybackup {verify_s:.1f}s, on disk after "
+                f"{base.name}: {base.raw_size} bytes extracted in {extract_s:.1f}s, checked "
+                f"against its manifest ({verified_by}) in {verify_s:.2f}s, on disk after "
                 f"{time.monotonic() - extract_began:.1f}s; starting the server",
             )
         )
@@ -187,6 +193,7 @@ def restore(
             keep_running,
             moved,
             read_ahead.fetched - read_ahead.left,
+            verified_by,
         )
     raise AssertionError("unreachable: choose_base returns at least one base backup")
 
@@ -212,6 +219,29 @@ def _prepare(target_dir: Path, force: bool, server: Server) -> Path | None:
     target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(target_dir, 0o700)
     return moved
+
+
+def _verify(
+    base: BaseBackup, unpacked: Unpacked, bin_dir: Path, target_dir: Path
+) -> tuple[float, str]:
+    """Check every unpacked file against pg_basebackup's manifest before the server starts:
+    from the CRC-32C sums taken while writing (``check_manifest``), or, when those cannot
+    decide, with ``pg_verifybackup``; (seconds, which). WAL is checked by replay (-n)."""
+    started = time.monotonic()
+    problems = None
+    if unpacked.manifest is not None:
+        problems = check_manifest(base, unpacked.manifest, unpacked.files, target_dir)
+    if problems is None:
+        return _verify_backup(bin_dir, target_dir), "pg_verifybackup"
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise IntegrityError(
+            f"base backup {base.name} does not match its manifest: "
+            + "; ".join(problems[:5])
+            + more,
+            hint="the base backup's files do not match its manifest; restore from another copy",
+        )
+    return time.monotonic() - started, "CRC-32C while unpacking"
 
 
 def _verify_backup(bin_dir: Path, target_dir: Path) -> float:
@@ -262,3 +292,86 @@ def _write_recovery(
         conf.writelines(f"{k} = {_conf(v)}\n" for k, v in lines.items())
     (target_dir / "recovery.signal").touch()
     (target_dir / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
+
+
+# What pg_verifybackup leaves out by default (pg_wal with all below it): files a restore or
+# pg_basebackup -R may change, and the WAL, which -X none leaves out and replay checks.
+MANIFEST_IGNORED = (
+    "backup_manifest",
+    "pg_wal",
+    "postgresql.auto.conf",
+    "recovery.signal",
+    "standby.signal",
+)
+
+
+def check_manifest(
+    base: BaseBackup, manifest: bytes, files: dict[str, tuple[int, str | None]], folder: Path
+) -> list[str] | None:
+    """pg_verifybackup's checks (-n: no WAL) on a base backup unpacked into ``folder``, from
+    the sizes and CRC-32C sums taken as each file was written (``files``); the problems found,
+    or None when the manifest uses a checksum those sums cannot decide (pg_verifybackup must).
+    The manifest's own SHA-256, every file in it present with its size and checksum, nothing
+    else there (in ``files`` or on disk), and its WAL range and system id those of ``base``."""
+    lines = manifest.split(b"\n")
+    if len(lines) < 3 or lines[-1]:
+        return ["backup_manifest is not a manifest (no final newline)"]
+    body = b"\n".join(lines[:-2]) + b"\n"
+    try:
+        data = json.loads(manifest)
+        listed = {_manifest_path(e): e for e in data["Files"]}
+        ranges = data["WAL-Ranges"]
+        claimed = str(data["Manifest-Checksum"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return [f"backup_manifest cannot be read: {exc}"]
+    problems = []
+    if hashlib.sha256(body).hexdigest() != claimed.lower():
+        problems.append("backup_manifest's own checksum does not match its content")
+    if any(e.get("Checksum-Algorithm", "NONE") not in ("CRC32C", "NONE") for e in listed.values()):
+        return None
+    wal_range = (ranges[0]["Start-LSN"], ranges[-1]["End-LSN"], int(ranges[-1]["Timeline"]))
+    if wal_range != (base.start_lsn, base.stop_lsn, base.timeline):
+        problems.append(f"backup_manifest's WAL range {wal_range} is not {base.name}'s")
+    on_disk = _regular_files(folder)
+    for path, entry in listed.items():
+        if _ignored(path):
+            continue
+        if path not in files or path not in on_disk:
+            problems.append(f'"{path}" is in the manifest but not in the backup')
+        elif entry["Size"] != files[path][0] or entry["Size"] != on_disk[path]:
+            size = on_disk[path] if on_disk[path] != files[path][0] else files[path][0]
+            problems.append(f'"{path}" has size {size}, the manifest says {entry["Size"]}')
+        elif "Checksum" in entry and (files[path][1] or "") != entry["Checksum"].lower():
+            problems.append(f'"{path}": checksum mismatch')
+    extra = {p for p in (set(files) | set(on_disk)) - set(listed) if not _ignored(p)}
+    problems += [f'"{p}" is in the backup but not in the manifest' for p in sorted(extra)]
+    if "System-Identifier" in data and problems == []:
+        with (folder / "global" / "pg_control").open("rb") as control:
+            system = int.from_bytes(control.read(8), "little")
+        if system != int(data["System-Identifier"]):
+            problems.append("global/pg_control's system identifier is not the manifest's")
+    return problems
+
+
+def _manifest_path(entry: dict[str, Any]) -> str:
+    if "Encoded-Path" in entry:
+        return bytes.fromhex(entry["Encoded-Path"]).decode("utf-8", "surrogateescape")
+    return str(entry["Path"])
+
+
+def _ignored(path: str) -> bool:
+    return any(path == name or path.startswith(name + "/") for name in MANIFEST_IGNORED)
+
+
+def _regular_files(folder: Path) -> dict[str, int]:
+    """Every entry below ``folder`` but folders, by relative path: size, or -1 when it is not
+    a regular file (a link or a device: never part of a base backup)."""
+    found = {}
+    for root, dirs, names in os.walk(folder):
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            path = os.path.join(root, name)
+            info = os.lstat(path)
+            found[os.path.relpath(path, folder)] = (
+                info.st_size if stat.S_ISREG(info.st_mode) else -1
+            )
+    return found

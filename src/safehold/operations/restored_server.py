@@ -107,9 +107,12 @@ def own(target_dir: Path, run_as: str | None) -> None:
         return
     entry = pwd.getpwnam(run_as)
     for folder, _dirs, files in os.walk(target_dir):
-        os.chown(folder, entry.pw_uid, entry.pw_gid)
-        for name in files:
-            os.chown(os.path.join(folder, name), entry.pw_uid, entry.pw_gid)
+        for path in [folder, *(os.path.join(folder, name) for name in files)]:
+            info = os.lstat(path)
+            # Only what is not theirs yet: a chown dirties the inode, and the server's fsync
+            # of every file at start-up would then write each one again
+            if (info.st_uid, info.st_gid) != (entry.pw_uid, entry.pw_gid):
+                os.lchown(path, entry.pw_uid, entry.pw_gid)
 
 
 def running(server: Server, data: Path) -> bool:
