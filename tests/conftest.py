@@ -214,6 +214,20 @@ def s3() -> Iterator[SandboxS3]:
 
 
 @contextlib.contextmanager
+def http_serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` served on 127.0.0.1 (a free port) on a thread: yields http://127.0.0.1:PORT."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@contextlib.contextmanager
 def webhook_receiver() -> Iterator[tuple[str, list[dict[str, object]]]]:
     """A JSON webhook on 127.0.0.1 (a free port): its URL and the bodies it received."""
     received: list[dict[str, object]] = []
@@ -228,15 +242,8 @@ def webhook_receiver() -> Iterator[tuple[str, list[dict[str, object]]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/hook", received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_serving(Handler) as base:
+        yield f"{base}/hook", received
 
 
 __all__ = [
@@ -247,6 +254,7 @@ __all__ = [
     "drop_databases",
     "execute",
     "fingerprint",
+    "http_serving",
     "run_in",
     "seed_env",
     "start_s3",

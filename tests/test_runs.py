@@ -9,7 +9,6 @@ import contextlib
 import http.server
 import json
 import subprocess
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ from safehold.operations import runs
 from safehold.sandbox.cluster import free_port
 from safehold.storage import LocalStorage
 
-from .conftest import CliRunner
+from .conftest import CliRunner, http_serving
 
 Ping = tuple[str, str]  # path with query, body
 
@@ -39,15 +38,8 @@ def ping_receiver() -> Iterator[tuple[str, list[Ping]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/ping/check-uuid", received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_serving(Handler) as base:
+        yield f"{base}/ping/check-uuid", received
 
 
 def test_a_failed_backup_is_recorded_and_shown_by_list_status_and_report(

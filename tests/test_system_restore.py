@@ -7,7 +7,6 @@ import http.server
 import json
 import secrets
 import socket
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from safehold.sandbox.dockerd import SandboxDockerd
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
 
-from .conftest import CliRunner, databases, execute, fingerprint
+from .conftest import CliRunner, databases, execute, fingerprint, http_serving
 
 PROJECT_LABEL = "com.docker.compose.project"
 
@@ -341,15 +340,8 @@ def slow_starting_app() -> Iterator[tuple[str, float]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/health", ready_at
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_serving(Handler) as base:
+        yield f"{base}/health", ready_at
 
 
 def test_health_is_polled_often_while_the_application_starts(

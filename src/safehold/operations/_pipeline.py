@@ -7,7 +7,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from ..errors import DecryptionKeyError, IntegrityError, StorageError
 from ..lock import repository_lock
 from ..model import ByteSink, Event, EventSink, Manifest
 from ..storage import LocalStorage, Storage
-from ..storage.local import FILE_MODE, PARTIAL_MARK, fsync_dir, storage_error
+from ..storage.local import storage_error
 
 PROGRESS_EVERY_S = 0.5
 
@@ -137,29 +136,23 @@ class HashingReader:
 
 
 class LocalArtifact:
-    """A repository file another program writes through a descriptor it can seek in (pg_dump
-    goes back to fill in its table of contents), committed the way ``LocalWriter`` commits --
-    the same partial name, so a dead run's leftover is removed the same way; fsync, rename,
-    fsync the folder -- and removed on any failure. ``LocalWriter`` only appends, hence this.
-    """
+    """A repository file another program writes through its descriptor, seeking in it (pg_dump
+    goes back to fill in its table of contents): the storage's own atomic writer (partial
+    name, fsync, rename, folder fsync; removed on failure), plus what the caller watches."""
 
     def __init__(self, storage: LocalStorage, key: str) -> None:
         self.final = storage.path(key)
-        token = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self.temp = self.final.with_name(f".{self.final.name}{PARTIAL_MARK}{token}")
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        try:
-            fd = os.open(self.temp, flags, FILE_MODE)
-        except OSError as exc:
-            raise storage_error(exc, self.final, f"writing {self.final.name}") from exc
-        self.file: IO[bytes] = os.fdopen(fd, "r+b", buffering=0)
+        self.writer = storage.open_writer(key)
+
+    def fileno(self) -> int:
+        return self.writer.fileno()
 
     def size(self) -> int:
-        return os.fstat(self.file.fileno()).st_size
+        return os.fstat(self.writer.fileno()).st_size
 
     def digest(self, progress: Progress | None = None) -> tuple[str, int]:
         """sha256 and size of the bytes as they are now (read back from the page cache)."""
-        with self.temp.open("rb") as fh:
+        with self.writer.temp.open("rb") as fh:
             return sha256_of(fh, progress)
 
     def full_disk(self, message: str) -> StorageError | None:
@@ -170,25 +163,6 @@ class LocalArtifact:
                 return storage_error(fault, self.final, f"writing {self.final.name}")
         return None
 
-    def commit(self) -> None:
-        try:
-            os.fsync(self.file.fileno())
-            self.file.close()
-            os.replace(self.temp, self.final)
-            fsync_dir(self.final.parent)
-        except OSError as exc:
-            self.abort()
-            raise storage_error(exc, self.final, f"committing {self.final.name}") from exc
-        except BaseException:  # a signal during the fsync: no temp file may outlive the run
-            self.abort()
-            raise
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self.file.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.temp.unlink()
-
     def __enter__(self) -> LocalArtifact:
         return self
 
@@ -198,10 +172,7 @@ class LocalArtifact:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
+        self.writer.__exit__(exc_type, exc, tb)
 
 
 @contextlib.contextmanager

@@ -125,7 +125,7 @@ def _dump_to_file(
     read back from the page cache once pg_dump is done, so it covers those final bytes."""
     progress = Progress(sink, f"dump {target.dbname}", None)
     with LocalArtifact(storage, name) as out:
-        with DumpStream(target, compress_level=None, into=out.file) as dump:
+        with DumpStream(target, compress_level=None, into=out.fileno()) as dump:
             while not dump.wait(PROGRESS_EVERY_S):
                 progress.advance(out.size() - progress.done)
             try:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # psycopg takes ~0.1 s to import: the WAL commands never connect
     import psycopg
@@ -190,14 +190,14 @@ class DumpStream:
     Usage: ``with DumpStream(...) as dump: for chunk in dump: ...``; after the ``with`` block
     ``dump.facts`` holds the manifest facts. Leaving the block early stops pg_dump.
 
-    With ``into`` (a regular file, empty, at offset 0) pg_dump writes there itself instead:
+    With ``into`` (the descriptor of an empty regular file) pg_dump writes there itself instead:
     such an output can seek, so pg_dump goes back to its table of contents at the end and fills
     in each table's data offset, which ``pg_restore --jobs`` needs to seek straight to a table
     and to schedule the largest first. ``wait`` then tells when it is done.
     """
 
     def __init__(
-        self, target: PgTarget, *, compress_level: int | None, into: IO[bytes] | None = None
+        self, target: PgTarget, *, compress_level: int | None, into: int | None = None
     ) -> None:
         self.target = target
         self.compress_level = compress_level  # None: pg_dump's default gzip

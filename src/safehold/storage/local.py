@@ -36,6 +36,15 @@ class LocalWriter:
         except OSError as exc:
             raise storage_error(exc, final, f"writing {final.name}") from exc
 
+    @property
+    def temp(self) -> Path:
+        """The partial file being written (another program may write it: ``fileno``)."""
+        return self._temp
+
+    def fileno(self) -> int:
+        assert self._fd is not None, "fileno after commit/abort"
+        return self._fd
+
     def write(self, data: bytes | memoryview) -> int:
         assert self._fd is not None, "write after commit/abort"
         view = memoryview(data)
