@@ -155,6 +155,41 @@ def test_a_restore_killed_anywhere_leaves_live_old_or_new_and_open(
     assert any(o == "new" for _, _, _, o in outcomes), outcomes
 
 
+def test_a_second_restore_of_the_same_database_is_refused_while_the_first_runs(
+    db: PgTarget, repo: LocalStorage
+) -> None:
+    """Two operators restore one database at once: the second is refused before it touches
+    anything, and the first, held mid-way (SIGSTOP while its pg_restore loads staging), then
+    finishes: the live database holds the backup, and nothing of either run is left."""
+    new = fingerprint(db)
+    backup_database(db, repo, BackupOptions(compression="zstd"))
+    execute(db, "INSERT INTO public.audit_log (action) VALUES ('after the backup')")
+    old = fingerprint(db)
+    first = cli(db, repo, "restore", "--database", "latest", "--drop-previous")
+    assert first.stderr is not None
+    seen: list[str] = []
+    while line := first.stderr.readline():
+        seen.append(message(line))
+        if "pg_restore --jobs" in seen[-1]:
+            break
+    assert any("pg_restore --jobs" in s for s in seen), seen
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = cli(db, repo, "restore", "--database", "latest", "--drop-previous")
+        _out, err = second.communicate(timeout=120)
+        assert second.returncode != 0, err
+        assert f"another restore of '{db.dbname}' is running" in err, err
+        assert fingerprint(db) == old  # the first has not swapped; the second changed nothing
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    _out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert fingerprint(db) == new
+    assert list(server_state(db)) == [db.dbname]  # no staging, no previous database left
+    assert journal.entries(repo) == []
+    assert temp_files(repo) == []
+
+
 def test_the_next_run_reopens_a_closed_database_and_drops_staging(
     db: PgTarget, repo: LocalStorage
 ) -> None:

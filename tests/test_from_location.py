@@ -292,6 +292,7 @@ def test_companions_travel_with_their_dump(
             kind="globals",
             size=len(body),
             sha256=hashlib.sha256(body).hexdigest(),
+            blake3=None,
             facts={},
         ),
     )

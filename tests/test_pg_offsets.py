@@ -15,6 +15,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import blake3
 import pytest
 
 from safehold import catalog
@@ -72,11 +73,12 @@ def large_objects(target: PgTarget, dbname: str | None = None) -> dict[int, str]
     return {int(oid): str(digest) for oid, digest in rows}
 
 
-def awkward_content(target: PgTarget) -> None:
+def awkward_content(target: PgTarget, large: bool = True) -> None:
     """Large objects whose bytes look like block ends and headers (zero runs, then a block
     type and an id), and COPY text holding the control bytes the block search looks for."""
-    execute(target, "SELECT lo_from_bytea(0, '\\x00000000000103000000000000000000'::bytea)")
-    execute(target, "SELECT lo_from_bytea(0, convert_to(repeat('payload ', 40000), 'UTF8'))")
+    if large:
+        execute(target, "SELECT lo_from_bytea(0, '\\x00000000000103000000000000000000'::bytea)")
+        execute(target, "SELECT lo_from_bytea(0, convert_to(repeat('payload ', 40000), 'UTF8'))")
     execute(target, "CREATE TABLE app.odd (t text)")
     execute(
         target, "INSERT INTO app.odd SELECT chr(1) || chr(3) || g FROM generate_series(1, 500) g"
@@ -204,7 +206,8 @@ def as_older_gzip(db: PgTarget, repo: LocalStorage, manifest: Manifest) -> None:
     """The artifact as safehold wrote it before pg_dump wrote the file itself: piped."""
     path = pg_dump_piped(db, repo.path(manifest.artifact))
     data = path.read_bytes()
-    older = dataclasses.replace(manifest, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    digest = hashlib.sha256(data).hexdigest()  # and no BLAKE3: older manifests lack it
+    older = dataclasses.replace(manifest, sha256=digest, size=len(data), blake3=None)
     catalog.write_manifest(repo, older)
 
 
@@ -247,7 +250,8 @@ def test_restores_fill_in_the_offsets_of_backups_written_through_a_pipe(
 def test_a_damaged_backup_is_refused_before_the_swap(
     db: PgTarget, repo: LocalStorage, kind: str, where: str
 ) -> None:
-    """The sha256 is checked after pg_restore into staging (it is computed beside it): a
+    """The checksum (the manifest's BLAKE3, or the sha256 of an older manifest) is checked
+    before pg_restore runs any SQL (it is computed beside createdb and the TOC's reading): a
     damaged file never reaches the live database, and the checksum is what the error says."""
     manifest = backup_database(
         db, repo, BackupOptions(compression="zstd" if kind == "zstd" else "gzip")
@@ -262,13 +266,64 @@ def test_a_damaged_backup_is_refused_before_the_swap(
     mutate(db)
     live = fingerprint(db)
 
-    with pytest.raises(IntegrityError, match="is damaged: sha256"):
+    algorithm = "sha256" if kind == "older gzip" else "blake3"  # what the manifest has
+    with pytest.raises(IntegrityError, match=f"is damaged: {algorithm}"):
         restore_database(db, repo, manifest.artifact, RestoreOptions(drop_previous=True))
 
     assert fingerprint(db) == live
     assert not [d for d in databases(db) if "staging" in d or "pre_restore" in d]
     assert journal.entries(repo) == []
     assert not list(repo.path(".safehold/tmp").glob("*"))
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_the_restore_checks_the_blake3_the_backup_recorded(
+    db: PgTarget, repo: LocalStorage, compression: str
+) -> None:
+    """A database backup records the BLAKE3 of its bytes beside their sha256, and a restore
+    gates pg_restore on it: a manifest whose BLAKE3 is wrong (its sha256 right) is refused."""
+    manifest = backup_database(db, repo, BackupOptions(compression=compression))  # type: ignore[arg-type]
+    data = repo.path(manifest.artifact).read_bytes()
+    assert manifest.blake3 == blake3.blake3(data).hexdigest()
+    assert manifest.sha256 == hashlib.sha256(data).hexdigest()
+    catalog.write_manifest(repo, dataclasses.replace(manifest, blake3="0" * 64))
+    mutate(db)
+    live = fingerprint(db)
+
+    with pytest.raises(IntegrityError, match="is damaged: blake3"):
+        restore_database(db, repo, manifest.artifact, RestoreOptions(drop_previous=True))
+
+    assert fingerprint(db) == live
+    assert not [d for d in databases(db) if "staging" in d or "pre_restore" in d]
+    assert journal.entries(repo) == []
+
+
+def test_a_zstd_backup_records_the_offsets_pg_dump_writes_when_it_can_seek(
+    db: PgTarget, repo: LocalStorage, tmp_path: Path
+) -> None:
+    """The offsets found as the piped dump goes by are those pg_dump itself writes into a file
+    of the same dump; a restore writes them into its copy, and one that does not point at its
+    block is not used: the blocks are looked for instead, and the restore is the same."""
+    awkward_content(db, large=False)
+    manifest = backup_database(db, repo, BackupOptions(compression="zstd"))
+    own = pg_dump_file(db, tmp_path / "own.dump", "-Z0")
+    assert {int(k): v for k, v in manifest.facts["data_offsets"].items()} == {
+        dump_id: offset for dump_id, (_, offset) in offsets(own).items()
+    }
+    before = fingerprint(db)
+    for shift, said in ((0, None), (1, "recorded data offsets not used")):
+        shifted = {k: v + shift for k, v in manifest.facts["data_offsets"].items()}
+        facts = {**manifest.facts, "data_offsets": shifted}
+        catalog.write_manifest(repo, dataclasses.replace(manifest, facts=facts))
+        mutate(db)
+        events: list[Event] = []
+
+        restore_database(db, repo, manifest.artifact, RestoreOptions(), sink=events.append)
+
+        assert fingerprint(db) == before
+        messages = [e.message for e in events]
+        assert any(m.startswith("filled in") for m in messages), messages
+        assert (said is None) != any(m.startswith(said or "-") for m in messages), messages
 
 
 def test_a_full_disk_while_pg_dump_writes_is_a_storage_error(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 
 from safehold import catalog, naming
@@ -121,7 +122,10 @@ def edit_manifest(storage: LocalStorage, name: str, **changes: Any) -> None:
 def rehash(storage: LocalStorage, name: str) -> None:
     """Make the manifest agree with the file again, as a forger (or a bit-rot-in-RAM) would."""
     body = storage.path(name).read_bytes()
-    edit_manifest(storage, name, size=len(body), sha256=hashlib.sha256(body).hexdigest())
+    digests = {"sha256": hashlib.sha256(body).hexdigest()}
+    if manifest_json(storage, name).get("blake3"):
+        digests["blake3"] = blake3.blake3(body).hexdigest()
+    edit_manifest(storage, name, size=len(body), **digests)
 
 
 def flip_middle(path: Path) -> None:
@@ -219,6 +223,19 @@ def test_damage_is_caught_by_quick_and_by_full(copy: Copy, kind: str, case: str)
         assert result.error is not None and name in result.error and message in result.error
         assert result.error.startswith(f"backup {name} is damaged")
         assert result.hint and "older backup" in result.hint
+
+
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if kind.startswith("db")])
+def test_a_wrong_blake3_is_caught_as_the_restore_would_catch_it(copy: Copy, kind: str) -> None:
+    """A database dump's manifest also holds the BLAKE3 a restore checks before any SQL runs:
+    verify checks it too, so a backup it calls good is one a restore accepts."""
+    storage, name = copy(kind)
+    assert manifest_json(storage, name)["blake3"]
+    edit_manifest(storage, name, blake3="0" * 64)
+    for level in LEVELS:
+        result = check(storage, name, level)
+        assert result.outcome == "failed", (level, result)
+        assert result.error and result.error.startswith(f"backup {name} is damaged: blake3")
 
 
 def test_artifact_missing_with_its_manifest_present(copy: Copy) -> None:

@@ -37,6 +37,7 @@ class Manifest:
     set_id: str | None = None
     encryption: dict[str, Any] | None = None  # age: mode and recipients (never a secret)
     format: int = MANIFEST_FORMAT
+    blake3: str | None = None  # database dumps: the restore's fast pre-SQL check of the bytes
 
     @property
     def duration_s(self) -> float:
@@ -52,6 +53,8 @@ class Manifest:
         data["started_at"] = _iso(self.started_at)
         data["finished_at"] = _iso(self.finished_at)
         data["duration_s"] = round(self.duration_s, 3)
+        if data["blake3"] is None:
+            del data["blake3"]
         return data
 
     @classmethod

@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import IO
+from typing import IO, Protocol
+
+import blake3
 
 from .. import catalog, naming
 from ..crypto import AgeWriter, DecryptionKey, EncryptionKey
@@ -24,22 +26,46 @@ from ..storage.local import storage_error
 PROGRESS_EVERY_S = 0.5
 
 
-class HashingWriter:
-    """Counts and hashes exactly the bytes that reach the storage writer."""
+class Hasher(Protocol):
+    def update(self, data: bytes | memoryview, /) -> object: ...
 
-    def __init__(self, inner: ByteSink) -> None:
+    def hexdigest(self) -> str: ...
+
+
+class HashingWriter:
+    """Counts and hashes exactly the bytes that reach the storage writer; with ``fast`` also
+    their BLAKE3 (see ``gate_hasher``)."""
+
+    def __init__(self, inner: ByteSink, *, fast: bool = False) -> None:
         self._inner = inner
         self._hash = hashlib.sha256()
+        self._fast = blake3.blake3() if fast else None
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> int:
         self._hash.update(data)
+        if self._fast is not None:
+            self._fast.update(data)
         self._inner.write(data)
         self.size += len(data)
         return len(data)
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
+
+    def fast_hexdigest(self) -> str | None:
+        return self._fast.hexdigest() if self._fast is not None else None
+
+
+def gate_hasher(manifest: Manifest) -> tuple[str, str, Hasher]:
+    """The digest a restore checks before pg_restore runs any SQL: the manifest's BLAKE3 when
+    it has one, else its sha256, as (algorithm, expected, hasher). BLAKE3 reads a file from the
+    page cache 2.5x faster than sha256 here (0.05 s against 0.14 s for 165 MB), so the check
+    hides behind creating the staging database instead of delaying pg_restore; it is as strong
+    a hash. The sha256 stays the backup's identity: verify, copies and operators check it."""
+    if manifest.blake3:
+        return "blake3", manifest.blake3, blake3.blake3()
+    return "sha256", manifest.sha256, hashlib.sha256()
 
 
 class Progress:
@@ -85,7 +111,9 @@ def sha256_of(stream: IO[bytes], progress: Progress | None = None) -> tuple[str,
     return digest.hexdigest(), size
 
 
-def check_digest(name: str, expected: str, actual: str, expected_size: int, size: int) -> None:
+def check_digest(
+    name: str, expected: str, actual: str, expected_size: int, size: int, algorithm: str = "sha256"
+) -> None:
     if size != expected_size:
         raise IntegrityError(
             f"backup {name} is damaged: {size} bytes on disk, the manifest says {expected_size}",
@@ -94,7 +122,7 @@ def check_digest(name: str, expected: str, actual: str, expected_size: int, size
         )
     if actual != expected:
         raise IntegrityError(
-            f"backup {name} is damaged: sha256 {actual[:12]}… does not match the manifest's "
+            f"backup {name} is damaged: {algorithm} {actual[:12]}… does not match the manifest's "
             f"{expected[:12]}…",
             hint="restore an older backup ('safehold list' shows them)",
         )
@@ -104,14 +132,24 @@ class HashingReader:
     """Hashes (and counts) what a consumer reads, so verifying shares the pass that
     decompresses or extracts."""
 
-    def __init__(self, raw: IO[bytes], progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        raw: IO[bytes],
+        progress: Progress | None = None,
+        *,
+        fast: bool = False,
+        hasher: Hasher | None = None,
+    ) -> None:
         self._raw = raw
-        self._hash = hashlib.sha256()
+        self._hash = hasher if hasher is not None else hashlib.sha256()
+        self._fast = blake3.blake3() if fast else None
         self._progress = progress
         self.size = 0
 
     def _seen(self, data: bytes | memoryview) -> None:
         self._hash.update(data)
+        if self._fast is not None:
+            self._fast.update(data)
         self.size += len(data)
         if self._progress is not None:
             self._progress.advance(len(data))
@@ -134,6 +172,14 @@ class HashingReader:
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 
+    def check(self, name: str, manifest: Manifest) -> None:
+        """Raise unless what was read is the manifest's: its size, sha256 and (read with
+        ``fast``) the BLAKE3 a restore checks."""
+        check_digest(name, manifest.sha256, self.hexdigest(), manifest.size, self.size)
+        if self._fast is not None and manifest.blake3 is not None:
+            fast = self._fast.hexdigest()
+            check_digest(name, manifest.blake3, fast, manifest.size, self.size, "blake3")
+
 
 class LocalArtifact:
     """A repository file another program writes through its descriptor, seeking in it (pg_dump
@@ -150,10 +196,18 @@ class LocalArtifact:
     def size(self) -> int:
         return os.fstat(self.writer.fileno()).st_size
 
-    def digest(self, progress: Progress | None = None) -> tuple[str, int]:
-        """sha256 and size of the bytes as they are now (read back from the page cache)."""
+    def digest(self) -> tuple[str, str, int]:
+        """sha256, BLAKE3 and size of the bytes as they are now (read back from the page
+        cache, once for both)."""
+        sha, fast, size = hashlib.sha256(), blake3.blake3(), 0
+        buffer = bytearray(1 << 20)
+        view = memoryview(buffer)
         with self.writer.temp.open("rb") as fh:
-            return sha256_of(fh, progress)
+            while got := fh.readinto(buffer):
+                sha.update(view[:got])
+                fast.update(view[:got])
+                size += got
+        return sha.hexdigest(), fast.hexdigest(), size
 
     def full_disk(self, message: str) -> StorageError | None:
         """The storage error a writer's message reports (a full disk or quota), if any."""

@@ -325,7 +325,7 @@ def _check(
     progress = Progress(sink, f"verify {name}", size)
     content: DumpContent | ExtractFacts | None = None
     with path.open("rb") as raw:
-        hashed = HashingReader(raw, progress)
+        hashed = HashingReader(raw, progress, fast=bool(manifest and manifest.blake3))
         try:
             if full:
                 # Encrypted: decrypted on the fly, read to the end (age checks its last tag).
@@ -341,7 +341,7 @@ def _check(
             # Damage usually breaks decompression first; a checksum mismatch says more.
             hashed.drain()
             if manifest is not None:
-                check_digest(name, manifest.sha256, hashed.hexdigest(), manifest.size, hashed.size)
+                hashed.check(name, manifest)
             raise
         finally:
             tally.bytes_read = hashed.size
@@ -349,7 +349,7 @@ def _check(
     tally.found["sha256"] = hashed.hexdigest()
     if manifest is None:
         return f"{name} has {_FOREIGN}; it reads as a complete {what}"
-    check_digest(name, manifest.sha256, hashed.hexdigest(), manifest.size, hashed.size)
+    hashed.check(name, manifest)
     if content is not None:
         compare_content(name, manifest, content)
     return None

@@ -265,6 +265,22 @@ def write_offsets(path: Path, toc: Toc, found: dict[int, int]) -> Fixed:
     return Fixed(len(fields), len(found))
 
 
+def checked_positions(path: Path, found: dict[int, int]) -> tuple[Toc, dict[int, int]]:
+    """The TOC of ``path`` and ``found`` (data block positions recorded elsewhere), once each
+    position is seen to hold the header of its entry's block; NotUnderstood otherwise."""
+    toc = read_toc_of(path)
+    step = 1 + toc.int_size
+    with path.open("rb") as fh:
+        for entry in toc.data_entries:
+            at = found.get(entry.dump_id)
+            if at is None:
+                raise NotUnderstood(f"no recorded position for entry {entry.dump_id}")
+            header = bytes([BLK_DATA, 0]) + entry.dump_id.to_bytes(step - 1, "little")
+            if os.pread(fh.fileno(), len(header), at) != header:
+                raise NotUnderstood(f"the block at {at} is not entry {entry.dump_id}'s")
+    return toc, found
+
+
 class BlockFinder:
     """``block_positions`` while an archive's bytes go by (being unpacked), so no second pass
     is needed -- for the common case only: uncompressed table data, no large objects.
