@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from safehold.operations.volume import restore_tree
+from safehold.operations.volumes.folder import restore_tree
 from safehold.storage import LocalStorage
 
 

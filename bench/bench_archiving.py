@@ -49,7 +49,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from safehold.operations import pitr_setup, wal
+from safehold.operations.pitr import archive as wal
+from safehold.operations.pitr import setup as pitr_setup
 from safehold.sandbox import SandboxCluster
 from safehold.sandbox.cluster import UNPRIVILEGED_USER
 from safehold.sources.postgres import PgTarget, connect

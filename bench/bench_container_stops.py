@@ -46,14 +46,15 @@ from typing import Any
 
 import docker
 
-from safehold.operations.container_stops import (
+from safehold.operations.volumes.downtime import Downtime
+from safehold.sandbox.dockerd import SandboxDockerd
+from safehold.sandbox.images import ensure_busybox_image
+from safehold.sources.docker.engine import STOP_TIMEOUT_S
+from safehold.sources.docker.stops import (
     COMPOSE_DEPENDS_ON,
     COMPOSE_PROJECT,
     COMPOSE_SERVICE,
 )
-from safehold.operations.engine import STOP_TIMEOUT_S, Downtime
-from safehold.sandbox.dockerd import SandboxDockerd
-from safehold.sandbox.images import ensure_busybox_image
 from safehold.storage import LocalStorage
 
 ROOT = Path(__file__).resolve().parent.parent

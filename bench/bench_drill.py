@@ -22,8 +22,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from safehold.operations.backup import BackupOptions, backup_database
-from safehold.operations.drill import drill
+from safehold.operations.checks.drill import drill
+from safehold.operations.database.backup import BackupOptions, backup_database
 from safehold.sandbox import SandboxCluster
 from safehold.storage import LocalStorage
 

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from safehold.crypto import EncryptionKey, generate_keypair
-from safehold.operations.backup import BackupOptions, backup_database
 from safehold.operations.copy import Location, copy_backups
-from safehold.operations.volume import backup_tree
+from safehold.operations.database.backup import BackupOptions, backup_database
+from safehold.operations.volumes.folder import backup_tree
 from safehold.sandbox import SandboxCluster
 from safehold.sandbox.s3server import SandboxS3
 from safehold.storage import LocalStorage

@@ -50,7 +50,8 @@ import psycopg
 
 from safehold import _proc
 from safehold._version import __version__
-from safehold.operations import pitr_setup, wal
+from safehold.operations.pitr import archive as wal
+from safehold.operations.pitr import setup as pitr_setup
 from safehold.sandbox import SandboxCluster
 from safehold.sandbox.cluster import UNPRIVILEGED_USER, free_port
 from safehold.sources.postgres import PgTarget, connect

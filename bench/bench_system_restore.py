@@ -57,7 +57,7 @@ from safehold.sandbox.cluster import free_port
 from safehold.sandbox.dockerd import SandboxDockerd
 from safehold.sandbox.images import ensure_busybox_image
 from safehold.sources.postgres import PgTarget, connect, count_rows
-from safehold.sources.tree import write_tree
+from safehold.sources.tar.tree import write_tree
 
 from . import _dataset, _timed
 from ._tree_data import GENERATOR_VERSION, MB, build_tree, tree_stats

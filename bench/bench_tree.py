@@ -47,7 +47,7 @@ from safehold import naming
 from safehold.compress import ZstdWriter
 from safehold.compress.gzip import DEFAULT_GZIP_LEVEL, GzipWriter
 from safehold.operations._pipeline import HashingWriter
-from safehold.sources.tree import write_tree
+from safehold.sources.tar.tree import write_tree
 
 from . import _timed
 from ._timed import Timed

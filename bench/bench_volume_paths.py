@@ -51,11 +51,11 @@ from docker.types import Mount
 
 from safehold import _proc
 from safehold.model import Event
-from safehold.operations.extract import extract_tree
-from safehold.operations.helper_image import ensure_busybox_image, ensure_empty_image
-from safehold.operations.volume_api import read_volume_tar, replace_volume_content
+from safehold.operations.volumes.api import read_volume_tar, replace_volume_content
+from safehold.operations.volumes.extract import extract_tree
 from safehold.sandbox.dockerd import SandboxDockerd
-from safehold.sources.tree import CHUNK, write_tree
+from safehold.sources.docker.helper_image import ensure_busybox_image, ensure_empty_image
+from safehold.sources.tar.tree import CHUNK, write_tree
 
 from ._tree_data import GENERATOR_VERSION, MB, build_tree, tree_stats
 

@@ -39,6 +39,18 @@ SAMPLE_USERS = 120
 Fingerprint = tuple[dict[str, tuple[int, str]], dict[str, int | None]]
 
 
+# Fixtures that start a service (a PostgreSQL cluster, a Docker engine, an S3 server): a test
+# that uses one, directly or through another fixture, is a service test (``-m "not service"``
+# runs the pure ones in seconds). Tests that start their own servers are marked where they are.
+SERVICE_FIXTURES = frozenset({"pg", "engine", "s3"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.service)
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[SandboxCluster]:
     cluster = SandboxCluster()

@@ -24,7 +24,9 @@ import psycopg
 import zstandard
 
 from safehold.model import Event
-from safehold.operations import pitr, pitr_restore, pitr_setup
+from safehold.operations.pitr import base as pitr
+from safehold.operations.pitr import restore as pitr_restore
+from safehold.operations.pitr import setup as pitr_setup
 from safehold.sandbox import SandboxCluster
 from safehold.sandbox.cluster import UNPRIVILEGED_USER, free_port
 from safehold.sources.postgres import PgTarget, connect

@@ -15,8 +15,8 @@ import pytest
 
 from safehold import catalog, naming
 from safehold.errors import IntegrityError, UsageError
-from safehold.operations.backup import BackupOptions, backup_database
-from safehold.operations.restore import RestoreOptions, restore_database
+from safehold.operations.database.backup import BackupOptions, backup_database
+from safehold.operations.database.restore import RestoreOptions, restore_database
 from safehold.sandbox import SandboxCluster
 from safehold.sources.postgres import PgTarget, connect, count_rows
 from safehold.storage import LocalStorage

@@ -19,14 +19,15 @@ from safehold import catalog, config
 from safehold.errors import HookFailed, StorageError, UsageError
 from safehold.model import Event
 from safehold.operations import journal
-from safehold.operations.container_stops import (
+from safehold.operations.volumes.docker import backup_volume, restore_volume
+from safehold.operations.volumes.downtime import Downtime
+from safehold.sources.docker.engine import POST_LABEL, PRE_LABEL, STOP_LABEL
+from safehold.sources.docker.stops import (
     COMPOSE_DEPENDS_ON,
     COMPOSE_PROJECT,
     COMPOSE_SERVICE,
     TIMEOUT_LABEL,
 )
-from safehold.operations.docker_volume import backup_volume, restore_volume
-from safehold.operations.engine import POST_LABEL, PRE_LABEL, STOP_LABEL, Downtime
 from safehold.storage import LocalStorage
 
 from .conftest import run_in

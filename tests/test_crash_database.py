@@ -24,9 +24,9 @@ import pytest
 from safehold import naming
 from safehold.errors import StorageFull
 from safehold.operations import journal
-from safehold.operations.backup import BackupOptions, backup_database
-from safehold.operations.doctor import DoctorSetup, run_checks
-from safehold.operations.recovery_database import CLOSED_KIND, PREVIOUS_KIND, STAGING_KIND
+from safehold.operations.checks.doctor.run import DoctorSetup, run_checks
+from safehold.operations.database.backup import BackupOptions, backup_database
+from safehold.operations.database.recovery import CLOSED_KIND, PREVIOUS_KIND, STAGING_KIND
 from safehold.sandbox import SandboxCluster
 from safehold.sources.postgres import PgTarget, connect
 from safehold.storage import LocalStorage

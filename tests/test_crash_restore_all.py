@@ -36,7 +36,7 @@ from docker.models.volumes import Volume
 
 from safehold import catalog, naming
 from safehold.operations import journal
-from safehold.operations.docker_volume import backup_volume
+from safehold.operations.volumes.docker import backup_volume
 from safehold.sandbox.dockerd import SandboxDockerd
 from safehold.sources.postgres import PgTarget, connect
 from safehold.storage import LocalStorage

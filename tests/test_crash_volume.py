@@ -26,10 +26,10 @@ import pytest
 from docker.models.volumes import Volume
 
 from safehold.operations import journal
-from safehold.operations.docker_volume import backup_volume
-from safehold.operations.engine import volume_mountpoint
-from safehold.operations.volume import restore_tree
+from safehold.operations.volumes.docker import backup_volume
+from safehold.operations.volumes.folder import restore_tree
 from safehold.sandbox.dockerd import SandboxDockerd
+from safehold.sources.docker.engine import volume_mountpoint
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
 
@@ -301,7 +301,7 @@ def test_a_killed_folder_restore_is_settled_by_the_library_too(
     old = tree(target)
     code = (
         "import sys, time\nfrom pathlib import Path\nfrom safehold.storage import LocalStorage\n"
-        "from safehold.operations.volume import restore_tree\n"
+        "from safehold.operations.volumes.folder import restore_tree\n"
         "seen = []\n"
         "def sink(e):\n"
         "    print(e.message, flush=True)\n"
@@ -324,7 +324,6 @@ def test_a_killed_folder_restore_is_settled_by_the_library_too(
     kill(proc)
     assert {e.kind for e in journal.entries(vols.repo)} == {"volume_swap"}
     assert tree(target) not in (old, vols.new)  # killed half-way: a mix, until recovered
-    from safehold.operations import recovery_volume  # noqa: F401  (registers the resolvers)
 
     said: list[str] = []
     assert journal.recover(journal.Context(vols.repo), lambda e: said.append(e.message)) == 1

@@ -32,11 +32,11 @@ from docker.models.containers import Container
 from docker.models.volumes import Volume
 
 from safehold.operations import journal
-from safehold.operations.docker_volume import backup_volume
-from safehold.operations.engine import volume_mountpoint
-from safehold.operations.helper_image import BUSYBOX_TAG, EMPTY_TAG, HELPER_LABEL
-from safehold.operations.helper_swap import KIND, SWAP_LABEL
+from safehold.operations.volumes.api_swap import KIND, SWAP_LABEL
+from safehold.operations.volumes.docker import backup_volume
 from safehold.sandbox.dockerd import SandboxDockerd
+from safehold.sources.docker.engine import volume_mountpoint
+from safehold.sources.docker.helper_image import BUSYBOX_TAG, EMPTY_TAG, HELPER_LABEL
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
 

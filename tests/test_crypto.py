@@ -117,6 +117,7 @@ def test_big_single_write_and_small_reads(tmp_path: Path) -> None:
     assert b"".join(parts) == data
 
 
+@pytest.mark.slow
 def test_passphrase_mode_round_trip_and_repository_key(tmp_path: Path) -> None:
     unbound = EncryptionKey(passphrase=PASSPHRASE)
     with pytest.raises(ValueError, match="bind"):
@@ -182,6 +183,7 @@ def test_age_cli_reads_ours_and_we_read_age_cli(tmp_path: Path, age_cli: str, si
     assert decrypt(theirs.read_bytes(), identity_key(path)) == data
 
 
+@pytest.mark.slow
 def test_age_cli_opens_passphrase_mode_with_the_repository_key(
     tmp_path: Path, age_cli: str
 ) -> None:
@@ -417,6 +419,7 @@ def test_passphrase_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         read_passphrase(passphrase_file=file)
 
 
+@pytest.mark.slow
 def test_recipient_and_identity_files(tmp_path: Path) -> None:
     first, first_public = keypair(tmp_path, "a")
     _, second_public = keypair(tmp_path, "b")
@@ -501,6 +504,7 @@ print(hwm() - base)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["encrypt", "decrypt"])
 def test_memory_stays_bounded(direction: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}

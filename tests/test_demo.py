@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import ROOT
+
+pytestmark = pytest.mark.service
 
 
 def test_demo_backs_up_restores_and_drills_a_database_and_a_volume() -> None:

@@ -34,7 +34,7 @@ import pytest
 from docker.models.containers import Container
 
 from safehold.crypto import generate_keypair
-from safehold.operations import pitr_restore
+from safehold.operations.pitr import restore as pitr_restore
 from safehold.sandbox import SandboxCluster, load_sample
 from safehold.sandbox.dockerd import SandboxDockerd
 from safehold.sandbox.images import ensure_busybox_image

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from safehold.operations import pitr_setup
+from safehold.operations.pitr import setup as pitr_setup
 from safehold.sandbox import SandboxCluster
 from safehold.sandbox.cluster import UNPRIVILEGED_USER, free_port
 from safehold.sandbox.s3server import SandboxS3

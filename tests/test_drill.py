@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from safehold.errors import IntegrityError
-from safehold.operations.backup import backup_database
-from safehold.operations.drill import drill, read_drills
-from safehold.operations.volume import backup_tree
+from safehold.operations.checks.drill import drill, read_drills
+from safehold.operations.database.backup import backup_database
+from safehold.operations.volumes.folder import backup_tree
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
 

@@ -24,10 +24,10 @@ from docker.models.images import Image
 from safehold.errors import RestoreError
 from safehold.model import Event, Objectives
 from safehold.operations import journal
-from safehold.operations.drill import read_drills
-from safehold.operations.drill_rehearsal import DRILL_LABEL
-from safehold.operations.drill_system import SystemDrillOptions, drill_system
-from safehold.operations.status import read_status
+from safehold.operations.checks.drill import read_drills
+from safehold.operations.checks.rehearsal import SystemDrillOptions, drill_system
+from safehold.operations.checks.rehearsal_docker import DRILL_LABEL
+from safehold.operations.report.status import read_status
 from safehold.sandbox.dockerd import SandboxDockerd
 from safehold.sources.postgres import PgTarget, connect
 from safehold.storage import LocalStorage

@@ -27,10 +27,10 @@ from safehold.compress.gzip import open_decompressor
 from safehold.compress.threaded import CHUNK, ReadAhead
 from safehold.errors import IntegrityError, RestoreError
 from safehold.model import Event
-from safehold.operations import extract_jobs
-from safehold.operations.extract import extract_tree, remove_tree
-from safehold.operations.extract_headers import header
-from safehold.operations.volume import backup_tree, restore_tree
+from safehold.operations.volumes.extract import extract_tree, remove_tree
+from safehold.operations.volumes.folder import backup_tree, restore_tree
+from safehold.sources.tar import jobs as extract_jobs
+from safehold.sources.tar.headers import header
 from safehold.storage import LocalStorage
 
 from .conftest import ROOT
@@ -327,7 +327,7 @@ def test_memory_stays_bounded_for_many_small_files(tmp_path: Path) -> None:
         import io, sys, tarfile
         from pathlib import Path
         from safehold.compress.threaded import ReadAhead
-        from safehold.operations.extract import extract_tree
+        from safehold.operations.volumes.extract import extract_tree
 
         def status_mb(key):
             for line in Path("/proc/self/status").read_text().splitlines():

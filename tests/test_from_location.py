@@ -21,8 +21,8 @@ from docker.models.volumes import Volume
 from safehold import catalog, naming
 from safehold.crypto import generate_keypair
 from safehold.model import Event
-from safehold.operations import pitr_restore
 from safehold.operations.copy import Location, copy_backups, fetch, mirror
+from safehold.operations.pitr import restore as pitr_restore
 from safehold.sandbox.dockerd import SandboxDockerd
 from safehold.sandbox.s3server import SandboxS3
 from safehold.sources.postgres import PgTarget

@@ -17,7 +17,7 @@ import pytest
 from psycopg import sql
 
 from safehold import catalog
-from safehold.operations.backup import backup_database
+from safehold.operations.database.backup import backup_database
 from safehold.sandbox import SandboxCluster
 from safehold.sources.postgres import PgTarget, connect
 from safehold.storage import LocalStorage

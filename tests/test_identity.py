@@ -13,8 +13,8 @@ import pytest
 from safehold import catalog, naming
 from safehold.errors import IntegrityError
 from safehold.model import Manifest
-from safehold.operations.drill import drill, read_drills
-from safehold.operations.volume import restore_tree
+from safehold.operations.checks.drill import drill, read_drills
+from safehold.operations.volumes.folder import restore_tree
 from safehold.sandbox.s3server import SandboxS3
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage, Storage

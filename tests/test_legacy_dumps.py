@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from safehold.errors import IntegrityError, RestoreError, SafeholdError, UsageError
-from safehold.operations.backup import backup_database
-from safehold.operations.restore import RestoreOptions, restore_database
+from safehold.operations.database.backup import backup_database
+from safehold.operations.database.restore import RestoreOptions, restore_database
 from safehold.sandbox import SandboxCluster
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage

@@ -14,9 +14,9 @@ from safehold.config.cadence import interval_s
 from safehold.errors import ConfigError
 from safehold.model import Objectives, null_sink
 from safehold.operations._pipeline import commit, repository_session
-from safehold.operations.backup import BackupOptions, dump_database
-from safehold.operations.status import read_status
-from safehold.operations.volume import folder_source, volume_artifact, write_tree_backup
+from safehold.operations.database.backup import BackupOptions, dump_database
+from safehold.operations.report.status import read_status
+from safehold.operations.volumes.folder import folder_source, volume_artifact, write_tree_backup
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
 

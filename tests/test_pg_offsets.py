@@ -23,8 +23,8 @@ from safehold.crypto import EncryptionKey, generate_keypair, load_decryption_key
 from safehold.errors import IntegrityError, StorageFull
 from safehold.model import Event, Manifest
 from safehold.operations import journal
-from safehold.operations.backup import BackupOptions, backup_database
-from safehold.operations.restore import RestoreOptions, restore_database
+from safehold.operations.database.backup import BackupOptions, backup_database
+from safehold.operations.database.restore import RestoreOptions, restore_database
 from safehold.sources import pg_custom_toc as toc_mod
 from safehold.sources.postgres import PgTarget, connect
 from safehold.storage import LocalStorage

@@ -18,7 +18,11 @@ import psycopg
 import pytest
 
 from safehold.errors import IntegrityError
-from safehold.operations import pitr, pitr_restore, wal, wal_chain, wal_prefetch
+from safehold.operations.pitr import archive as wal
+from safehold.operations.pitr import base as pitr
+from safehold.operations.pitr import chain as wal_chain
+from safehold.operations.pitr import prefetch as wal_prefetch
+from safehold.operations.pitr import restore as pitr_restore
 from safehold.sandbox.cluster import free_port
 from safehold.storage import LocalStorage
 
@@ -37,6 +41,8 @@ from .pitr_support import (
     server_command,
     unpack_base,
 )
+
+pytestmark = pytest.mark.service
 
 
 @pytest.fixture(scope="module")

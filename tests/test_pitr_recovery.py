@@ -22,9 +22,11 @@ import pytest
 
 from safehold.crypto import generate_keypair
 from safehold.errors import IntegrityError, UsageError
-from safehold.operations import pitr, pitr_restore, wal
-from safehold.operations.drill_pitr import SCRATCH_PREFIX
-from safehold.operations.pitr_restore import Target
+from safehold.operations.pitr import archive as wal
+from safehold.operations.pitr import base as pitr
+from safehold.operations.pitr import restore as pitr_restore
+from safehold.operations.pitr.drill import SCRATCH_PREFIX
+from safehold.operations.pitr.restore import Target
 from safehold.sandbox.s3server import SandboxS3
 from safehold.sources.postgres import PgTarget, connect
 from safehold.storage import LocalStorage
@@ -44,6 +46,8 @@ from .pitr_support import (
     shared_folder,
     switch_and_wait,
 )
+
+pytestmark = pytest.mark.service
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from safehold.operations import pitr, wal
-from safehold.operations.pitr import BaseBackup
-from safehold.operations.pitr_retention import (
+from safehold.operations.pitr import archive as wal
+from safehold.operations.pitr import base as pitr
+from safehold.operations.pitr.base import BaseBackup
+from safehold.operations.pitr.retention import (
     KEEP_HISTORY,
     KEEP_NO_BASE,
     KEEP_UNKNOWN,

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from safehold.operations import pitr_setup, wal
-from safehold.operations.status_wal import read_wal_status
+from safehold.operations.pitr import archive as wal
+from safehold.operations.pitr import setup as pitr_setup
+from safehold.operations.pitr.status import read_wal_status
 from safehold.sandbox import SandboxCluster
 from safehold.sandbox.cluster import free_port
 from safehold.sources.postgres import connect

@@ -20,8 +20,9 @@ from safehold import catalog, naming
 from safehold.errors import StorageError, UsageError
 from safehold.model import BackupSet, Manifest, null_sink
 from safehold.operations._pipeline import commit, repository_session
-from safehold.operations.backup import BackupOptions, dump_database
+from safehold.operations.checks.verify import read_verify, verify_backup, verify_key
 from safehold.operations.copy import Location, copy_backups, representatives
+from safehold.operations.database.backup import BackupOptions, dump_database
 from safehold.operations.prune import (
     PINS_DIR,
     PruneResult,
@@ -32,8 +33,7 @@ from safehold.operations.prune import (
     read_pins,
     unpin,
 )
-from safehold.operations.verify import read_verify, verify_backup, verify_key
-from safehold.operations.volume import folder_source, volume_artifact, write_tree_backup
+from safehold.operations.volumes.folder import folder_source, volume_artifact, write_tree_backup
 from safehold.retention import Policy
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
@@ -344,6 +344,7 @@ RETENTION_ENV = {
 }
 
 
+@pytest.mark.slow
 def test_cli_prune_pin_and_unpin(repo: LocalStorage, folder: Path) -> None:
     assert cli(repo, "prune").returncode == 2  # no repository yet
     names = history(repo, folder)

@@ -18,13 +18,13 @@ import pytest
 
 from safehold.errors import IntegrityError, SafeholdError
 from safehold.model import Objectives
-from safehold.operations.backup import BackupOptions, backup_database
-from safehold.operations.backup_set import SetOptions, backup_set
-from safehold.operations.drill import drill
-from safehold.operations.report import Report, gather_report, rpo_track
-from safehold.operations.report_page import render_html, write_html
-from safehold.operations.verify import verify_backup
-from safehold.operations.volume import backup_tree
+from safehold.operations.checks.drill import drill
+from safehold.operations.checks.verify import verify_backup
+from safehold.operations.database.backup import BackupOptions, backup_database
+from safehold.operations.report.gather import Report, gather_report, rpo_track
+from safehold.operations.report.page import render_html, write_html
+from safehold.operations.system.backup import SetOptions, backup_set
+from safehold.operations.volumes.folder import backup_tree
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
 

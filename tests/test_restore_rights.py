@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from safehold.operations.backup import backup_database
+from safehold.operations.database.backup import backup_database
 from safehold.sandbox import SandboxCluster
 from safehold.sources import pg_admin
 from safehold.sources.postgres import PgTarget, connect

@@ -25,6 +25,8 @@ from safehold.storage.s3_lock import S3Lock
 
 from .conftest import start_s3
 
+pytestmark = pytest.mark.service
+
 MIB = 1024 * 1024
 PART = 5 * MIB
 FAST_FAIL: dict[str, Any] = {"max_attempts": 2, "part_retries": 0, "connect_timeout": 2}

@@ -23,9 +23,9 @@ from safehold import catalog, naming
 from safehold.errors import UsageError
 from safehold.model import Event, Manifest, null_sink
 from safehold.operations._pipeline import commit, repository_session
-from safehold.operations.backup import BackupOptions, dump_database
+from safehold.operations.database.backup import BackupOptions, dump_database
 from safehold.operations.prune import pin, prune
-from safehold.operations.volume import folder_source, volume_artifact, write_tree_backup
+from safehold.operations.volumes.folder import folder_source, volume_artifact, write_tree_backup
 from safehold.retention import Candidate, Policy, decide
 from safehold.sandbox.dockerd import SandboxDockerd
 from safehold.sandbox.s3server import SandboxS3

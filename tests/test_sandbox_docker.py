@@ -23,6 +23,8 @@ from safehold.errors import ToolError
 from safehold.sandbox.dockerd import DEAD_PROXY, SandboxDockerd
 from safehold.sandbox.images import DEFAULT_TAG, ROOTFS_LABEL, busybox_rootfs, ensure_busybox_image
 
+pytestmark = pytest.mark.service
+
 
 def start_engine() -> SandboxDockerd:
     engine = SandboxDockerd()

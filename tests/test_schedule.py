@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from safehold import catalog, config
 from safehold.errors import ConfigError, UsageError
 from safehold.model import BackupSet, Event
-from safehold.operations import doctor_schedule
+from safehold.operations.checks.doctor import schedule as doctor_schedule
 from safehold.scheduler import (
     CrontabRef,
     DaemonLog,
@@ -289,6 +289,7 @@ def test_cron_line_quotes_escapes_and_refuses(tmp_path: Path) -> None:
         cron_line(job, hashed)
 
 
+@pytest.mark.slow
 def test_install_is_idempotent_and_leaves_other_lines_alone(tmp_path: Path) -> None:
     conf = tmp_path / "safehold.toml"
     conf.write_text(f'backup_dir = "{tmp_path}/backups"\nlog_file = "{tmp_path}/log/s.log"\n')
@@ -416,6 +417,7 @@ def test_settings_from_flags_and_env_go_along_but_never_the_password(tmp_path: P
 SEED_LINE = "0 2 * * * /opt/app/scripts/backup.sh >> /var/log/backup.log 2>&1"
 
 
+@pytest.mark.slow
 def test_the_seeds_own_line_is_found_kept_or_replaced_and_put_back(tmp_path: Path) -> None:
     tab = tmp_path / "crontab"
     original = FOREIGN + SEED_LINE + "\n" + "# 0 3 * * * /opt/old/scripts/backup.sh\n"
@@ -690,6 +692,7 @@ def test_stop_interrupts_the_running_job_and_ends_the_loop(tmp_path: Path) -> No
     assert "stopped (SIGTERM)" in events.text()
 
 
+@pytest.mark.slow
 def test_a_job_that_ignores_the_interrupt_is_killed_after_the_timeout(tmp_path: Path) -> None:
     script = tmp_path / "stubborn.py"
     script.write_text(

@@ -16,11 +16,11 @@ from docker.models.images import Image
 from safehold import catalog
 from safehold.compress import open_decompressor
 from safehold.errors import SafeholdError, UsageError
-from safehold.operations.backup import BackupOptions
-from safehold.operations.backup_set import SetOptions, backup_set
-from safehold.operations.engine import select_volumes
-from safehold.operations.extract import extract_tree
+from safehold.operations.database.backup import BackupOptions
+from safehold.operations.system.backup import SetOptions, backup_set
+from safehold.operations.volumes.extract import extract_tree
 from safehold.sandbox.dockerd import SandboxDockerd
+from safehold.sources.docker.engine import select_volumes
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
 

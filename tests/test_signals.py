@@ -23,8 +23,8 @@ from docker.models.images import Image
 
 from safehold import catalog
 from safehold.operations import journal
-from safehold.operations.engine import STOP_LABEL
 from safehold.sandbox.dockerd import SandboxDockerd
+from safehold.sources.docker.engine import STOP_LABEL
 from safehold.sources.postgres import PgTarget, connect
 from safehold.storage import LocalStorage
 

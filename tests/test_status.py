@@ -12,13 +12,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from safehold import catalog
 from safehold.model import Objectives
-from safehold.operations.backup import backup_database
-from safehold.operations.drill import drill
-from safehold.operations.status import read_status
-from safehold.operations.status_metrics import write_metrics
-from safehold.operations.verify import verify_backup
-from safehold.operations.verify_record import verify_key
-from safehold.operations.volume import backup_tree
+from safehold.operations.checks.drill import drill
+from safehold.operations.checks.records import verify_key
+from safehold.operations.checks.verify import verify_backup
+from safehold.operations.database.backup import backup_database
+from safehold.operations.report.metrics import write_metrics
+from safehold.operations.report.status import read_status
+from safehold.operations.volumes.folder import backup_tree
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
 

@@ -77,7 +77,7 @@ def s3_backend(server: SandboxS3, bucket: str) -> Backend:
     )
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.service)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "local":
         return local_backend(tmp_path / "repo")

@@ -22,8 +22,8 @@ from docker.models.images import Image
 from safehold import catalog
 from safehold.errors import IntegrityError, RestoreError
 from safehold.model import Manifest
-from safehold.operations.system_plan import choose_set
-from safehold.operations.system_steps import HEALTH_POLL_S, verify_members, wait_healthy
+from safehold.operations.system.plan import choose_set
+from safehold.operations.system.steps import HEALTH_POLL_S, verify_members, wait_healthy
 from safehold.sandbox.dockerd import SandboxDockerd
 from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
@@ -354,6 +354,7 @@ def test_health_is_polled_often_while_the_application_starts(
     assert 0.25 < waited < 0.3 + HEALTH_POLL_S / 2
 
 
+@pytest.mark.slow
 def test_health_that_never_comes_fails_at_its_timeout() -> None:
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))

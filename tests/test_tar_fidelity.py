@@ -24,11 +24,14 @@ import pytest
 
 from safehold.errors import ConfigError, IntegrityError, StorageFull
 from safehold.model import Event
-from safehold.operations.extract import extract_tree
+from safehold.operations.volumes.extract import extract_tree
 from safehold.sinks.log import LogSink
-from safehold.sources.tree import write_tree
+from safehold.sources.tar.tree import write_tree
 
 MiB = 1 << 20
+pytestmark = pytest.mark.slow
+
+
 LONG = "a-rather-long-folder-name-" * 3 + "/" + "and-a-long-file-name-" * 4  # > 100, > 155
 NS = 1_700_000_000_123_456_789
 
@@ -407,7 +410,7 @@ def test_log_file_is_private_and_not_followed(tmp_path: Path) -> None:
 def test_a_restore_reads_the_byte_count_from_the_manifest(tmp_path: Path) -> None:
     """End to end: restore_tree hands the manifest's byte count to the extraction, so a
     manifest that records fewer bytes than the archive holds stops it at that member."""
-    from safehold.operations.volume import backup_tree, restore_tree
+    from safehold.operations.volumes.folder import backup_tree, restore_tree
     from safehold.storage import LocalStorage
 
     from .test_verify import edit_manifest

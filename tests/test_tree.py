@@ -24,8 +24,8 @@ import pytest
 from safehold.compress.gzip import BLOCK, GzipWriter, open_compressor, open_decompressor
 from safehold.errors import IntegrityError, UsageError
 from safehold.model import Event
-from safehold.operations.extract import ExtractFacts, extract_tree
-from safehold.sources.tree import TreeFacts, write_tree
+from safehold.operations.volumes.extract import ExtractFacts, extract_tree
+from safehold.sources.tar.tree import TreeFacts, write_tree
 
 from .conftest import ROOT
 
@@ -498,8 +498,8 @@ def test_memory_stays_bounded_for_a_300_mb_file(tmp_path: Path) -> None:
         import sys
         from pathlib import Path
         from safehold.compress.gzip import open_compressor, open_decompressor
-        from safehold.operations.extract import extract_tree
-        from safehold.sources.tree import write_tree
+        from safehold.operations.volumes.extract import extract_tree
+        from safehold.sources.tar.tree import write_tree
 
         def status_mb(key):
             for line in Path("/proc/self/status").read_text().splitlines():

@@ -23,8 +23,7 @@ from safehold import catalog, naming
 from safehold.errors import LockBusy, UsageError
 from safehold.lock import repository_lock
 from safehold.model import Event
-from safehold.operations.backup import BackupOptions, backup_database
-from safehold.operations.verify import (
+from safehold.operations.checks.verify import (
     LEVELS,
     VerifyResult,
     read_verify,
@@ -33,7 +32,8 @@ from safehold.operations.verify import (
     verify_key,
     verify_newest,
 )
-from safehold.operations.volume import backup_tree
+from safehold.operations.database.backup import BackupOptions, backup_database
+from safehold.operations.volumes.folder import backup_tree
 from safehold.sandbox import SandboxCluster, load_sample
 from safehold.storage import LocalStorage
 

@@ -29,11 +29,11 @@ from docker.models.volumes import Volume
 
 from safehold.errors import IntegrityError, RestoreError, TargetInUse, UsageError
 from safehold.model import Event
-from safehold.operations.extract import ExtractFacts, extract_tree
-from safehold.operations.helper_image import BUSYBOX_TAG, EMPTY_TAG, HELPER_LABEL
-from safehold.operations.volume_api import read_volume_tar, replace_volume_content
+from safehold.operations.volumes.api import read_volume_tar, replace_volume_content
+from safehold.operations.volumes.extract import ExtractFacts, extract_tree
 from safehold.sandbox.dockerd import SandboxDockerd
-from safehold.sources.tree import write_tree
+from safehold.sources.docker.helper_image import BUSYBOX_TAG, EMPTY_TAG, HELPER_LABEL
+from safehold.sources.tar.tree import write_tree
 
 from .conftest import ROOT, run_in
 
@@ -496,7 +496,7 @@ def test_memory_stays_bounded_for_a_300_mb_file(
         import sys
         from pathlib import Path
         import docker
-        from safehold.operations.volume_api import read_volume_tar, replace_volume_content
+        from safehold.operations.volumes.api import read_volume_tar, replace_volume_content
 
         def status_mb(key):
             for line in Path("/proc/self/status").read_text().splitlines():

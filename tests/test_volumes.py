@@ -20,9 +20,9 @@ from docker.models.volumes import Volume
 from safehold import catalog
 from safehold.errors import DockerUnavailable, IntegrityError, TargetInUse, ToolError, UsageError
 from safehold.model import Event
-from safehold.operations.docker_volume import backup_volume, restore_volume
-from safehold.operations.engine import volume_mountpoint
-from safehold.operations.volume import backup_tree, restore_tree
+from safehold.operations.volumes.docker import backup_volume, restore_volume
+from safehold.operations.volumes.folder import backup_tree, restore_tree
+from safehold.sources.docker.engine import volume_mountpoint
 from safehold.storage import LocalStorage
 
 from .conftest import run_in

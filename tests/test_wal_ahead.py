@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from safehold.errors import IntegrityError
-from safehold.operations import pitr_setup, wal, wal_ahead
+from safehold.operations.pitr import ahead as wal_ahead
+from safehold.operations.pitr import archive as wal
+from safehold.operations.pitr import setup as pitr_setup
 from safehold.storage import LocalStorage
 
 from .conftest import ROOT

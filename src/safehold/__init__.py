@@ -18,26 +18,26 @@ from ._version import __version__
 # The public names, imported on first use: a command line run (e.g. wal-push, started once per
 # WAL segment) should not pay for psycopg and the whole backup machinery it does not touch.
 _LAZY = {
-    "BackupOptions": "operations.backup",
+    "BackupOptions": "operations.database.backup",
     "BackupRecord": "model",
     "Event": "model",
     "LocalStorage": "storage",
     "Manifest": "model",
     "PgTarget": "sources.postgres",
-    "RestoreOptions": "operations.restore",
-    "RestoreResult": "operations.restore",
+    "RestoreOptions": "operations.database.restore",
+    "RestoreResult": "operations.database.restore",
     "SafeholdError": "errors",
-    "backup_database": "operations.backup",
+    "backup_database": "operations.database.backup",
     "list_backups": "catalog:scan",
-    "restore_database": "operations.restore",
+    "restore_database": "operations.database.restore",
 }
 
 if TYPE_CHECKING:
     from .catalog import scan as list_backups
     from .errors import SafeholdError
     from .model import BackupRecord, Event, Manifest
-    from .operations.backup import BackupOptions, backup_database
-    from .operations.restore import RestoreOptions, RestoreResult, restore_database
+    from .operations.database.backup import BackupOptions, backup_database
+    from .operations.database.restore import RestoreOptions, RestoreResult, restore_database
     from .sources.postgres import PgTarget
     from .storage import LocalStorage
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -284,3 +285,11 @@ def stopped_children() -> list[str]:
 def _program(child: subprocess.Popen[bytes]) -> str:
     args = child.args if isinstance(child.args, list) else [child.args]
     return Path(str(args[0])).name
+
+
+def shell_word(text: str) -> str:
+    """``text`` as one word of a command line PostgreSQL runs through ``sh -c`` (archive and
+    restore commands): bare when it is plain, else double-quoted."""
+    if re.fullmatch(r"[A-Za-z0-9_./=:@+-]+", text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'

@@ -11,12 +11,12 @@ from ..config import Settings
 from ..errors import UsageError
 from ..model import Manifest
 from ..naming import COMPRESSIONS
-from ..operations.backup import backup_database
-from ..operations.backup_set import SetOptions, backup_set
-from ..operations.docker_volume import backup_volume
-from ..operations.engine import connect_docker, select_volumes
+from ..operations.database.backup import backup_database
 from ..operations.pins import pin_all
-from ..operations.volume import backup_tree
+from ..operations.system.backup import SetOptions, backup_set
+from ..operations.volumes.docker import backup_volume
+from ..operations.volumes.folder import backup_tree
+from ..sources.docker.engine import connect_docker, select_volumes
 from ..storage import LocalStorage
 from .locations import copy_after_backup
 from .physical import run_base_backup

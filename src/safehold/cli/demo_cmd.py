@@ -15,11 +15,11 @@ from rich.table import Table
 
 from .. import catalog
 from ..errors import IntegrityError, SafeholdError
-from ..operations.backup import BackupOptions
-from ..operations.backup_set import SetOptions, backup_set
-from ..operations.drill import drill
-from ..operations.restore import RestoreOptions, restore_database
-from ..operations.volume import restore_tree
+from ..operations.checks.drill import drill
+from ..operations.database.backup import BackupOptions
+from ..operations.database.restore import RestoreOptions, restore_database
+from ..operations.system.backup import SetOptions, backup_set
+from ..operations.volumes.folder import restore_tree
 from ..sandbox import SandboxCluster, load_sample
 from ..sandbox.dockerd import SandboxDockerd
 from ..sources.postgres import connect, table_fingerprints

@@ -18,8 +18,8 @@ from rich.text import Text
 from .. import config
 from ..crypto import DecryptionKey
 from ..errors import ConfigError, SafeholdError
-from ..operations.doctor import RESULTS, Check, DoctorSetup, run_checks
-from ..operations.doctor_wal import Need
+from ..operations.checks.doctor.run import RESULTS, Check, DoctorSetup, run_checks
+from ..operations.checks.doctor.wal import Need
 from ..storage import Storage
 from .runtime import runtime, shared_options
 

@@ -10,8 +10,8 @@ import click
 from .. import catalog
 from ..errors import UsageError
 from ..model import BackupRecord
-from ..operations.drill import DrillRecord, drill, write_drill
-from ..sandbox import SandboxCluster
+from ..operations.checks.drill import DrillRecord, drill, write_drill
+from ..sources.pg_cluster import ScratchCluster
 from ..sources.postgres import PgTarget
 from ..storage import LocalStorage
 from .locations import mirrored, read_source
@@ -170,8 +170,8 @@ def _full_system(
     post_cmds: tuple[str, ...],
     health_timeout: float | None,
 ) -> DrillRecord:
-    from ..operations.drill_system import SystemDrillOptions, drill_system
-    from ..operations.engine import connect_docker
+    from ..operations.checks.rehearsal import SystemDrillOptions, drill_system
+    from ..sources.docker.engine import connect_docker
 
     settings = rt.settings
     storage = LocalStorage(settings.backup_dir)
@@ -220,7 +220,7 @@ def _server(live: PgTarget, sandbox: bool) -> Iterator[tuple[PgTarget, str, Path
     if not sandbox:
         yield live.with_db(live.maintenance_db), f"server {live.host}:{live.port}", None
         return
-    cluster = SandboxCluster()
+    cluster = ScratchCluster()
     try:
         server = cluster.start()
         yield server, f"throwaway cluster on 127.0.0.1:{server.port}", cluster.root

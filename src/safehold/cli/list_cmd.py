@@ -9,11 +9,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import catalog
+from ..operations.checks.verify import VerifyResult, read_verify
 from ..operations.copy import holders
-from ..operations.pitr import BaseBackup
-from ..operations.prune_pitr import base_status, read_bases
+from ..operations.pitr.base import BaseBackup
+from ..operations.pitr.prune import base_status, read_bases
 from ..operations.runs import RunRecord, read_runs
-from ..operations.verify import VerifyResult, read_verify
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage, Storage
 from .locations import location_storage, locations, read_source

@@ -21,7 +21,7 @@ from ..config import LocationSettings, Settings
 from ..errors import SafeholdError, StorageError, UsageError
 from ..model import BackupRecord, Kind, Manifest
 from ..operations.copy import CopyResult, Location, copy_backups, fetch, mirror
-from ..operations.pitr import BASE
+from ..operations.pitr.base import BASE
 from ..storage import LocalStorage, Storage
 from .runtime import Runtime
 

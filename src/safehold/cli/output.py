@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..catalog import set_status
 from ..model import BackupRecord, BackupSet
-from ..operations.verify import VerifyResult
+from ..operations.checks.verify import VerifyResult
 from ..sinks.log import human_bytes
 
 STATUS_STYLE = {"ok": "green", "unverified/foreign": "yellow", "damaged": "red", "missing": "red"}

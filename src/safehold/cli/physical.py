@@ -16,15 +16,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..errors import StorageError, UsageError
-from ..operations import pitr, pitr_restore, pitr_setup, wal
 from ..operations.copy import copy_repository_key
-from ..sandbox.cluster import free_port, server_bin_dir
+from ..operations.pitr import archive as wal
+from ..operations.pitr import base as pitr
+from ..operations.pitr import restore as pitr_restore
+from ..operations.pitr import setup as pitr_setup
+from ..sources.pg_cluster import free_port, server_bin_dir
 from ..storage import LocalStorage, Storage
 from .runtime import Runtime
 from .wal_places import wal_archive
 
 if TYPE_CHECKING:
-    from ..operations.drill import DrillRecord
+    from ..operations.checks.drill import DrillRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
 COMMAND_HELP = "how the server should run safehold (default: this installation's safehold)"
@@ -249,7 +252,7 @@ def run_pitr_drill(
             entry = pwd.getpwnam(run_as)
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
-    from ..operations.drill_pitr import drill_pitr  # the drill module loads the docker SDK
+    from ..operations.pitr.drill import drill_pitr
 
     return drill_pitr(
         wal_archive(rt, fetching=True),

@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from ..operations import pitr, pitr_setup
+from ..operations.pitr import base as pitr
+from ..operations.pitr import setup as pitr_setup
 from .physical import (
     COMMAND_HELP,
     PitrRequest,

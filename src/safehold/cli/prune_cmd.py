@@ -8,8 +8,8 @@ from rich.table import Table
 
 from ..config import RetentionSettings
 from ..operations.copy import Location
+from ..operations.pitr.prune import PitrPrune, wal_summary
 from ..operations.prune import PruneResult, prune, prune_location
-from ..operations.prune_pitr import PitrPrune, wal_summary
 from ..retention import Policy
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage

@@ -18,11 +18,11 @@ RECOVERING = frozenset(
 
 # The modules that register a journal resolver (imported only when there is something to do).
 RESOLVER_MODULES: tuple[str, ...] = (
-    "safehold.operations.recovery_volume",
-    "safehold.operations.recovery_volume_api",
-    "safehold.operations.recovery_containers",
-    "safehold.operations.recovery_database",
-    "safehold.operations.recovery_drill",
+    "safehold.operations.volumes.recovery",
+    "safehold.operations.volumes.recovery_api",
+    "safehold.operations.volumes.recovery_containers",
+    "safehold.operations.database.recovery",
+    "safehold.operations.checks.recovery",
 )
 
 
@@ -42,6 +42,6 @@ def recover_interrupted(rt: Runtime) -> int:
 
 
 def _docker() -> object:
-    from ..operations.engine import connect_docker
+    from ..sources.docker.engine import connect_docker
 
     return connect_docker()

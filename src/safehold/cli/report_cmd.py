@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from ..operations.report import DEFAULT_DAYS, gather_report
-from ..operations.report_page import render_html, write_html
+from ..operations.report.gather import DEFAULT_DAYS, gather_report
+from ..operations.report.page import render_html, write_html
 from ..storage import LocalStorage
 from .runtime import runtime, shared_options
 

@@ -14,13 +14,13 @@ import docker
 from ..errors import LockBusy, UsageError
 from ..lock import volume_lock
 from ..model import Event, EventSink
-from ..operations.engine import connect_docker
-from ..operations.system_plan import choose_set, plan_system_restore
-from ..operations.system_restore import (
+from ..operations.system.plan import choose_set, plan_system_restore
+from ..operations.system.restore import (
     SystemRestoreOptions,
     SystemRestoreResult,
     run_system_restore,
 )
+from ..sources.docker.engine import connect_docker
 from ..storage import LocalStorage
 from .locations import fetch_set
 from .runtime import Runtime

@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from ..errors import RestoreError, UsageError
-from ..operations.restore import RestoreResult, restore_database
+from ..operations.database.restore import RestoreResult, restore_database
 from ..storage import LocalStorage
 from .list_cmd import show_backups
 from .locations import local_ref, read_source

@@ -6,8 +6,8 @@ from __future__ import annotations
 import click
 
 from .. import catalog
-from ..operations.docker_volume import restore_volume
-from ..operations.engine import connect_docker, users_of
+from ..operations.volumes.docker import restore_volume
+from ..sources.docker.engine import connect_docker, users_of
 from ..storage import LocalStorage
 from .runtime import Runtime
 

@@ -11,11 +11,11 @@ from rich.table import Table
 
 from ..config import Settings
 from ..operations.copy import holders
-from ..operations.status import StatusReport, read_status
-from ..operations.status_metrics import registry_for
-from ..operations.status_rehearsal import RehearsalStatus
-from ..operations.status_runs import RunsStatus, read_runs_status
-from ..operations.status_wal import LEVELS, Archiver, WalStatus, read_archiver, read_wal_status
+from ..operations.pitr.status import LEVELS, Archiver, WalStatus, read_archiver, read_wal_status
+from ..operations.report.metrics import registry_for
+from ..operations.report.rehearsal import RehearsalStatus
+from ..operations.report.runs import RunsStatus, read_runs_status
+from ..operations.report.status import StatusReport, read_status
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage
 from .locations import automatic, locations

@@ -13,7 +13,7 @@ from rich.table import Table
 from .. import catalog
 from ..errors import IntegrityError, UsageError
 from ..model import BackupRecord
-from ..operations.verify import (
+from ..operations.checks.verify import (
     LEVELS,
     Level,
     VerifyResult,

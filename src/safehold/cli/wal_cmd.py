@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..operations import wal, wal_ahead
+from ..operations.pitr import ahead as wal_ahead
+from ..operations.pitr import archive as wal
 from .runtime import runtime, shared_options
 from .wal_places import wal_archive
 

@@ -3,7 +3,7 @@ starts one process per WAL file, so start-up time is archiving and recovery thro
 
 from __future__ import annotations
 
-from ..operations import wal
+from ..operations.pitr import archive as wal
 from ..storage import LocalStorage, Storage
 from .runtime import Runtime
 

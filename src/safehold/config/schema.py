@@ -14,9 +14,9 @@ from ..naming import COMPRESSIONS
 from ..sources.postgres import PgTarget
 
 if TYPE_CHECKING:  # the docker SDK and psycopg are slow to import; wal-push needs neither
-    from ..operations.backup import BackupOptions
-    from ..operations.docker_volume import Access
-    from ..operations.restore import RestoreOptions
+    from ..operations.database.backup import BackupOptions
+    from ..operations.database.restore import RestoreOptions
+    from ..operations.volumes.docker import Access
 
 DEFAULT_FILE = Path("safehold.toml")
 # The app folder (scripts/ set it): where safehold.toml and the relative paths of defaults and
@@ -245,7 +245,7 @@ class Settings:
         )
 
     def backup_options(self) -> BackupOptions:
-        from ..operations.backup import BackupOptions  # not at import: wal-push must start fast
+        from ..operations.database.backup import BackupOptions
 
         b = self.backup
         return BackupOptions(
@@ -286,7 +286,7 @@ class Settings:
         return self.backup.volume_access  # type: ignore[return-value]  # checked by choices
 
     def restore_options(self, **overrides: Any) -> RestoreOptions:
-        from ..operations.restore import RestoreOptions
+        from ..operations.database.restore import RestoreOptions
 
         # A flag overrides the file's value: merged first, or `-j` would be given twice.
         values: dict[str, Any] = {

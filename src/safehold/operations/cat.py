@@ -25,7 +25,7 @@ from ..lock import repository_lock
 from ..model import ByteSink, ByteSource, Event, EventSink, Kind, Manifest, null_sink
 from ..storage import LocalStorage
 from ._pipeline import HashingReader, check_digest, unlock_key
-from ._verify_content import Guarded, ZstdFrameWatch
+from .checks.content import Guarded, ZstdFrameWatch
 
 CHUNK = 1 << 20
 HELD_BACK = 1 << 20

@@ -29,7 +29,7 @@ from ..errors import IntegrityError, SafeholdError, UsageError
 from ..model import Event, EventSink, Manifest, null_sink
 from ..storage import LocalStorage, Storage
 from ._pipeline import HashingWriter, Progress, check_digest, sha256_of
-from .pitr import BASE
+from .pitr.base import BASE
 
 CHUNK = 1 << 20
 

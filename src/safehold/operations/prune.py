@@ -37,13 +37,13 @@ from ..model import BackupRecord, Event, EventSink, null_sink
 from ..retention import Candidate, Decision, Policy
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage, Storage
-from . import prune_pitr
 from ._pipeline import repository_session
+from .checks.verify import VERIFY_DIR, read_verify, verify_key
 from .pins import PINS_DIR, Pin, pin, pin_key, read_pins, unpin
 from .pins import delete as _delete
 from .pins import records as _records
 from .pins import require_repository as _require_repository
-from .verify import VERIFY_DIR, read_verify, verify_key
+from .pitr import prune as prune_pitr
 
 PRUNING_DIR = ".safehold/pruning"
 # Pins live in ``pins``; named here too, where callers have always found them.

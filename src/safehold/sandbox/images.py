@@ -1,6 +1,6 @@
 """Test images made here from Debian's static busybox: nothing is ever pulled from a registry.
 
-The rootfs and the import live in :mod:`safehold.operations.helper_image`, which the volume
+The rootfs and the import live in :mod:`safehold.sources.docker.helper_image`, which the volume
 helper containers use too; the sandbox only keeps its own tag, the one tests and the demo run.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import docker
 from docker.models.images import Image
 
-from ..operations.helper_image import (
+from ..sources.docker.helper_image import (
     ACCOUNTS,
     BUSYBOX,
     FOLDERS,
@@ -23,7 +23,7 @@ from ..operations.helper_image import (
     busybox_rootfs,
     is_static_elf,
 )
-from ..operations.helper_image import ensure_busybox_image as _ensure_busybox_image
+from ..sources.docker.helper_image import ensure_busybox_image as _ensure_busybox_image
 
 DEFAULT_TAG = "safehold-busybox:latest"
 

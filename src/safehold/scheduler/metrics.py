@@ -14,8 +14,8 @@ from prometheus_client.metrics_core import Metric
 
 from ..config import Settings
 from ..model import Event, EventSink
-from ..operations.status import read_status
-from ..operations.status_metrics import registry_for
+from ..operations.report.metrics import registry_for
+from ..operations.report.status import read_status
 from ..storage import LocalStorage
 from .daemon import JobRun
 
