@@ -32,17 +32,11 @@ from safehold.sources.postgres import PgTarget, connect
 from safehold.storage import LocalStorage
 
 from .conftest import Fingerprint, execute, fingerprint, seed_env
+from .crash_support import message, read_until
 from .mounts import tmpfs
 from .test_journal import as_written_by, dead_pid
 
 STEPS = ("create staging database", "pg_restore --jobs", "swapping", "renamed", "dropping the")
-
-
-def message(line: str) -> str:
-    try:
-        return str(json.loads(line).get("message", line))
-    except ValueError:
-        return line
 
 
 def cli(db: PgTarget, repo: LocalStorage, *args: str) -> subprocess.Popen[str]:
@@ -73,12 +67,7 @@ def temp_files(repo: LocalStorage) -> list[str]:
 
 def kill_at(proc: subprocess.Popen[str], step: str, delay: float = 0.0) -> list[str]:
     """SIGKILL ``delay`` seconds after the log shows ``step``; the lines read."""
-    assert proc.stderr is not None
-    lines: list[str] = []
-    while line := proc.stderr.readline():
-        lines.append(message(line))
-        if step in lines[-1]:
-            break
+    lines, _ = read_until(proc, step)
     time.sleep(delay)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()  # reaped: its pid is dead, as the next run's journal check needs

@@ -324,6 +324,7 @@ def test_a_killed_folder_restore_is_settled_by_the_library_too(
     kill(proc)
     assert {e.kind for e in journal.entries(vols.repo)} == {"volume_swap"}
     assert tree(target) not in (old, vols.new)  # killed half-way: a mix, until recovered
+    from safehold.operations.volumes import recovery  # noqa: F401  (registers the resolvers)
 
     said: list[str] = []
     assert journal.recover(journal.Context(vols.repo), lambda e: said.append(e.message)) == 1

@@ -73,7 +73,7 @@ def test_a_damaged_backup_fails_the_drill_and_is_recorded(db: PgTarget, repo: Lo
         drill(repo, manifest.artifact, server=db, live_database=db.dbname)
 
     (stored,) = read_drills(repo)
-    assert stored.outcome == "failed" and "sha256" in (stored.error or "")
+    assert stored.outcome == "failed" and "is damaged: blake3" in (stored.error or "")
     assert databases(db) == before_dbs
 
 

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from safehold.errors import IntegrityError
+from safehold.model import Event
 from safehold.operations.pitr import archive as wal
 from safehold.operations.pitr import base as pitr
 from safehold.operations.pitr import chain as wal_chain
@@ -299,17 +300,20 @@ def test_the_manifest_check_agrees_with_pg_verifybackup(
             assert result.verified_by == "CRC-32C while unpacking"
             return
         assert verdict.returncode != 0
+        events: list[Event] = []
         with pytest.raises(IntegrityError, match="does not match its manifest") as refused:
             pitr_restore.restore(
                 wal.WalArchive(repo),
                 target_dir,
                 pitr_restore.Target(),
                 server(archiving.cluster.bin_dir),
-                sink=quiet,
+                sink=events.append,
             )
         assert SAID[change] in str(refused.value)
-        assert (target_dir / "backup_manifest").exists()  # unpacked, then refused
-        assert not (target_dir / pitr_restore.LOG).exists()  # the server never started
-        assert not (target_dir / "postmaster.pid").exists()
+        said = [e.message for e in events]
+        assert not any("checked against its manifest" in m for m in said), said
+        # Unpacked, refused before any server started, and undone: no half-restored folder.
+        assert any(m.startswith("undoing the unfinished restore") for m in said), said
+        assert not target_dir.exists()
     finally:
         shutil.rmtree(target_dir.parent, ignore_errors=True)

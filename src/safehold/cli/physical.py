@@ -206,6 +206,7 @@ def run_restore(rt: Runtime, request: PitrRequest, source: str | None = None) ->
         sink=rt.sink,
         timeout=request.timeout,
         records=records,
+        journal_to=LocalStorage(rt.settings.backup_dir),
     )
     if rt.as_json:
         data = dict(result.__dict__)
@@ -252,7 +253,7 @@ def run_pitr_drill(
             entry = pwd.getpwnam(run_as)
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
-    from ..operations.pitr.drill import drill_pitr
+    from ..operations.pitr.drill import drill_pitr  # the drill module loads the docker SDK
 
     return drill_pitr(
         wal_archive(rt, fetching=True),

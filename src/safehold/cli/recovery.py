@@ -13,7 +13,19 @@ from .runtime import Runtime
 # Commands that recover first: every one that reads or writes backups, databases or volumes.
 # (wal-push and wal-fetch run under the server with tight latency; they leave nothing behind.)
 RECOVERING = frozenset(
-    {"backup", "restore", "verify", "drill", "prune", "copy", "list", "status", "doctor", "cat"}
+    {
+        "backup",
+        "restore",
+        "verify",
+        "drill",
+        "prune",
+        "copy",
+        "list",
+        "status",
+        "doctor",
+        "cat",
+        "pitr",
+    }
 )
 
 # The modules that register a journal resolver (imported only when there is something to do).
@@ -23,6 +35,7 @@ RESOLVER_MODULES: tuple[str, ...] = (
     "safehold.operations.volumes.recovery_containers",
     "safehold.operations.database.recovery",
     "safehold.operations.checks.recovery",
+    "safehold.operations.pitr.claim",
 )
 
 

@@ -3,10 +3,12 @@ stopped from its log, and stop it; as root the server runs as another OS user.""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pwd
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -132,6 +134,34 @@ def pid_alive(data: Path) -> bool:
     except (OSError, ValueError, IndexError):
         return False
     return _proc.pid_alive(pid)
+
+
+def stop_abandoned(data: Path, timeout: float = 30.0) -> int | None:
+    """Stop, at once (SIGQUIT: immediate shutdown, for data about to be discarded), the server
+    ``data``'s postmaster.pid names, if that process really serves ``data`` (its command line
+    says so); wait for it to exit. The pid stopped, or None when none ran; RestoreError when
+    it would not stop."""
+    try:
+        pid = int((data / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or str(data).encode() not in _cmdline(pid):
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGQUIT)
+    deadline = time.monotonic() + timeout
+    while _cmdline(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _cmdline(pid):
+        raise RestoreError(f"the server on {data} (pid {pid}) did not stop")
+    return pid
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def pg_ctl(server: Server, data: Path, *args: str, check: bool = True) -> None:

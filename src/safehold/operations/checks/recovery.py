@@ -12,18 +12,16 @@ volume's or database's own interrupted swap is settled before the whole rehearsa
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
-import signal
-import time
 from pathlib import Path
 
 import docker
 import psycopg
 
-from ...errors import SafeholdError
+from ...errors import RestoreError, SafeholdError
 from ...sources import pg_admin
 from ...sources.postgres import PgTarget
+from ...sources.restored_server import stop_abandoned
 from .. import journal
 from .rehearsal import KIND
 from .rehearsal_docker import remove_rehearsal
@@ -59,23 +57,8 @@ def remove_leftovers(entry: journal.Entry, context: journal.Context) -> str:
 
 def _remove_cluster(root: Path) -> None:
     """Stop the throwaway server (immediate shutdown: its data is about to go) and delete it."""
-    pidfile = root / "data" / "postmaster.pid"
     try:
-        pid = int(pidfile.read_text().split("\n", 1)[0])
-    except (OSError, ValueError):
-        pid = 0
-    if pid > 0 and str(root / "data").encode() in _cmdline(pid):
-        os.kill(pid, signal.SIGQUIT)
-        deadline = time.monotonic() + _SERVER_EXIT_S
-        while _cmdline(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _cmdline(pid):
-            raise SafeholdError(f"the throwaway cluster's server (pid {pid}) did not stop")
+        stop_abandoned(root / "data", _SERVER_EXIT_S)
+    except RestoreError as exc:
+        raise SafeholdError(f"the throwaway cluster's server did not stop: {exc.message}") from exc
     shutil.rmtree(root, ignore_errors=True)
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""

@@ -5,7 +5,7 @@ one pass through zstd, age (when encryption is configured) and sha256 into
 ``base/base_YYYYMMDD_HHMMSS.tar.zst[.age]``; nothing is staged locally. Its JSON record
 ``base/base_....json`` (start/stop LSN, timeline, times, sha256, encryption) is written last:
 the commit point. pg_basebackup's ``backup_manifest`` travels inside the tar, so a restore can
-check the extracted files against it (``pitr_restore.check_manifest``, else
+check the extracted files against it (``manifest.check_manifest``, else
 ``pg_verifybackup``).
 """
 

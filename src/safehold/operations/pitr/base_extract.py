@@ -3,7 +3,7 @@
 From the first place with a good copy, through sha256 and age into ``zstd -d``, whose output
 this process unpacks itself (``_Unpack``): each file's CRC-32C, the checksum pg_basebackup
 writes into ``backup_manifest``, is computed over the bytes as they are written, so checking
-them against the manifest (``pitr_restore.check_manifest``) needs no second read of every file, as
+them against the manifest (``manifest.check_manifest``) needs no second read of every file, as
 ``pg_verifybackup`` does. A finished file goes to a pool of flush threads: on this kind of
 disk every fsync waits for a cache flush of the device, and several at once share one.
 Files are created owned by the server's OS user: a chown after their fsync would leave every

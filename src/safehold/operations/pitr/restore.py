@@ -21,19 +21,14 @@ backup is tried first, and when the server reports the target was not reached, t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import stat
-import subprocess
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from ..._proc import shell_word
-from ...errors import IntegrityError, UsageError
+from ...errors import UsageError
 from ...model import Event, EventSink
 from ...sources.restored_server import (
     LOG,
@@ -50,11 +45,14 @@ from ...sources.restored_server import (
     stop,
 )
 from ...storage import LocalStorage, Storage
+from .. import journal
 from . import archive as wal
 from . import chain as wal_chain
+from . import claim
 from . import prefetch as wal_prefetch
-from .base import BaseBackup, choose_base, timeline_switches
-from .base_extract import Flusher, Unpacked, clear, extract
+from .base import choose_base, timeline_switches
+from .base_extract import Flusher, clear, extract
+from .manifest import verify
 
 __all__ = ["LOG", "Server", "Target", "TargetNotReached", "default_server_user", "restore", "stop"]
 
@@ -122,11 +120,42 @@ def restore(
     sink: EventSink,
     timeout: float = 3600.0,
     records: Storage | None = None,
+    journal_to: LocalStorage | None = None,
 ) -> RestoreResult:
     """Restore into ``target_dir`` (new, or with ``force`` the current one, moved aside first)
     and recover to ``target``. ``archiving`` (default: on when restoring in place) keeps the
     restored server archiving into this repository. ``records``: the place whose base backup
-    records and timelines are read (default: the repository; a location on a new host)."""
+    records and timelines are read (default: the repository; a location on a new host).
+    ``journal_to``: the repository where the restore is journalled, so a killed run is undone
+    by the next command (see ``claim``); a failed or interrupted run undoes itself."""
+    target_dir = Path(target_dir).absolute()
+    with claim.held(target_dir):
+        aside = _refusal_or_aside(target_dir, force, server)
+        data = {"target": str(target_dir), "existed": target_dir.is_dir(), "aside": aside}
+        entry = claim.record(journal_to, target_dir, aside, server.run_as) if journal_to else None
+        try:
+            return _restore(archive, target_dir, target, server, aside, keep_running, archiving,
+                            sink, timeout, records)  # fmt: skip
+        except BaseException:
+            sink(Event("pitr", f"undoing the unfinished restore: {claim.roll_back(data)}"))
+            raise
+        finally:
+            if entry is not None and journal_to is not None:
+                journal.done(journal_to, entry)
+
+
+def _restore(
+    archive: wal.WalArchive,
+    target_dir: Path,
+    target: Target,
+    server: Server,
+    aside: Path | None,
+    keep_running: bool,
+    archiving: bool | None,
+    sink: EventSink,
+    timeout: float,
+    records: Storage | None,
+) -> RestoreResult:
     began = time.monotonic()
     preload()
     if records is None:
@@ -138,8 +167,7 @@ def restore(
     )
     if target.name is None:
         candidates = candidates[:1]
-    target_dir = Path(target_dir).absolute()
-    moved = _prepare(target_dir, force, server)
+    moved = _prepare(target_dir, aside)
     if archiving is None:
         archiving = moved is not None
     for number, base in enumerate(candidates, 1):
@@ -150,7 +178,7 @@ def restore(
             where, unpacked = extract(archive, base, flusher, sink)
             extract_s = time.monotonic() - extract_began
             # The flush threads finish the last files while the sums are compared
-            verify_s, verified_by = _verify(base, unpacked, server.bin_dir, target_dir)
+            verify_s, verified_by = verify(base, unpacked, server.bin_dir, target_dir)
             flusher.finish()
         finally:
             flusher.close()
@@ -201,68 +229,32 @@ def restore(
     raise AssertionError("unreachable: choose_base returns at least one base backup")
 
 
-def _prepare(target_dir: Path, force: bool, server: Server) -> Path | None:
-    """An empty folder to restore into; with ``force`` an existing cluster is moved aside
-    (never deleted), refusing while its server runs."""
-    moved = None
-    if target_dir.exists() and any(target_dir.iterdir()):
-        if not force:
-            raise UsageError(
-                f"{target_dir} is not empty",
-                hint="restore into a new folder, or give --force to move the current one aside",
-            )
-        if running(server, target_dir) or pid_alive(target_dir):
-            raise UsageError(
-                f"a server is running on {target_dir}",
-                hint="stop it first (pg_ctl stop -D ..., or stop its service/container)",
-            )
-        stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
-        moved = target_dir.with_name(f"{target_dir.name}.safehold-before-{stamp}")
-        os.rename(target_dir, moved)
+def _refusal_or_aside(target_dir: Path, force: bool, server: Server) -> Path | None:
+    """Refuse a folder that is not empty (without ``force``) or whose server runs; else the
+    name the current cluster will be moved aside to (None: the folder is new or empty)."""
+    if not (target_dir.exists() and any(target_dir.iterdir())):
+        return None
+    if not force:
+        raise UsageError(
+            f"{target_dir} is not empty",
+            hint="restore into a new folder, or give --force to move the current one aside",
+        )
+    if running(server, target_dir) or pid_alive(target_dir):
+        raise UsageError(
+            f"a server is running on {target_dir}",
+            hint="stop it first (pg_ctl stop -D ..., or stop its service/container)",
+        )
+    stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
+    return target_dir.with_name(f"{target_dir.name}.safehold-before-{stamp}")
+
+
+def _prepare(target_dir: Path, aside: Path | None) -> Path | None:
+    """An empty folder to restore into, the current cluster moved aside (never deleted)."""
+    if aside is not None:
+        os.rename(target_dir, aside)
     target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(target_dir, 0o700)
-    return moved
-
-
-def _verify(
-    base: BaseBackup, unpacked: Unpacked, bin_dir: Path, target_dir: Path
-) -> tuple[float, str]:
-    """Check every unpacked file against pg_basebackup's manifest before the server starts:
-    from the CRC-32C sums taken while writing (``check_manifest``), or, when those cannot
-    decide, with ``pg_verifybackup``; (seconds, which). WAL is checked by replay (-n)."""
-    started = time.monotonic()
-    problems = None
-    if unpacked.manifest is not None:
-        problems = check_manifest(base, unpacked.manifest, unpacked.files, target_dir)
-    if problems is None:
-        return _verify_backup(bin_dir, target_dir), "pg_verifybackup"
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise IntegrityError(
-            f"base backup {base.name} does not match its manifest: "
-            + "; ".join(problems[:5])
-            + more,
-            hint="the base backup's files do not match its manifest; restore from another copy",
-        )
-    return time.monotonic() - started, "CRC-32C while unpacking"
-
-
-def _verify_backup(bin_dir: Path, target_dir: Path) -> float:
-    """pg_verifybackup against the manifest pg_basebackup put in the tar (WAL is checked by
-    replay, from the archive: -n)."""
-    started = time.monotonic()
-    tool = bin_dir / "pg_verifybackup"
-    if not (target_dir / "backup_manifest").exists() or not tool.exists():
-        return 0.0
-    proc = subprocess.run(
-        [str(tool), "-n", "-q", str(target_dir)], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise IntegrityError(
-            f"pg_verifybackup found damaged or missing files: {proc.stderr.strip()[-1500:]}",
-            hint="the base backup's files do not match its manifest; restore from another copy",
-        )
-    return time.monotonic() - started
+    return aside
 
 
 def _conf(value: str) -> str:
@@ -295,86 +287,3 @@ def _write_recovery(
         conf.writelines(f"{k} = {_conf(v)}\n" for k, v in lines.items())
     (target_dir / "recovery.signal").touch()
     (target_dir / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
-
-
-# What pg_verifybackup leaves out by default (pg_wal with all below it): files a restore or
-# pg_basebackup -R may change, and the WAL, which -X none leaves out and replay checks.
-MANIFEST_IGNORED = (
-    "backup_manifest",
-    "pg_wal",
-    "postgresql.auto.conf",
-    "recovery.signal",
-    "standby.signal",
-)
-
-
-def check_manifest(
-    base: BaseBackup, manifest: bytes, files: dict[str, tuple[int, str | None]], folder: Path
-) -> list[str] | None:
-    """pg_verifybackup's checks (-n: no WAL) on a base backup unpacked into ``folder``, from
-    the sizes and CRC-32C sums taken as each file was written (``files``); the problems found,
-    or None when the manifest uses a checksum those sums cannot decide (pg_verifybackup must).
-    The manifest's own SHA-256, every file in it present with its size and checksum, nothing
-    else there (in ``files`` or on disk), and its WAL range and system id those of ``base``."""
-    lines = manifest.split(b"\n")
-    if len(lines) < 3 or lines[-1]:
-        return ["backup_manifest is not a manifest (no final newline)"]
-    body = b"\n".join(lines[:-2]) + b"\n"
-    try:
-        data = json.loads(manifest)
-        listed = {_manifest_path(e): e for e in data["Files"]}
-        ranges = data["WAL-Ranges"]
-        claimed = str(data["Manifest-Checksum"])
-    except (ValueError, KeyError, TypeError) as exc:
-        return [f"backup_manifest cannot be read: {exc}"]
-    problems = []
-    if hashlib.sha256(body).hexdigest() != claimed.lower():
-        problems.append("backup_manifest's own checksum does not match its content")
-    if any(e.get("Checksum-Algorithm", "NONE") not in ("CRC32C", "NONE") for e in listed.values()):
-        return None
-    wal_range = (ranges[0]["Start-LSN"], ranges[-1]["End-LSN"], int(ranges[-1]["Timeline"]))
-    if wal_range != (base.start_lsn, base.stop_lsn, base.timeline):
-        problems.append(f"backup_manifest's WAL range {wal_range} is not {base.name}'s")
-    on_disk = _regular_files(folder)
-    for path, entry in listed.items():
-        if _ignored(path):
-            continue
-        if path not in files or path not in on_disk:
-            problems.append(f'"{path}" is in the manifest but not in the backup')
-        elif entry["Size"] != files[path][0] or entry["Size"] != on_disk[path]:
-            size = on_disk[path] if on_disk[path] != files[path][0] else files[path][0]
-            problems.append(f'"{path}" has size {size}, the manifest says {entry["Size"]}')
-        elif "Checksum" in entry and (files[path][1] or "") != entry["Checksum"].lower():
-            problems.append(f'"{path}": checksum mismatch')
-    extra = {p for p in (set(files) | set(on_disk)) - set(listed) if not _ignored(p)}
-    problems += [f'"{p}" is in the backup but not in the manifest' for p in sorted(extra)]
-    if "System-Identifier" in data and problems == []:
-        with (folder / "global" / "pg_control").open("rb") as control:
-            system = int.from_bytes(control.read(8), "little")
-        if system != int(data["System-Identifier"]):
-            problems.append("global/pg_control's system identifier is not the manifest's")
-    return problems
-
-
-def _manifest_path(entry: dict[str, Any]) -> str:
-    if "Encoded-Path" in entry:
-        return bytes.fromhex(entry["Encoded-Path"]).decode("utf-8", "surrogateescape")
-    return str(entry["Path"])
-
-
-def _ignored(path: str) -> bool:
-    return any(path == name or path.startswith(name + "/") for name in MANIFEST_IGNORED)
-
-
-def _regular_files(folder: Path) -> dict[str, int]:
-    """Every entry below ``folder`` but folders, by relative path: size, or -1 when it is not
-    a regular file (a link or a device: never part of a base backup)."""
-    found = {}
-    for root, dirs, names in os.walk(folder):
-        for name in names + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-            path = os.path.join(root, name)
-            info = os.lstat(path)
-            found[os.path.relpath(path, folder)] = (
-                info.st_size if stat.S_ISREG(info.st_mode) else -1
-            )
-    return found

@@ -44,7 +44,7 @@ def probe(name: str, storage: Storage) -> Check:
 
 def location(name: str, storage: Storage) -> list[Check]:
     """``location NAME``: the probe, then (S3) the lock and unfinished uploads."""
-    from ....storage.s3 import S3Storage
+    from ....storage.s3 import S3Storage  # boto3 loads only when a location is configured
 
     check = f"location {name}"
     found = probe(check, storage)
