@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import pytest
 
-from safehold import config
+from safehold import config, naming
 from safehold.cli.main import cli
 
 from .conftest import ROOT
@@ -76,3 +76,27 @@ def test_design_doc_is_the_shared_one_plus_as_built() -> None:
     if shared.exists():
         for heading in [ln for ln in shared.read_text().splitlines() if ln.startswith("## ")]:
             assert heading in design, f"docs/design.md lost the section {heading!r}"
+
+
+def test_the_repository_layout_is_formed_in_naming_and_listed_in_the_design() -> None:
+    """Every repository folder and key safehold writes is formed in ``naming`` (``LAYOUT``),
+    each is in docs/design.md's repository table, every key the table names is in ``LAYOUT``,
+    and no other module spells one."""
+    design = (ROOT / "docs" / "design.md").read_text()
+    table = design.split("## Repository layout", 1)[1].split("```", 2)[1]
+    listed = {
+        word.rstrip("/,").split("<", 1)[0].rstrip("/")
+        for line in table.splitlines()
+        for word in line.split()[:2]
+        if word.startswith((".safehold", "wal/", "base/"))
+    }
+    formed = {key.rstrip("-/") for key in naming.LAYOUT}
+    assert {key for key in formed if not any(k.startswith(key) for k in listed)} == set()
+    assert {key for key in listed if not any(key.startswith(f) for f in formed)} == set()
+    spelled = {
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "src").rglob("*.py")
+        if path.name != "naming.py"
+        and any(f'"{key}' in path.read_text() for key in formed if key.startswith(naming.META))
+    }
+    assert spelled == set(), f"form repository keys in naming.py only: {spelled}"

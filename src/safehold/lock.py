@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import naming
 from ._proc import pid_alive
 from .errors import LockBusy
 from .naming import LOCK_FILE
@@ -48,7 +49,7 @@ class LockInfo:
         return None
 
 
-LOCKS_DIR = ".safehold/locks"
+LOCKS_DIR = naming.LOCKS_DIR
 
 
 def repository_lock(

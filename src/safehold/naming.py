@@ -17,10 +17,33 @@ from datetime import UTC, datetime
 from .model import Kind
 
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
-MANIFEST_DIR = ".safehold/manifests"
-SETS_DIR = ".safehold/sets"
-TMP_DIR = ".safehold/tmp"
-LOCK_FILE = ".safehold/lock"
+
+# --- the repository's layout: every folder and key safehold writes besides the artifacts, formed
+# here and nowhere else, listed in docs/design.md's "Repository layout" (a test holds the two
+# together). The same keys on local disk and under an S3 prefix.
+META = ".safehold"
+MANIFEST_DIR = f"{META}/manifests"  # <artifact>.json: the commit record of each backup
+SETS_DIR = f"{META}/sets"  # <set-id>.json: a full-system backup's members
+PINS_DIR = f"{META}/pins"  # <artifact>.json: kept from prune (until a date)
+VERIFY_DIR = f"{META}/verify"  # <artifact>.json: the last verification
+DRILLS_DIR = f"{META}/drills"  # <drill-id>.json: restore drills and DR rehearsals
+RUNS_DIR = f"{META}/runs"  # <run-id>.json: one per run of a command that does work
+JOURNAL_DIR = f"{META}/journal"  # <kind>-<id>.json: what a run may leave, until finished
+PRUNING_DIR = f"{META}/pruning"  # prune's intent records
+TMP_DIR = f"{META}/tmp"  # noqa: S108 (in the repository) scratch files of a run
+LOCKS_DIR = f"{META}/locks"  # per-target lock files
+LOCK_FILE = f"{META}/lock"  # the repository lock (flock) and its holder record
+REPOSITORY_KEY = f"{META}/keys/repository-key.age"  # passphrase mode: the wrapped identity
+WAL_DIR = "wal"  # <segment>.zst[.age] + <segment>.sha256: the WAL archive
+WAL_MARKERS_DIR = f"{WAL_DIR}/.ahead"  # segments already pushed ahead of the server
+BASE_DIR = "base"  # base_<stamp>.tar.zst[.age] + .json: PITR base backups
+PROBE_PREFIX = ".safehold-doctor-probe-"  # + pid and token: doctor's write test of a location
+
+LAYOUT = (
+    MANIFEST_DIR, SETS_DIR, PINS_DIR, VERIFY_DIR, DRILLS_DIR, RUNS_DIR, JOURNAL_DIR, PRUNING_DIR,
+    TMP_DIR, LOCKS_DIR, LOCK_FILE, REPOSITORY_KEY, WAL_DIR, WAL_MARKERS_DIR, BASE_DIR,
+    PROBE_PREFIX,
+)  # fmt: skip
 
 # Links the seed's commands rely on; they always point at the newest good backup.
 DB_LATEST_LINKS = ("db_backup_latest.sql", "latest_db_backup.sql")
@@ -120,9 +143,6 @@ def artifact_of(record_key: str) -> str:
 def is_pattern(text: str) -> bool:
     """A volume selector with glob characters (``user-*``); Docker names never have them."""
     return any(char in text for char in "*?[")
-
-
-REPOSITORY_KEY = ".safehold/keys/repository-key.age"  # passphrase mode: the wrapped identity
 
 
 def set_key(set_id: str) -> str:

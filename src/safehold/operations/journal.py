@@ -30,12 +30,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .. import naming
 from .._proc import pid_alive
 from ..errors import SafeholdError
 from ..model import Event, EventSink, null_sink, parse_time
 from ..storage import LocalStorage
 
-JOURNAL_DIR = ".safehold/journal"
+JOURNAL_DIR = naming.JOURNAL_DIR
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from ..model import Event, EventSink, null_sink, parse_time
 from ..storage import LocalStorage, Storage
 from ._pipeline import repository_session
 
-PINS_DIR = ".safehold/pins"
+PINS_DIR = naming.PINS_DIR
 
 
 def pin_key(artifact: str) -> str:

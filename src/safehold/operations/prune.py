@@ -45,7 +45,7 @@ from .pins import records as _records
 from .pins import require_repository as _require_repository
 from .pitr import prune as prune_pitr
 
-PRUNING_DIR = ".safehold/pruning"
+PRUNING_DIR = naming.PRUNING_DIR
 # Pins live in ``pins``; named here too, where callers have always found them.
 __all__ = [
     "PINS_DIR",

@@ -25,7 +25,7 @@ from ..errors import SafeholdError
 from ..model import parse_time
 from ..storage import LocalStorage
 
-RUNS_DIR = ".safehold/runs"
+RUNS_DIR = naming.RUNS_DIR
 MAX_AGE = timedelta(days=90)
 RECORD_FORMAT = 1
 # The commands that leave a record: the ones that do something to or with the backups.

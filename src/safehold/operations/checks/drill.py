@@ -33,7 +33,7 @@ from ...storage import LocalStorage
 from ..database.restore import RestoreOptions, restore_database
 from ..volumes.folder import restore_tree
 
-DRILLS_DIR = ".safehold/drills"
+DRILLS_DIR = naming.DRILLS_DIR
 Outcome = Literal["ok", "failed"]
 
 

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from ... import naming
 from ...model import Kind, parse_time
 from ...storage import Storage
 
 Level = Literal["quick", "full"]
 Outcome = Literal["ok", "failed", "unverifiable"]
 LEVELS: tuple[str, ...] = ("quick", "full")
-VERIFY_DIR = ".safehold/verify"
+VERIFY_DIR = naming.VERIFY_DIR
 RECORD_FORMAT = 1
 
 

@@ -26,6 +26,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from ... import naming
 from ..._proc import shell_word
 from ...storage import LocalStorage
 from . import archive as wal
@@ -34,7 +35,7 @@ AHEAD = 64
 AHEAD_S = 20.0
 WORKERS = 2
 STALE_S = 600.0
-MARKERS = f"{wal.PREFIX}/.ahead"
+MARKERS = naming.WAL_MARKERS_DIR
 
 
 def archive_command(push: str, backup_dir: Path) -> str:

@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING
 
 import zstandard
 
+from ... import naming
 from ...compress.zstd import ZstdError, zstd_reader
 from ...errors import IntegrityError, SafeholdError, StorageError, UsageError
 from ...naming import AGE_SUFFIX as SUFFIX
@@ -35,7 +36,7 @@ from ...storage.local import fsync_dir
 if TYPE_CHECKING:
     from ...crypto import DecryptionKey, EncryptionKey
 
-PREFIX = "wal"
+PREFIX = naming.WAL_DIR
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
 NAME_RE = re.compile(
     r"^(?:[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history|[0-9A-F]{24}\.[0-9A-F]{8}\.backup)$"

@@ -19,7 +19,7 @@ from typing import Any
 
 import crc32c
 
-from ... import _proc
+from ... import _proc, naming
 from ...compress.zstd import ZstdWriter
 from ...crypto import SUFFIX, EncryptionKey
 from ...errors import IntegrityError, ToolError, UsageError
@@ -30,7 +30,7 @@ from .._pipeline import HashingWriter, bind_key, encrypting, sha256_of
 from . import archive as wal
 from . import chain as wal_chain
 
-BASE = "base"
+BASE = naming.BASE_DIR
 
 
 @dataclass(frozen=True)

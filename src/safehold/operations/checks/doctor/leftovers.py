@@ -13,6 +13,7 @@ import socket
 from datetime import UTC
 from pathlib import Path
 
+from .... import naming
 from ...._proc import pid_alive
 from ....sinks.log import human_bytes
 from ....sources import pg_admin
@@ -63,8 +64,8 @@ def partials(backup_dir: Path) -> Check:
     name = "unfinished files"
     if not backup_dir.is_dir():
         return Check(name, "SKIP", f"{backup_dir} does not exist")
-    folders = [backup_dir, backup_dir / "wal", backup_dir / "base"]
-    meta = backup_dir / ".safehold"
+    folders = [backup_dir, backup_dir / naming.WAL_DIR, backup_dir / naming.BASE_DIR]
+    meta = backup_dir / naming.META
     if meta.is_dir():
         folders += [
             meta,

@@ -10,6 +10,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from .... import naming
 from ....errors import LockBusy
 from ....storage import LocalStorage, Storage
 from .check import Check, names
@@ -26,7 +27,7 @@ def probe(name: str, storage: Storage) -> Check:
     where = storage.description
     if isinstance(storage, LocalStorage) and not storage.root.is_dir():
         return Check(name, "SKIP", f"{where} not probed: it does not exist (see backup folder)")
-    key = f".safehold-doctor-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    key = f"{naming.PROBE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
     body = b"safehold doctor probe\n"
     storage.put_bytes(key, body)  # a failed put leaves nothing behind (the contract)
     try:

@@ -175,7 +175,7 @@ def _repository_modes(root: Path) -> list[tuple[Path, int]]:
         for entry in sorted(entries, key=lambda e: e.name):
             if naming.parse(entry.name) and entry.is_file(follow_symlinks=False):
                 found.append((Path(entry.path), entry.stat(follow_symlinks=False).st_mode))
-    meta = root / ".safehold"
+    meta = root / naming.META
     if meta.is_dir() and not meta.is_symlink():
         for path in [meta, *sorted(meta.rglob("*"))]:
             mode = path.lstat().st_mode

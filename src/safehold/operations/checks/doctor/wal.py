@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from .... import _proc
+from .... import _proc, naming
 from ....errors import SafeholdError
 from ....sources.postgres import PgTarget, connect
 from .check import Check, ServerProcess, State
@@ -118,7 +118,7 @@ def checks(
 
 
 def _off(backup_dir: Path) -> list[Check]:
-    wal = backup_dir / "wal"
+    wal = backup_dir / naming.WAL_DIR
     if wal.is_dir() and any(wal.glob("*.sha256")):
         detail = (
             f"archive_mode is off, but {wal} holds archived WAL: point-in-time recovery stopped"
@@ -220,7 +220,7 @@ def _program_needs(launcher: list[str], env: dict[str, str]) -> list[Need]:
 
 
 def _repository_needs(repo: Path) -> list[Need]:
-    wal = repo / "wal"
+    wal = repo / naming.WAL_DIR
     needs = [Need("repository", repo, "folder")]
     if wal.is_dir():
         needs.append(Need("repository's wal/", wal, "folder"))
