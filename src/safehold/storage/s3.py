@@ -119,7 +119,7 @@ class S3Storage:
     def _where(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{self.object_key(key) if key else self.prefix}"
 
-    def _fail(self, exc: BaseException, action: str, key: str = "") -> StorageError:
+    def fail(self, exc: BaseException, action: str, key: str = "") -> StorageError:
         return storage_error(exc, self.settings, self._where(key), action)
 
     def ensure(self) -> None:
@@ -132,7 +132,7 @@ class S3Storage:
                     f"the bucket {self.bucket!r} does not exist at {self.settings.endpoint_name}",
                     hint="create the bucket, or fix the bucket name in the location",
                 ) from exc
-            raise self._fail(exc, "open the bucket") from exc
+            raise self.fail(exc, "open the bucket") from exc
 
     def open_writer(self, key: str) -> S3Writer:
         target = UploadTarget(
@@ -169,14 +169,14 @@ class S3Storage:
         except Exception as exc:
             if is_not_found(exc):
                 raise _not_found(key) from exc
-            raise self._fail(exc, "look up", key) from exc
+            raise self.fail(exc, "look up", key) from exc
 
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
         except Exception as exc:
             if not is_not_found(exc):
-                raise self._fail(exc, "delete", key) from exc
+                raise self.fail(exc, "delete", key) from exc
 
     def list(self, prefix: str = "") -> builtins.list[str]:
         """Keys directly under ``prefix`` (a folder, as on disk), sorted; no subfolders."""
@@ -205,7 +205,7 @@ class S3Storage:
             try:
                 page = self.client.list_objects_v2(**args)
             except Exception as exc:
-                raise self._fail(exc, "list") from exc
+                raise self.fail(exc, "list") from exc
             yield page
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
@@ -225,7 +225,7 @@ class S3Storage:
             try:
                 page = self.client.list_multipart_uploads(**args)
             except Exception as exc:
-                raise self._fail(exc, "list unfinished uploads") from exc
+                raise self.fail(exc, "list unfinished uploads") from exc
             for upload in page.get("Uploads", []):
                 found.append(
                     PendingUpload(
@@ -256,7 +256,7 @@ class S3Storage:
                 )
             except Exception as exc:
                 if not is_not_found(exc) and error_code(exc) != "NoSuchUpload":
-                    raise self._fail(exc, "abort an unfinished upload", upload.key) from exc
+                    raise self.fail(exc, "abort an unfinished upload", upload.key) from exc
             removed.append(upload.key)
         return removed
 
@@ -276,7 +276,7 @@ class _ObjectReader(io.RawIOBase):
         except Exception as exc:
             if is_not_found(exc):
                 raise _not_found(key) from exc
-            raise storage._fail(exc, "read", key) from exc
+            raise storage.fail(exc, "read", key) from exc
 
     def _open(self) -> StreamingBody:
         args: dict[str, Any] = {"Bucket": self._s.bucket, "Key": self._s.object_key(self._key)}
@@ -300,7 +300,7 @@ class _ObjectReader(io.RawIOBase):
                 break
             except Exception as exc:
                 if failures >= self._s.tuning.part_retries or not is_transient(exc):
-                    raise self._s._fail(exc, "read", self._key) from exc
+                    raise self._s.fail(exc, "read", self._key) from exc
                 if self._body is not None:
                     self._body.close()
                     self._body = None

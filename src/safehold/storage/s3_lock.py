@@ -173,7 +173,7 @@ class S3Lock:
             if is_precondition_failed(exc) or is_not_found(exc):
                 return  # no longer ours (or already gone): leave the new holder's record alone
             if not _unsupported(exc):
-                raise self.storage._fail(exc, "release the lock", LOCK_FILE) from exc
+                raise self.storage.fail(exc, "release the lock", LOCK_FILE) from exc
             seen = self._read()
             if seen is not None and seen.holder is not None and seen.holder.owner == self.owner:
                 self.storage.delete(LOCK_FILE)
@@ -222,7 +222,7 @@ class S3Lock:
                 return None
             if error_code(exc) in ("ConditionalRequestConflict", "409"):
                 return None  # a concurrent conditional write on the same key: ask again
-            raise self.storage._fail(exc, "write the lock", LOCK_FILE) from exc
+            raise self.storage.fail(exc, "write the lock", LOCK_FILE) from exc
         return str(response["ETag"])
 
     def _read(self) -> _Seen | None:
@@ -232,7 +232,7 @@ class S3Lock:
         except Exception as exc:
             if is_not_found(exc):
                 return None
-            raise self.storage._fail(exc, "read the lock", LOCK_FILE) from exc
+            raise self.storage.fail(exc, "read the lock", LOCK_FILE) from exc
         holder = LockHolder.parse(raw)
         ttl = holder.ttl if holder is not None else DEFAULT_TTL
         server_now = _server_time(response) or datetime.now(UTC)
@@ -281,13 +281,13 @@ class S3Lock:
         try:
             client.put_object(Bucket=bucket, Key=full, Body=b"probe")
         except Exception as exc:
-            raise self.storage._fail(exc, "write the lock", key) from exc
+            raise self.storage.fail(exc, "write the lock", key) from exc
         try:
             client.put_object(Bucket=bucket, Key=full, Body=b"again", IfNoneMatch="*")
             honoured = False
         except Exception as exc:
             if not is_precondition_failed(exc) and not _unsupported(exc):
-                raise self.storage._fail(exc, "check conditional writes", key) from exc
+                raise self.storage.fail(exc, "check conditional writes", key) from exc
             honoured = is_precondition_failed(exc)
         finally:
             with contextlib.suppress(StorageError):

@@ -25,6 +25,7 @@ from ...crypto import SUFFIX, EncryptionKey
 from ...errors import IntegrityError, ToolError, UsageError
 from ...model import Event, EventSink
 from ...sources.postgres import PgTarget
+from ...sources.tar.names import member_path
 from ...storage import LocalStorage, Storage
 from .._pipeline import HashingWriter, bind_key, encrypting, sha256_of
 from . import archive as wal
@@ -310,12 +311,15 @@ def tar_header(block: bytes) -> tuple[str, str, int, int, int]:
     if block[257:263] == b"ustar\0" and block[345] != 0:
         name = block[345:500].split(b"\0", 1)[0] + b"/" + name
     text = name.decode("utf-8", "surrogateescape")
-    parts = [part for part in text.split("/") if part not in ("", ".")]
-    if kind not in "05" or text.startswith("/") or not parts or ".." in parts:
+    try:
+        rel = member_path(text)
+    except ValueError:
+        rel = ""
+    if kind not in "05" or not rel:
         raise IntegrityError(f"the base backup's tar has an unexpected member {text!r} ({kind})")
     return (
         kind,
-        "/".join(parts),
+        rel,
         _number(block[124:136]),
         _number(block[100:108]),
         (_number(block[136:148]) * 1_000_000_000),

@@ -37,8 +37,9 @@ from ...sources.docker.helper_image import (
     helper_container,
 )
 from ...sources.tar.headers import entries
+from ...sources.tar.names import SET_ID, SPECIAL, link_target_problem, member_path
 from ...sources.tar.tree import BLOCK, CHUNK, TreeFacts, _TarOut, gnu_header
-from ...sources.tar.unpack import _SPECIAL, SET_ID, ExtractFacts, damaged, member_path
+from ...sources.tar.unpack import ExtractFacts, damaged
 from .api_swap import STAGE, root_meta, unpack_and_swap
 from .extract import Source, SwapJournal
 
@@ -199,10 +200,10 @@ def _rehead(chunks: Iterable[bytes], out: ByteSink, events: EventSink) -> TreeFa
             tar.put(gnu_header(name, kind, st, link))
             facts.symlinks += kind == tarfile.SYMTYPE
             facts.hardlinks += kind == tarfile.LNKTYPE
-        elif kind in _SPECIAL or kind == tarfile.LNKTYPE:
+        elif kind in SPECIAL or kind == tarfile.LNKTYPE:
             dropped.add(name)
             facts.skipped += 1
-            what = _SPECIAL.get(kind, "hardlink to a special file")
+            what = SPECIAL.get(kind, "hardlink to a special file")
             message = f"skipped {what} {name}: tar archives of volumes hold no special files"
             events(Event("tree", message, "warning", {"path": name, "reason": "special"}))
         else:
@@ -305,7 +306,7 @@ class _Stager:
             self._files.add(rel)
             self.facts.hardlinks += 1
         else:
-            kind = _SPECIAL.get(member.type, f"member of tar type {member.type!r}")
+            kind = SPECIAL.get(member.type, f"member of tar type {member.type!r}")
             raise self._refuse(member.name, f"is a {kind}; volumes are restored without them")
 
     def _name(self, name: str, member: tarfile.TarInfo) -> str:
@@ -346,19 +347,8 @@ class _Stager:
         return source
 
     def _check_link_target(self, rel: str, member: tarfile.TarInfo) -> None:
-        link = member.linkname
-        if "\0" in link:
-            raise self._refuse(member.name, "is a symlink with a NUL byte in its target")
-        if link.startswith("/"):
-            raise self._refuse(member.name, f"is a symlink to the absolute path {link}")
-        depth = rel.count("/")  # folders between the root and the link
-        for part in link.split("/"):
-            if part == "..":
-                depth -= 1
-                if depth < 0:
-                    raise self._refuse(member.name, f"is a symlink to {link}, outside the folder")
-            elif part not in ("", "."):
-                depth += 1
+        if (why := link_target_problem(rel, member.linkname)) is not None:
+            raise self._refuse(member.name, why)
 
     def _escapes(self, rel: str) -> bool:
         """Resolve ./rel in the finished tree as the kernel would: True if it leaves the root."""

@@ -66,7 +66,8 @@ from typing import Any
 
 from ...errors import RestoreError, SafeholdError, UsageError
 from ...model import ByteSource, Event, EventSink, null_sink
-from ...sources.tar.unpack import ExtractFacts, Unpacker, damaged, member_path
+from ...sources.tar.names import member_path
+from ...sources.tar.unpack import ExtractFacts, Unpacker, damaged
 from ...storage import LocalStorage
 from ...storage.local import fsync_dir
 from .. import journal

@@ -17,7 +17,7 @@ hand-made archives):
   start of the data). Their maps are checked: pieces in order, inside the file, adding up to
   the data stored.
 
-A NUL byte inside a pax name is kept, so that :func:`~.extract.member_path` refuses it: GNU
+A NUL byte inside a pax name is kept, so that :func:`~.names.member_path` refuses it: GNU
 tar would silently cut the name there.
 """
 

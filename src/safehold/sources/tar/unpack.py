@@ -25,28 +25,10 @@ from ...errors import IntegrityError, StorageFull
 from ...model import ByteSource, Event, EventSink
 from .headers import Entry, Feed, entries
 from .jobs import Jobs, Names, create, hardlink, lstat_mode, symlink
+from .names import SET_ID, SPECIAL, link_target_problem, member_path
 
 SMALL_FILE = 1 << 20  # bigger files are written as they stream in, not held in memory
 IMPLICIT_DIR_MODE = 0o777  # folders the archive does not list: like GNU tar, umask decides
-SET_ID = stat.S_ISUID | stat.S_ISGID
-_SPECIAL = {
-    tarfile.CHRTYPE: "device node",
-    tarfile.BLKTYPE: "device node",
-    tarfile.FIFOTYPE: "fifo",
-}
-
-
-def member_path(name: str) -> str:
-    """A member's path relative to the root (``./a//b`` -> ``a/b``); ValueError saying why
-    when it would leave the root."""
-    if "\0" in name:
-        raise ValueError("has a NUL byte in its name")
-    if name.startswith("/"):
-        raise ValueError("has an absolute path")
-    parts = [part for part in name.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise ValueError("climbs out of the folder with '..'")
-    return "/".join(parts)
 
 
 @dataclass
@@ -139,7 +121,7 @@ class Unpacker:
             self._jobs.submit(rel, hardlink, origin, dest, after=(parent, source))
             self.facts.hardlinks += 1
         else:
-            kind = _SPECIAL.get(member.type, f"member of tar type {member.type!r}")
+            kind = SPECIAL.get(member.type, f"member of tar type {member.type!r}")
             raise self._refuse(member, f"is a {kind}; volumes are restored without them")
         self._names.add(rel)
 
@@ -261,19 +243,8 @@ class Unpacker:
         return mode
 
     def _check_link_target(self, rel: str, member: tarfile.TarInfo) -> None:
-        link = member.linkname
-        if "\0" in link:
-            raise self._refuse(member, "is a symlink with a NUL byte in its target")
-        if link.startswith("/"):
-            raise self._refuse(member, f"is a symlink to the absolute path {link}")
-        depth = rel.count("/")  # folders between the root and the link
-        for part in link.split("/"):
-            if part == "..":
-                depth -= 1
-                if depth < 0:
-                    raise self._refuse(member, f"is a symlink to {link}, outside the folder")
-            elif part not in ("", "."):
-                depth += 1
+        if (why := link_target_problem(rel, member.linkname)) is not None:
+            raise self._refuse(member, why)
 
     def _link_source(self, member: tarfile.TarInfo) -> str:
         source = self._name(member.linkname, member)
