@@ -11,8 +11,10 @@ folder is not a backup artifact.
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from .model import Kind
 
@@ -56,7 +58,23 @@ _GLOBALS = re.compile(r"^db_globals_(?P<stamp>\d{8}_\d{6})\.sql(?P<age>\.age)?$"
 _SAFETY = re.compile(
     r"^safety_volume_(?P<target>.+)_(?P<stamp>\d{8}_\d{6})\.tar\.(?P<ext>gz|zst)(?P<age>\.age)?$"
 )
-COMPRESSIONS: tuple[str, ...] = ("gzip", "zstd", "none")  # of database dumps
+# How a database dump is compressed (gzip: pg_dump's own), and the one rule for a volume's
+# archive, which follows the dump's zstd and is gzip otherwise ("none" is for dumps only).
+Compression = Literal["gzip", "zstd", "none"]
+VolumeCompression = Literal["gzip", "zstd"]
+COMPRESSIONS: tuple[Compression, ...] = typing.get_args(Compression)
+VOLUME_COMPRESSIONS: tuple[VolumeCompression, ...] = typing.get_args(VolumeCompression)
+
+
+# How a Docker volume is read and written: its host folder, a helper container, or either.
+VolumeAccess = Literal["auto", "direct", "api"]
+
+
+def volume_compression(compression: str) -> VolumeCompression:
+    """The compression of volume archives taken beside a dump compressed with ``compression``."""
+    return "zstd" if compression == "zstd" else "gzip"
+
+
 AGE_SUFFIX = ".age"  # encrypted artifacts: the plain name + .age
 
 DB_EXTENSIONS = {"gzip": ".sql", "none": ".sql", "zstd": ".sql.zst"}

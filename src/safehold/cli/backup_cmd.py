@@ -10,7 +10,7 @@ from .. import catalog
 from ..config import Settings
 from ..errors import UsageError
 from ..model import Manifest
-from ..naming import COMPRESSIONS
+from ..naming import COMPRESSIONS, volume_compression
 from ..operations.database.backup import backup_database
 from ..operations.pins import pin_all
 from ..operations.system.backup import SetOptions, backup_set
@@ -149,7 +149,7 @@ def backup(
             _backup_all(rt, storage, volumes, labels, paths, database is not False, pinning)
             return
         opts = rt.settings.backup_options()
-        tree_compression = "zstd" if opts.compression == "zstd" else "gzip"
+        tree_compression = volume_compression(opts.compression)
         done: list[Manifest] = []
         if database if database is not None else not (volumes or paths):
             done.append(backup_database(rt.settings.pg_target(), storage, opts, rt.sink))
@@ -220,7 +220,7 @@ def _backup_all(
         folders={p.resolve().name: p.resolve() for p in paths},
         options=SetOptions(
             database=options,
-            volume_compression="zstd" if options.compression == "zstd" else "gzip",
+            volume_compression=volume_compression(options.compression),
             concurrency=settings.backup.concurrency,
             volume_access=settings.volume_access(),
             stop_timeout=settings.docker.stop_timeout,

@@ -14,6 +14,7 @@ import docker
 from ..errors import LockBusy, UsageError
 from ..lock import volume_lock
 from ..model import Event, EventSink
+from ..naming import volume_compression
 from ..operations.system.plan import choose_set, plan_system_restore
 from ..operations.system.restore import (
     SystemRestoreOptions,
@@ -138,7 +139,7 @@ def _restore_set(
                 **({"roles": request.roles} if request.roles else {})
             ),
             safety_backup=request.safety_backup,
-            volume_compression="zstd" if settings.backup.compress == "zstd" else "gzip",
+            volume_compression=volume_compression(settings.backup.compress),
             volume_access=settings.volume_access(),
             encryption=settings.encryption_key() if request.safety_backup else None,
             health_timeout=request.health_timeout or settings.restore.health_timeout,

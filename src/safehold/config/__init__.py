@@ -272,7 +272,7 @@ def _convert(field_: dataclasses.Field[Any], value: Any, origin: str) -> Any:
         raise ConfigError(
             f"{origin}: {value!r} is not valid", hint=f"expected {kind.get(base, 'text')}"
         ) from None
-    choices = field_.metadata.get("choices", ())
+    choices = typing.get_args(base) if typing.get_origin(base) is typing.Literal else ()
     if choices and result not in choices:
         raise ConfigError(
             f"{origin}: {value!r} is not valid", hint=f"expected one of: {', '.join(choices)}"

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .. import naming
 from ..crypto import DecryptionKey, EncryptionKey, load_decryption_key, load_encryption_key
 from ..model import Objectives
-from ..naming import COMPRESSIONS
+from ..naming import Compression, VolumeAccess
 from ..sources.postgres import PgTarget
 
 if TYPE_CHECKING:  # the docker SDK and psycopg are slow to import; wal-push needs neither
     from ..operations.database.backup import BackupOptions
     from ..operations.database.restore import RestoreOptions
-    from ..operations.volumes.docker import Access
 
 DEFAULT_FILE = Path("safehold.toml")
 # The app folder (scripts/ set it): where safehold.toml and the relative paths of defaults and
@@ -24,8 +23,9 @@ DEFAULT_FILE = Path("safehold.toml")
 APP_DIR_ENV = "SAFEHOLD_APP_DIR"
 
 
-def _key(*env: str, choices: tuple[str, ...] = (), doc: str = "") -> dict[str, Any]:
-    return {"env": env, "choices": choices, "doc": doc}
+def _key(*env: str, doc: str = "") -> dict[str, Any]:
+    """A key's environment names and its documentation (a Literal type says its choices)."""
+    return {"env": env, "doc": doc}
 
 
 @dataclass(frozen=True)
@@ -44,19 +44,17 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class BackupSettings:
-    compress: str = field(
-        default="gzip",
-        metadata=_key("SAFEHOLD_COMPRESS", choices=COMPRESSIONS, doc="gzip (pg_dump's) or zstd"),
+    compress: Compression = field(
+        default="gzip", metadata=_key("SAFEHOLD_COMPRESS", doc="gzip (pg_dump's) or zstd")
     )
     zstd_level: int = field(default=3, metadata=_key(doc="1-19"))
     zstd_threads: int = field(default=0, metadata=_key(doc="0 = one per core"))
     concurrency: int = field(
         default=4, metadata=_key(doc="members of a --all backup written at once")
     )
-    volume_access: str = field(
+    volume_access: VolumeAccess = field(
         default="auto",
         metadata=_key(
-            choices=("auto", "direct", "api"),
             doc="volumes: the host folder (direct), a helper container (api), or auto",
         ),
     )
@@ -73,10 +71,9 @@ class RestoreSettings:
     )
     health_url: str = field(default="", metadata=_key(doc="URL that must answer 200 afterwards"))
     health_timeout: float = field(default=120.0, metadata=_key(doc="seconds to wait for it"))
-    roles: str = field(
+    roles: Literal["create", "skip"] = field(
         default="create",
         metadata=_key(
-            choices=("create", "skip"),
             doc="roles a dump's globals name that the server lacks: create them, or skip",
         ),
     )
@@ -249,7 +246,7 @@ class Settings:
 
         b = self.backup
         return BackupOptions(
-            b.compress,  # type: ignore[arg-type]  # checked by choices
+            b.compress,
             b.zstd_level,
             b.zstd_threads,
             self.lock_timeout,
@@ -282,8 +279,8 @@ class Settings:
 
         return objectives(self.objectives, self.schedule)
 
-    def volume_access(self) -> Access:
-        return self.backup.volume_access  # type: ignore[return-value]  # checked by choices
+    def volume_access(self) -> VolumeAccess:
+        return self.backup.volume_access
 
     def restore_options(self, **overrides: Any) -> RestoreOptions:
         from ..operations.database.restore import RestoreOptions

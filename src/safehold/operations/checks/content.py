@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-from ... import _proc
+from ... import _proc, naming
 from ...compress import ZstdError, open_decompressor, zstd_reader
 from ...errors import IntegrityError, SafeholdError, ToolError
 from ...model import ByteSource, Kind, Manifest
@@ -27,7 +27,6 @@ from ..volumes.extract import ExtractFacts
 
 CHUNK = 1 << 20
 DUMP_COMPRESSIONS = ("pg_dump-gzip", "none", "zstd")
-VOLUME_COMPRESSIONS = ("gzip", "zstd")
 _MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 DAMAGED_HINT = "restore an older backup ('safehold list' shows them)"
 
@@ -319,7 +318,7 @@ def pg_restore_tool(bin_dir: Path | None, manifest: Manifest | None) -> str:
 def compression_of(path: Path, kind: Kind, manifest: Manifest | None) -> str:
     """The manifest's word for it, or what the first bytes say for a file without one."""
     if manifest is not None:
-        known = DUMP_COMPRESSIONS if kind == "database" else VOLUME_COMPRESSIONS
+        known = DUMP_COMPRESSIONS if kind == "database" else naming.VOLUME_COMPRESSIONS
         if manifest.compression not in known:
             raise IntegrityError(
                 f"the manifest of {path.name} names an unknown compression "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 from ... import catalog, naming
 from ..._version import __version__
@@ -19,7 +19,7 @@ from ...compress import ZstdWriter
 from ...crypto import EncryptionKey
 from ...errors import DatabaseError, UsageError
 from ...model import Event, EventSink, Manifest, null_sink
-from ...naming import COMPRESSIONS
+from ...naming import COMPRESSIONS, Compression
 from ...sources import pg_custom_toc, pg_globals, pg_globals_sql
 from ...sources.pg_globals import Globals
 from ...sources.postgres import DumpStream, PgTarget, connect
@@ -35,8 +35,6 @@ from .._pipeline import (
     fresh_name,
     repository_session,
 )
-
-Compression = Literal["gzip", "zstd", "none"]
 
 
 @dataclass(frozen=True)

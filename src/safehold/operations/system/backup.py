@@ -23,6 +23,7 @@ from ... import catalog, naming
 from ..._version import __version__
 from ...errors import SafeholdError, UsageError
 from ...model import BackupSet, Event, EventSink, Manifest, null_sink
+from ...naming import VOLUME_COMPRESSIONS, VolumeCompression
 from ...sources.docker.engine import check_target_name
 from ...sources.postgres import PgTarget
 from ...storage import LocalStorage
@@ -31,7 +32,6 @@ from ..database.backup import BackupOptions, dump_database
 from ..volumes.docker import Access, volume_source
 from ..volumes.downtime import quiesced
 from ..volumes.folder import (
-    VOLUME_COMPRESSIONS,
     TreeSource,
     folder_source,
     volume_artifact,
@@ -47,7 +47,7 @@ NO_VOLUMES = (
 @dataclass(frozen=True)
 class SetOptions:
     database: BackupOptions
-    volume_compression: str = "gzip"
+    volume_compression: VolumeCompression = "gzip"
     concurrency: int = 4
     volume_access: Access = "auto"
     stop_timeout: int | None = None  # [docker] stop_timeout; None: its default

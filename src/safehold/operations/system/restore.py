@@ -28,6 +28,7 @@ from ... import _proc
 from ...crypto import EncryptionKey
 from ...errors import SafeholdError
 from ...model import Event, EventSink, Objectives, null_sink
+from ...naming import VolumeCompression
 from ...sources.postgres import PgTarget
 from ...storage import LocalStorage
 from .. import journal
@@ -47,7 +48,7 @@ PURPOSE = "safehold restore --all"
 class SystemRestoreOptions:
     database: RestoreOptions = field(default_factory=RestoreOptions)
     safety_backup: bool = True
-    volume_compression: str = "gzip"
+    volume_compression: VolumeCompression = "gzip"
     volume_access: Access = "auto"
     encryption: EncryptionKey | None = None  # safety backups are encrypted like backups
     health_timeout: float = 120.0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 import docker
 import docker.errors
@@ -25,6 +24,7 @@ from ...crypto import DecryptionKey, EncryptionKey
 from ...errors import HookFailed, UsageError
 from ...lock import volume_key, volume_lock
 from ...model import Event, EventSink, Manifest, null_sink
+from ...naming import VolumeAccess
 from ...sources.docker.engine import (
     check_target_name,
     refuse_if_in_use,
@@ -38,7 +38,7 @@ from .downtime import quiesced, stopped
 from .extract import SwapJournal, extract_tree
 from .folder import TreeSource, Unpack, VolumeRestore, backup_source, folder_source, restore_into
 
-Access = Literal["auto", "direct", "api"]
+Access = VolumeAccess
 ACCESS_MODES: tuple[str, ...] = ("auto", "direct", "api")
 
 

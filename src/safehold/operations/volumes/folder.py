@@ -47,7 +47,6 @@ from .._pipeline import (
 from .extract import ExtractFacts, SwapJournal, extract_tree
 from .recovery_containers import UNFINISHED_KIND
 
-VOLUME_COMPRESSIONS = ("gzip", "zstd")
 # Docker's own rule for volume names (daemon/names.RestrictedNamePattern).
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -139,10 +138,10 @@ def backup_source(
     ``safety``: a pre-restore safety copy (kind "safety", ``safety_volume_...``), never the
     volume's latest backup."""
     check_target_name(target_name)
-    if compression not in VOLUME_COMPRESSIONS:
+    if compression not in naming.VOLUME_COMPRESSIONS:
         raise UsageError(
             f"unknown compression {compression!r} for a volume",
-            hint=f"use one of {', '.join(VOLUME_COMPRESSIONS)}",
+            hint=f"use one of {', '.join(naming.VOLUME_COMPRESSIONS)}",
         )
     with repository_session(
         storage, lock_timeout=lock_timeout, purpose="safehold volume backup", sink=sink
@@ -156,7 +155,7 @@ def backup_source(
                 named(artifact)
                 for artifact in [
                     volume_artifact(target_name, moment, c, key is not None)
-                    for c in (compression, *VOLUME_COMPRESSIONS)
+                    for c in (compression, *naming.VOLUME_COMPRESSIONS)
                 ]
                 + [volume_artifact(target_name, moment, compression, key is None)]
             ],
