@@ -19,6 +19,7 @@ from safehold.errors import SafeholdError, UsageError
 from safehold.operations.database.backup import BackupOptions
 from safehold.operations.system.backup import SetOptions, backup_set
 from safehold.operations.volumes.extract import extract_tree
+from safehold.operations.volumes.options import VolumeOptions
 from safehold.sandbox.dockerd import SandboxDockerd
 from safehold.sources.docker.engine import select_volumes
 from safehold.sources.postgres import PgTarget
@@ -128,7 +129,7 @@ def test_set_members_round_trip_with_modes_and_mtimes(
         database=None,
         client=client,
         volumes=[name],
-        options=SetOptions(BackupOptions(), volume_compression="zstd"),
+        options=SetOptions(BackupOptions(), VolumeOptions(compression="zstd")),
     )
 
     (member,) = made.members

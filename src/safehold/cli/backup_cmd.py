@@ -10,7 +10,7 @@ from .. import catalog
 from ..config import Settings
 from ..errors import UsageError
 from ..model import Manifest
-from ..naming import COMPRESSIONS, volume_compression
+from ..naming import COMPRESSIONS
 from ..operations.database.backup import backup_database
 from ..operations.pins import pin_all
 from ..operations.system.backup import SetOptions, backup_set
@@ -149,7 +149,7 @@ def backup(
             _backup_all(rt, storage, volumes, labels, paths, database is not False, pinning)
             return
         opts = rt.settings.backup_options()
-        tree_compression = volume_compression(opts.compression)
+        vols = rt.settings.volume_options()
         done: list[Manifest] = []
         if database if database is not None else not (volumes or paths):
             done.append(backup_database(rt.settings.pg_target(), storage, opts, rt.sink))
@@ -159,7 +159,7 @@ def backup(
                     folder.resolve(),
                     folder.resolve().name,
                     storage,
-                    compression=tree_compression,
+                    compression=vols.compression,
                     lock_timeout=opts.lock_timeout,
                     sink=rt.sink,
                     encryption=opts.encryption,
@@ -173,12 +173,12 @@ def backup(
                         client,
                         name,
                         storage,
-                        compression=tree_compression,
+                        compression=vols.compression,
                         lock_timeout=opts.lock_timeout,
                         sink=rt.sink,
-                        access=rt.settings.volume_access(),
+                        access=vols.access,
                         encryption=opts.encryption,
-                        stop_timeout=rt.settings.docker.stop_timeout,
+                        stop_timeout=vols.stop_timeout,
                     )
                 )
         _pin(rt, storage, [m.artifact for m in done], pinning)
@@ -220,10 +220,8 @@ def _backup_all(
         folders={p.resolve().name: p.resolve() for p in paths},
         options=SetOptions(
             database=options,
-            volume_compression=volume_compression(options.compression),
+            volumes=settings.volume_options(),
             concurrency=settings.backup.concurrency,
-            volume_access=settings.volume_access(),
-            stop_timeout=settings.docker.stop_timeout,
         ),
         sink=rt.sink,
     )

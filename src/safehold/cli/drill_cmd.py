@@ -186,7 +186,7 @@ def _full_system(
             if health_timeout is None
             else health_timeout,
             jobs=settings.restore.jobs,
-            access=settings.volume_access(),
+            access=settings.volume_options().access,
             lock_timeout=settings.lock_timeout,
             objectives=settings.objectives_s(),
             roles="create" if sandbox else "skip",

@@ -14,7 +14,6 @@ import docker
 from ..errors import LockBusy, UsageError
 from ..lock import volume_lock
 from ..model import Event, EventSink
-from ..naming import volume_compression
 from ..operations.system.plan import choose_set, plan_system_restore
 from ..operations.system.restore import (
     SystemRestoreOptions,
@@ -139,13 +138,11 @@ def _restore_set(
                 **({"roles": request.roles} if request.roles else {})
             ),
             safety_backup=request.safety_backup,
-            volume_compression=volume_compression(settings.backup.compress),
-            volume_access=settings.volume_access(),
+            volumes=settings.volume_options(),
             encryption=settings.encryption_key() if request.safety_backup else None,
             health_timeout=request.health_timeout or settings.restore.health_timeout,
             lock_timeout=settings.lock_timeout,
             objectives=settings.objectives_s(),
-            stop_timeout=settings.docker.stop_timeout,
         ),
         health_url=health_url,
         sink=rt.sink,

@@ -62,7 +62,7 @@ def restore_volumes(
     if not volumes:
         return []
     client = connect_docker()
-    compression = "zstd" if rt.settings.backup.compress == "zstd" else "gzip"
+    vols = rt.settings.volume_options()
     done: list[dict[str, object]] = []
     for name, ref in volumes:
         result = restore_volume(
@@ -72,14 +72,14 @@ def restore_volumes(
             ref,
             safety_backup=safety,
             stop_containers=stop,
-            compression=compression,
+            compression=vols.compression,
             lock_timeout=rt.settings.lock_timeout,
             sink=rt.sink,
-            access=rt.settings.volume_access(),
+            access=vols.access,
             encryption=rt.settings.encryption_key() if safety else None,
             key=rt.settings.decryption_key(),
             keep_setuid=keep_setuid,
-            stop_timeout=rt.settings.docker.stop_timeout,
+            stop_timeout=vols.stop_timeout,
         )
         kept = result.safety_backup.artifact if result.safety_backup else None
         done.append(

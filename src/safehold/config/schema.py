@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from .. import naming
 from ..crypto import DecryptionKey, EncryptionKey, load_decryption_key, load_encryption_key
 from ..model import Objectives
-from ..naming import Compression, VolumeAccess
+from ..naming import Compression, VolumeAccess, volume_compression
 from ..sources.postgres import PgTarget
 
 if TYPE_CHECKING:  # the docker SDK and psycopg are slow to import; wal-push needs neither
     from ..operations.database.backup import BackupOptions
     from ..operations.database.restore import RestoreOptions
+    from ..operations.volumes.options import VolumeOptions
 
 DEFAULT_FILE = Path("safehold.toml")
 # The app folder (scripts/ set it): where safehold.toml and the relative paths of defaults and
@@ -279,8 +280,15 @@ class Settings:
 
         return objectives(self.objectives, self.schedule)
 
-    def volume_access(self) -> VolumeAccess:
-        return self.backup.volume_access
+    def volume_options(self) -> VolumeOptions:
+        """How volumes are backed up and restored: the one place the settings become them."""
+        from ..operations.volumes.options import VolumeOptions
+
+        return VolumeOptions(
+            compression=volume_compression(self.backup.compress),
+            access=self.backup.volume_access,
+            stop_timeout=self.docker.stop_timeout,
+        )
 
     def restore_options(self, **overrides: Any) -> RestoreOptions:
         from ..operations.database.restore import RestoreOptions

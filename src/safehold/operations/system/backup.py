@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,13 +23,13 @@ from ... import catalog, naming
 from ..._version import __version__
 from ...errors import SafeholdError, UsageError
 from ...model import BackupSet, Event, EventSink, Manifest, null_sink
-from ...naming import VOLUME_COMPRESSIONS, VolumeCompression
+from ...naming import VOLUME_COMPRESSIONS
 from ...sources.docker.engine import check_target_name
 from ...sources.postgres import PgTarget
 from ...storage import LocalStorage
 from .._pipeline import bind_key, commit, fresh_name, repository_session
 from ..database.backup import BackupOptions, dump_database
-from ..volumes.docker import Access, volume_source
+from ..volumes.docker import volume_source
 from ..volumes.downtime import quiesced
 from ..volumes.folder import (
     TreeSource,
@@ -37,6 +37,7 @@ from ..volumes.folder import (
     volume_artifact,
     write_tree_backup,
 )
+from ..volumes.options import VolumeOptions
 
 NO_VOLUMES = (
     "the full-system backup holds no volumes, only the database: configure [volumes] include "
@@ -47,10 +48,8 @@ NO_VOLUMES = (
 @dataclass(frozen=True)
 class SetOptions:
     database: BackupOptions
-    volume_compression: VolumeCompression = "gzip"
+    volumes: VolumeOptions = field(default_factory=VolumeOptions)
     concurrency: int = 4
-    volume_access: Access = "auto"
-    stop_timeout: int | None = None  # [docker] stop_timeout; None: its default
 
 
 def backup_set(
@@ -75,8 +74,8 @@ def backup_set(
         # Allowed (the database alone is a valid set), but a weekly full-system job that
         # silently takes no volumes leaves them without any backup.
         sink(Event("backup", NO_VOLUMES, "warning"))
-    if options.volume_compression not in VOLUME_COMPRESSIONS:
-        raise UsageError(f"unknown compression {options.volume_compression!r} for a volume")
+    if options.volumes.compression not in VOLUME_COMPRESSIONS:
+        raise UsageError(f"unknown compression {options.volumes.compression!r} for a volume")
     if options.concurrency < 1:
         raise UsageError("backup.concurrency must be at least 1")
     for target in folders:
@@ -88,7 +87,7 @@ def backup_set(
     if volumes:
         assert client is not None
         for name in volumes:
-            roots[name] = volume_source(client, name, options.volume_access)
+            roots[name] = volume_source(client, name, options.volumes.access)
     targets = sorted(roots)
     db_format = options.database.compression
     with repository_session(
@@ -107,7 +106,7 @@ def backup_set(
             return names + [
                 volume_artifact(v, moment, c, encrypted)
                 for v in targets
-                for c in (options.volume_compression, *VOLUME_COMPRESSIONS)
+                for c in (options.volumes.compression, *VOLUME_COMPRESSIONS)
             ]
 
         started, _ = fresh_name(storage, names_at)
@@ -117,7 +116,7 @@ def backup_set(
         members = _Members(storage, sink, len(targets) + bool(database))
 
         def copy(volume: str) -> Callable[[], Manifest]:
-            name = volume_artifact(volume, started, options.volume_compression, encrypted)
+            name = volume_artifact(volume, started, options.volumes.compression, encrypted)
 
             def job() -> Manifest:
                 made = write_tree_backup(
@@ -126,7 +125,7 @@ def backup_set(
                     storage,
                     name,
                     _now(),  # the member's own start: time spent queued is not its duration
-                    options.volume_compression,
+                    options.volumes.compression,
                     sink,
                     set_id,
                     key,
@@ -160,7 +159,7 @@ def backup_set(
                     sink,
                     f"full-system backup {set_id}",
                     storage,
-                    stop_timeout=options.stop_timeout,
+                    stop_timeout=options.volumes.stop_timeout,
                 ):
                     try:
                         copies = [pool.submit(members.run, f"volume {v}", copy(v)) for v in targets]

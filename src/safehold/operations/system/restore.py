@@ -28,14 +28,14 @@ from ... import _proc
 from ...crypto import EncryptionKey
 from ...errors import SafeholdError
 from ...model import Event, EventSink, Objectives, null_sink
-from ...naming import VolumeCompression
 from ...sources.postgres import PgTarget
 from ...storage import LocalStorage
 from .. import journal
 from ..database.restore import RestoreOptions, restore_database
-from ..volumes.docker import Access, restore_volume
+from ..volumes.docker import restore_volume
 from ..volumes.downtime import Downtime
 from ..volumes.folder import restore_tree
+from ..volumes.options import VolumeOptions
 from ..volumes.recovery_containers import PROGRESS_KIND
 from .plan import Step, SystemPlan, folder_of
 from .steps import count_tables, post_command, verify_members, wait_healthy
@@ -48,13 +48,11 @@ PURPOSE = "safehold restore --all"
 class SystemRestoreOptions:
     database: RestoreOptions = field(default_factory=RestoreOptions)
     safety_backup: bool = True
-    volume_compression: VolumeCompression = "gzip"
-    volume_access: Access = "auto"
+    volumes: VolumeOptions = field(default_factory=VolumeOptions)
     encryption: EncryptionKey | None = None  # safety backups are encrypted like backups
     health_timeout: float = 120.0
     lock_timeout: float = 300.0
     objectives: Objectives = field(default_factory=Objectives)
-    stop_timeout: int | None = None  # [docker] stop_timeout; None: its default
 
 
 @dataclass
@@ -116,7 +114,7 @@ def run_system_restore(
         stop_step, start_step = steps.get("stop"), steps.get("start")
         # Stopped so far: journalled, and started again however the run ends.
         why = f"restore of set {plan.backup_set.id}"
-        downtime = Downtime(sink, why, storage, stop_timeout=options.stop_timeout)
+        downtime = Downtime(sink, why, storage, stop_timeout=options.volumes.stop_timeout)
         try:
             if stop_step is not None:
                 runner.step(stop_step, lambda: downtime.stop(list(plan.containers)))
@@ -331,10 +329,10 @@ def _restore_one_volume(
         storage,
         step.member.artifact,
         safety_backup=options.safety_backup,
-        compression=options.volume_compression,
+        compression=options.volumes.compression,
         lock_timeout=options.lock_timeout,
         sink=sink,
-        access=options.volume_access,
+        access=options.volumes.access,
         encryption=options.encryption,
         key=options.database.decryption,
     )
