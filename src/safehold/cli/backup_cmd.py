@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -22,6 +23,34 @@ from .locations import copy_after_backup
 from .physical import run_base_backup
 from .pin_cmd import parse_keep_until
 from .runtime import Runtime, runtime, shared_options
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    """What ``safehold backup`` was asked; ``check`` refuses what does not go together, before
+    anything runs (``--compress`` and ``--concurrency`` are config keys: the config path)."""
+
+    full: bool
+    volumes: tuple[str, ...]
+    labels: tuple[str, ...]
+    paths: tuple[Path, ...]
+    physical: bool
+    pin: bool
+    keep_until: str | None
+
+    def check(self) -> None:
+        if self.pin and self.keep_until:
+            raise UsageError("give --pin (for good) or --keep-until DATE, not both")
+        if self.physical and (self.pin or self.keep_until):
+            raise UsageError("--pin and --keep-until pin logical backups, not a base backup")
+        if self.labels and not self.full:
+            raise UsageError("--volume-label selects volumes for --all", hint="add --all")
+        if self.physical and (self.full or self.volumes or self.paths or self.labels):
+            raise UsageError("--physical backs up the whole cluster only", hint="run it on its own")
+        self.until()
+
+    def until(self) -> datetime | None:
+        return parse_keep_until(self.keep_until) if self.keep_until else None
 
 
 @click.command()
@@ -125,20 +154,14 @@ def backup(
     --pin / --keep-until DATE pin what was just written (as 'safehold pin' does), e.g. the
     backup taken before maintenance: kept for good, or through DATE.
     """
-    until = parse_keep_until(keep_until) if keep_until else None
-    if pin_it and until:
-        raise UsageError("give --pin (for good) or --keep-until DATE, not both")
-    if physical and (pin_it or until):
-        raise UsageError("--pin and --keep-until pin logical backups, not a base backup")
+    asked = BackupRequest(full, volumes, labels, paths, physical, pin_it, keep_until)
+    asked.check()
+    until = asked.until()
     given = ctx.ensure_object(dict)
     if compress is not None:
         given["backup.compress"] = compress
     if concurrency is not None:
         given["backup.concurrency"] = concurrency
-    if labels and not full:
-        raise UsageError("--volume-label selects volumes for --all", hint="add --all")
-    if physical and (full or volumes or paths or labels):
-        raise UsageError("--physical backs up the whole cluster only", hint="run it on its own")
     with runtime(ctx, as_json=as_json) as rt:
         if physical:
             run_base_backup(rt, as_json)

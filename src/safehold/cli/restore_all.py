@@ -23,6 +23,7 @@ from ..operations.system.restore import (
 from ..sources.docker.engine import connect_docker
 from ..storage import LocalStorage
 from .locations import fetch_set
+from .restore_request import roles_mode
 from .runtime import Runtime
 
 SYSTEM_RESTORE_LOCK = "system-restore"
@@ -42,11 +43,16 @@ class AllRequest:
     source: str | None = None  # a location: the set and its members are fetched from it first
     roles: str | None = None  # --roles: what the roles step does with the dump's globals
 
+    def check(self) -> None:
+        if self.set_ref and self.point_in_time:
+            raise UsageError("give --set or --point-in-time, not both")
+        if self.point_in_time:
+            parse_moment(self.point_in_time)
+
 
 def restore_all(rt: Runtime, storage: LocalStorage, request: AllRequest) -> None:
     settings = rt.settings
-    if request.set_ref and request.point_in_time:
-        raise UsageError("give --set or --point-in-time, not both")
+    request.check()
     moment = parse_moment(request.point_in_time) if request.point_in_time else None
     set_ref = request.set_ref
     if request.source is not None:
@@ -134,9 +140,7 @@ def _restore_set(
         client=client,
         database=database,
         options=SystemRestoreOptions(
-            database=settings.restore_options(
-                **({"roles": request.roles} if request.roles else {})
-            ),
+            database=settings.restore_options(roles=roles_mode(request.roles)),
             safety_backup=request.safety_backup,
             volumes=settings.volume_options(),
             encryption=settings.encryption_key() if request.safety_backup else None,

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
-from ..errors import RestoreError, UsageError
+from ..errors import RestoreError
 from ..operations.database.restore import RestoreResult, restore_database
 from ..storage import LocalStorage
 from .list_cmd import show_backups
 from .locations import local_ref, read_source
 from .physical import PitrRequest, pitr_options, run_restore
 from .restore_all import AllRequest, restore_all
+from .restore_request import RestoreRequest, roles_mode
 from .restore_volumes import plan_volumes, restore_volumes
 from .runtime import runtime, shared_options
 
@@ -169,72 +172,58 @@ def restore(
     if list_only:
         show_backups(ctx, as_json, source=source)
         return
+    asked = RestoreRequest(
+        database_ref,
+        volume_refs,
+        full,
+        pitr,
+        dry_run,
+        target_db=target_db,
+        drop_previous=drop_previous,
+        no_owner=no_owner,
+        roles=roles_mode(roles),
+        force=pitr_request.force,
+    )
+    asked.check()
+    whole = AllRequest(
+        set_ref,
+        point_in_time,
+        project,
+        post_cmds,
+        health_url,
+        health_timeout,
+        from_step,
+        not no_safety_backup,
+        dry_run,
+        source,
+        roles,
+    )
+    if full:
+        whole.check()
+    if jobs is not None:
+        ctx.ensure_object(dict)["restore.jobs"] = jobs  # a config key: the config path
     if pitr:
-        if full or database_ref or volume_refs or dry_run:
-            raise UsageError(
-                "--pitr restores the cluster from a base backup and WAL; it does not mix with "
-                "--all, --database, --volume or --dry-run",
-                hint="run it on its own",
-            )
         with runtime(ctx, as_json=as_json) as rt:
             storage = LocalStorage(rt.settings.backup_dir)
             run_restore(rt, pitr_request, read_source(rt, storage, source))
         return
-    if full and roles == "only":
-        raise UsageError(
-            "--roles only creates a dump's roles and stops; --all restores the whole set",
-            hint="use --roles only with --database, or --roles create|skip with --all",
-        )
-    if full and (database_ref or volume_refs):
-        raise UsageError(
-            "--all restores a whole set; it does not mix with --database or --volume",
-            hint="restore single backups with --database/--volume, or the set with --all",
-        )
-    if database_ref is None and not volume_refs and not full:
-        raise UsageError(
-            "nothing to restore",
-            hint="use --database FILE|NAME|latest, --volume NAME:FILE, --all, or --list",
-        )
-    volumes = [_volume_ref(text) for text in volume_refs]
+    volumes = asked.volumes()
     with runtime(ctx, as_json=as_json) as rt:
         storage = LocalStorage(rt.settings.backup_dir)
         if "/" not in (database_ref or "") and all("/" not in ref for _, ref in volumes):
             source = read_source(rt, storage, source)  # a new host: its one location
         if full:
-            request = AllRequest(
-                set_ref,
-                point_in_time,
-                project,
-                post_cmds,
-                health_url,
-                health_timeout,
-                from_step,
-                not no_safety_backup,
-                dry_run,
-                source,
-                roles,
-            )
-            restore_all(rt, storage, request)
+            restore_all(rt, storage, dataclasses.replace(whole, source=source))
             return
         db_result: RestoreResult | None = None
         if database_ref is not None:
-            overrides: dict[str, object] = {
-                "target_db": target_db,
-                "drop_previous": drop_previous,
-                "no_owner": no_owner,
-                "force": pitr_request.force,  # --force: a backup of another database over this one
-            }
-            if jobs is not None:
-                overrides["jobs"] = jobs
-            if roles is not None:
-                overrides["roles"] = roles
             target = rt.settings.pg_target()
             database_ref = local_ref(rt, storage, database_ref, "database", target.dbname, source)
             db_result = restore_database(
                 target,
                 storage,
                 database_ref,
-                rt.settings.restore_options(**overrides),
+                asked.database_options(rt.settings),
                 dry_run=dry_run,
                 sink=rt.sink,
             )
@@ -275,17 +264,6 @@ def _refuse_if_refused(result: RestoreResult) -> None:
             f"{plan.roles.blocked}",
             hint=f"create them first as a superuser from {plan.roles.artifact}",
         )
-
-
-def _volume_ref(text: str) -> tuple[str, str]:
-    name, sep, ref = text.partition(":")
-    if not sep or not name or not ref:
-        raise UsageError(
-            f"--volume takes NAME:FILE, not {text!r}",
-            hint="e.g. --volume user-data:./backups/volume_user-data_20241201_120000.tar.gz "
-            "or --volume user-data:latest",
-        )
-    return name, ref
 
 
 def _show(result: RestoreResult, emit_json: object) -> None:

@@ -15,6 +15,7 @@ from ..sources.postgres import PgTarget
 
 if TYPE_CHECKING:  # the docker SDK and psycopg are slow to import; wal-push needs neither
     from ..operations.database.backup import BackupOptions
+    from ..operations.database.globals import RolesMode
     from ..operations.database.restore import RestoreOptions
     from ..operations.volumes.options import VolumeOptions
 
@@ -290,17 +291,28 @@ class Settings:
             stop_timeout=self.docker.stop_timeout,
         )
 
-    def restore_options(self, **overrides: Any) -> RestoreOptions:
+    def restore_options(
+        self,
+        *,
+        target_db: str | None = None,
+        drop_previous: bool = False,
+        no_owner: bool = False,
+        force: bool = False,
+        roles: RolesMode | None = None,
+    ) -> RestoreOptions:
+        """A database restore's options: the settings, and what one run was asked."""
         from ..operations.database.restore import RestoreOptions
 
-        # A flag overrides the file's value: merged first, or `-j` would be given twice.
-        values: dict[str, Any] = {
-            "jobs": self.restore.jobs,
-            "lock_timeout": self.lock_timeout,
-            "decryption": self.decryption_key(),
-            "roles": self.restore.roles,
-        }
-        return RestoreOptions(**(values | overrides))
+        return RestoreOptions(
+            target_db=target_db,
+            jobs=self.restore.jobs,
+            drop_previous=drop_previous,
+            no_owner=no_owner,
+            lock_timeout=self.lock_timeout,
+            decryption=self.decryption_key(),
+            roles=roles or self.restore.roles,
+            force=force,
+        )
 
 
 SECTIONS: dict[str, type] = {
