@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -17,6 +18,43 @@ from ..storage import LocalStorage
 from .locations import mirrored, read_source
 from .physical import COMMAND_HELP, run_pitr_drill
 from .runtime import Runtime, runtime, shared_options
+
+
+@dataclass(frozen=True)
+class DrillRequest:
+    """What ``safehold drill`` was asked; ``check`` refuses what does not go together before
+    anything runs: the full-system rehearsal, the PITR drill and the drill of backups each
+    take their own flags."""
+
+    name: str | None
+    latest: bool
+    set_ref: str | None
+    sandbox: bool
+    source: str | None
+    pitr: bool
+    full_system: bool
+    pitr_only: bool  # --to-time, --to-lsn, --to-name, --server-user or --command given
+    rehearsal_only: bool  # --project, --post-restore-cmd or --health-timeout given
+
+    def check(self) -> None:
+        if self.full_system:
+            if self.name or self.latest or self.pitr or self.source:
+                raise UsageError("--full-system drills a set: give --set ID|latest, not a name")
+            return
+        if self.rehearsal_only:
+            raise UsageError(
+                "--project, --post-restore-cmd and --health-timeout need --full-system"
+            )
+        if self.pitr:
+            if self.name or self.latest or self.set_ref or self.sandbox or self.source:
+                raise UsageError("--pitr drills base backup + WAL; it does not take a backup name")
+            return
+        if self.pitr_only:
+            raise UsageError(
+                "--to-time, --to-lsn, --to-name, --server-user and --command need --pitr"
+            )
+        if sum(bool(x) for x in (self.name, self.latest, self.set_ref)) > 1:
+            raise UsageError("give one of NAME, --latest or --set")
 
 
 @click.command("drill")
@@ -103,9 +141,18 @@ def drill_cmd(
     total recorded as the measured full-system recovery time against the RTO. Everything is
     removed afterwards, also on failure or SIGTERM (after a kill, by the next command).
     """
+    DrillRequest(
+        name,
+        latest,
+        set_ref,
+        sandbox,
+        source,
+        pitr,
+        full_system,
+        pitr_only=bool(to_time or to_lsn or to_name or server_user or command),
+        rehearsal_only=bool(project or post_cmds or health_timeout is not None),
+    ).check()
     if full_system:
-        if name or latest or pitr or source:
-            raise UsageError("--full-system drills a set: give --set ID|latest, not a name")
         with runtime(ctx, as_json=as_json) as rt:
             record = _full_system(rt, set_ref, sandbox, project, post_cmds, health_timeout)
             if as_json:
@@ -113,11 +160,7 @@ def drill_cmd(
             else:
                 _show_full(record)
         return
-    if project or post_cmds or health_timeout is not None:
-        raise UsageError("--project, --post-restore-cmd and --health-timeout need --full-system")
     if pitr:
-        if name or latest or set_ref or sandbox or source:
-            raise UsageError("--pitr drills base backup + WAL; it does not take a backup name")
         with runtime(ctx, as_json=as_json) as rt:
             record = run_pitr_drill(rt, to_time, to_lsn, to_name, server_user, command)
             if as_json:
@@ -130,10 +173,6 @@ def drill_cmd(
                     f"recovered in {record.recovery_s:.1f}s"
                 )
         return
-    if to_time or to_lsn or to_name or server_user or command:
-        raise UsageError("--to-time, --to-lsn, --to-name, --server-user and --command need --pitr")
-    if sum(bool(x) for x in (name, latest, set_ref)) > 1:
-        raise UsageError("give one of NAME, --latest or --set")
     subject = name or (f"set:{set_ref}" if set_ref else "latest")
     with runtime(ctx, as_json=as_json) as rt, contextlib.ExitStack() as stack:
         storage = LocalStorage(rt.settings.backup_dir)
