@@ -153,8 +153,16 @@ def drill_cmd(
         rehearsal_only=bool(project or post_cmds or health_timeout is not None),
     ).check()
     if full_system:
+        given = ctx.ensure_object(dict)  # flags that are config keys: the config path
+        for key, value in (
+            ("restore.project", project),
+            ("restore.post_restore_cmds", list(post_cmds) or None),
+            ("restore.health_timeout", health_timeout),
+        ):
+            if value is not None:
+                given[key] = value
         with runtime(ctx, as_json=as_json) as rt:
-            record = _full_system(rt, set_ref, sandbox, project, post_cmds, health_timeout)
+            record = _full_system(rt, set_ref, sandbox)
             if as_json:
                 rt.emit_json(record.to_json())
             else:
@@ -201,14 +209,7 @@ def drill_cmd(
             _show(record)
 
 
-def _full_system(
-    rt: Runtime,
-    set_ref: str | None,
-    sandbox: bool,
-    project: str | None,
-    post_cmds: tuple[str, ...],
-    health_timeout: float | None,
-) -> DrillRecord:
+def _full_system(rt: Runtime, set_ref: str | None, sandbox: bool) -> DrillRecord:
     from ..operations.checks.rehearsal import SystemDrillOptions, drill_system
     from ..sources.docker.engine import connect_docker
 
@@ -219,11 +220,9 @@ def _full_system(
     with _server(live, sandbox) as (server, where, root):
         options = SystemDrillOptions(
             set_ref=set_ref or "latest",
-            project=project or settings.restore.project or None,
-            post_restore_cmds=post_cmds or settings.restore.post_restore_cmds,
-            health_timeout=settings.restore.health_timeout
-            if health_timeout is None
-            else health_timeout,
+            project=settings.restore.project or None,
+            post_restore_cmds=settings.restore.post_restore_cmds,
+            health_timeout=settings.restore.health_timeout,
             jobs=settings.restore.jobs,
             access=settings.volume_options().access,
             lock_timeout=settings.lock_timeout,

@@ -33,10 +33,6 @@ SYSTEM_RESTORE_LOCK = "system-restore"
 class AllRequest:
     set_ref: str | None
     point_in_time: str | None
-    project: str | None
-    post_restore_cmds: tuple[str, ...]
-    health_url: str | None
-    health_timeout: float | None
     from_step: int
     safety_backup: bool
     dry_run: bool
@@ -106,11 +102,11 @@ def _restore_set(
 ) -> None:
     settings = rt.settings
     backup_set, why = choose_set(storage, set_ref, moment)
-    health_url = request.health_url or settings.restore.health_url or None
+    health_url = settings.restore.health_url or None
     if health_url and not health_url.startswith(("http://", "https://")):
         raise UsageError(f"--health-url {health_url!r} is not an http(s) URL")
     docker_volumes = set(backup_set.volumes) - set(backup_set.folders)
-    project = request.project or settings.restore.project or None
+    project = settings.restore.project or None
     client: docker.DockerClient | None = connect_docker() if docker_volumes or project else None
     database = settings.pg_target() if backup_set.database else None
     plan = plan_system_restore(
@@ -120,7 +116,7 @@ def _restore_set(
         client=client,
         database=database.dbname if database else None,
         project=project,
-        post_restore_cmds=request.post_restore_cmds or settings.restore.post_restore_cmds,
+        post_restore_cmds=settings.restore.post_restore_cmds,
         health_url=health_url,
         from_step=request.from_step,
     )
@@ -144,7 +140,7 @@ def _restore_set(
             safety_backup=request.safety_backup,
             volumes=settings.volume_options(),
             encryption=settings.encryption_key() if request.safety_backup else None,
-            health_timeout=request.health_timeout or settings.restore.health_timeout,
+            health_timeout=settings.restore.health_timeout,
             lock_timeout=settings.lock_timeout,
             objectives=settings.objectives_s(),
         ),

@@ -188,10 +188,6 @@ def restore(
     whole = AllRequest(
         set_ref,
         point_in_time,
-        project,
-        post_cmds,
-        health_url,
-        health_timeout,
         from_step,
         not no_safety_backup,
         dry_run,
@@ -200,8 +196,17 @@ def restore(
     )
     if full:
         whole.check()
-    if jobs is not None:
-        ctx.ensure_object(dict)["restore.jobs"] = jobs  # a config key: the config path
+    # Flags that are config keys travel the config path (config.load's dotted keys).
+    given = ctx.ensure_object(dict)
+    for key, value in (
+        ("restore.jobs", jobs),
+        ("restore.project", project),
+        ("restore.post_restore_cmds", list(post_cmds) or None),
+        ("restore.health_url", health_url),
+        ("restore.health_timeout", health_timeout),
+    ):
+        if value is not None:
+            given[key] = value
     if pitr:
         with runtime(ctx, as_json=as_json) as rt:
             storage = LocalStorage(rt.settings.backup_dir)
