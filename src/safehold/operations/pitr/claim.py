@@ -55,16 +55,19 @@ def held(target_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def record(
-    repo: LocalStorage, target_dir: Path, aside: Path | None, run_as: str | None
-) -> journal.Entry:
-    """Journal the restore before ``target_dir`` is created, moved aside or filled."""
-    data = {
+def describe(target_dir: Path, aside: Path | None, run_as: str | None) -> dict[str, Any]:
+    """What undoing the restore needs, taken before ``target_dir`` is created, moved aside or
+    filled: the journal entry's data, and the run's own ``roll_back``."""
+    return {
         "target": str(target_dir),
         "existed": target_dir.is_dir(),
         "aside": str(aside) if aside is not None else None,
         "run_as": run_as,
     }
+
+
+def record(repo: LocalStorage, data: dict[str, Any]) -> journal.Entry:
+    """Journal the restore (``describe``'s data) before it changes anything."""
     return journal.record(repo, KIND, data, PURPOSE)
 
 

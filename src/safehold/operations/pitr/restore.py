@@ -131,8 +131,8 @@ def restore(
     target_dir = Path(target_dir).absolute()
     with claim.held(target_dir):
         aside = _refusal_or_aside(target_dir, force, server)
-        data = {"target": str(target_dir), "existed": target_dir.is_dir(), "aside": aside}
-        entry = claim.record(journal_to, target_dir, aside, server.run_as) if journal_to else None
+        data = claim.describe(target_dir, aside, server.run_as)
+        entry = claim.record(journal_to, data) if journal_to else None
         try:
             return _restore(archive, target_dir, target, server, aside, keep_running, archiving,
                             sink, timeout, records)  # fmt: skip
