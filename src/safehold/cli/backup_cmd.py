@@ -19,10 +19,11 @@ from ..operations.volumes.docker import backup_volume
 from ..operations.volumes.folder import backup_tree
 from ..sources.docker.engine import connect_docker, select_volumes
 from ..storage import LocalStorage
+from .flags import config_option, shared_options
 from .locations import copy_after_backup
 from .physical import run_base_backup
-from .pin_cmd import parse_keep_until
-from .runtime import Runtime, runtime, shared_options
+from .requests import parse_keep_until
+from .runtime import Runtime, runtime
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,12 @@ class BackupRequest:
 
 
 @click.command()
-@click.option(
+@config_option(
     "--compress",
+    "backup.compress",
     type=click.Choice(COMPRESSIONS),
-    default=None,
     help="gzip: db_backup_*.sql (pg_dump's own) / volume_*.tar.gz; zstd: multi-threaded, "
-    "*.sql.zst / *.tar.zst [backup.compress]",
+    "*.sql.zst / *.tar.zst",
 )
 @click.option(
     "--all",
@@ -83,11 +84,11 @@ class BackupRequest:
     metavar="KEY[=VALUE]",
     help="also every volume carrying this label (repeatable)",
 )
-@click.option(
+@config_option(
     "--concurrency",
+    "backup.concurrency",
     type=click.IntRange(min=1),
-    default=None,
-    help="members of an --all backup written at once [backup.concurrency]",
+    help="members of an --all backup written at once",
 )
 @click.option(
     "--path",
@@ -157,11 +158,6 @@ def backup(
     asked = BackupRequest(full, volumes, labels, paths, physical, pin_it, keep_until)
     asked.check()
     until = asked.until()
-    given = ctx.ensure_object(dict)
-    if compress is not None:
-        given["backup.compress"] = compress
-    if concurrency is not None:
-        given["backup.concurrency"] = concurrency
     with runtime(ctx, as_json=as_json) as rt:
         if physical:
             run_base_backup(rt, as_json)

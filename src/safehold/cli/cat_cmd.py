@@ -5,10 +5,11 @@ import sys
 
 import click
 
-from ..errors import UsageError
 from ..operations.cat import cat_backup
 from ..storage import LocalStorage
-from .runtime import runtime, shared_options
+from .flags import shared_options
+from .requests import CatRequest
+from .runtime import runtime
 
 
 class _Stdout:
@@ -61,12 +62,7 @@ def cat_cmd(ctx: click.Context, name: str, volume: str | None, force_tty: bool) 
       safehold cat --volume user-data latest | tar -tv
       safehold cat latest | pg_restore --dbname=scratch --no-owner
     """
-    if not force_tty and os.isatty(sys.stdout.fileno()):
-        raise UsageError(
-            "refusing to write a backup's binary content to a terminal",
-            hint="pipe it (safehold cat latest | pg_restore --list), redirect it (> FILE), "
-            "or add --force-tty",
-        )
+    CatRequest(name, volume, force_tty).check(sys.stdout.fileno())
     with runtime(ctx) as rt:
         result = cat_backup(
             LocalStorage(rt.settings.backup_dir),

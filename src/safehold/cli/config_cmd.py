@@ -6,7 +6,8 @@ import json
 import click
 
 from .. import config
-from .runtime import runtime, shared_options
+from .flags import shared_options
+from .runtime import runtime
 
 
 @click.command("config")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 
 import click
 
@@ -9,8 +10,10 @@ from ..errors import UsageError
 from ..operations.copy import representatives
 from ..retention import Period
 from ..storage import LocalStorage
+from .flags import shared_options
 from .locations import copy_to, locations
-from .runtime import runtime, shared_options
+from .requests import CopyRequest
+from .runtime import runtime
 
 
 @click.command("copy")
@@ -50,14 +53,14 @@ def copy_cmd(
     and is followed by its manifest and the records of the sets it completes. Already present
     copies are skipped. The location's bucket lock is held meanwhile.
     """
-    if sum(bool(x) for x in (names, latest, representative)) > 1:
-        raise UsageError("give BACKUP names, --latest or --representative, not two of them")
+    asked = CopyRequest(names, latest, cast("Period | None", representative))
+    asked.check()
     with runtime(ctx, as_json=as_json) as rt:
         storage = LocalStorage(rt.settings.backup_dir)
         targets = locations(rt.settings, to)
         records = [r for r in catalog.scan(storage) if r.status == "ok"]
-        if representative:
-            period: Period = "monthly" if representative == "monthly" else "yearly"
+        if asked.representative:
+            period = asked.representative
             chosen = representatives(storage, period, datetime.now(UTC))
             if not chosen:
                 # Not a failure: the first month after setup has no finished month yet.

@@ -24,7 +24,8 @@ from ..scheduler import (
 )
 from ..scheduler.daemon import stop_on_signals
 from ..scheduler.jobs import zone_name
-from .runtime import runtime, shared_options
+from .flags import shared_options
+from .runtime import runtime
 
 
 @click.command("daemon")

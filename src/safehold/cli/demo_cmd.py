@@ -24,8 +24,9 @@ from ..sandbox import SandboxCluster, load_sample
 from ..sandbox.dockerd import SandboxDockerd
 from ..sources.postgres import connect, table_fingerprints
 from ..storage import LocalStorage
+from .flags import shared_options
 from .output import backups_table
-from .runtime import Runtime, runtime, shared_options
+from .runtime import Runtime, runtime
 
 DEMO_DB = "container_app"
 RESTORED_DB = "container_app_restored"

@@ -21,7 +21,8 @@ from ..errors import ConfigError, SafeholdError
 from ..operations.checks.doctor.run import RESULTS, Check, DoctorSetup, run_checks
 from ..operations.checks.doctor.wal import Need
 from ..storage import Storage
-from .runtime import runtime, shared_options
+from .flags import shared_options
+from .runtime import runtime
 
 RESULT_STYLE = {"OK": "green", "WARN": "yellow", "FAIL": "bold red", "SKIP": "dim"}
 

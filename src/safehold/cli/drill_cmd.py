@@ -15,9 +15,10 @@ from ..operations.checks.drill import DrillRecord, drill, write_drill
 from ..sources.pg_cluster import ScratchCluster
 from ..sources.postgres import PgTarget
 from ..storage import LocalStorage
+from .flags import config_option, shared_options
 from .locations import mirrored, read_source
 from .physical import COMMAND_HELP, run_pitr_drill
-from .runtime import Runtime, runtime, shared_options
+from .runtime import Runtime, runtime
 
 
 @dataclass(frozen=True)
@@ -90,14 +91,24 @@ class DrillRequest:
     "scratch database and volumes, copies of the containers without ports or production "
     "networks, post-restore commands, health; timed against the full-system RTO",
 )
-@click.option("--project", help="--full-system: compose project whose containers are copied")
-@click.option(
+@config_option(
+    "--project",
+    "restore.project",
+    help="--full-system: compose project whose containers are copied",
+)
+@config_option(
     "--post-restore-cmd",
+    "restore.post_restore_cmds",
     "post_cmds",
     multiple=True,
-    help="--full-system: instead of restore.post_restore_cmds (PG* name the scratch database)",
+    help="--full-system: run after the data is back (PG* name the scratch database)",
 )
-@click.option("--health-timeout", type=float, help="--full-system: seconds to wait for health")
+@config_option(
+    "--health-timeout",
+    "restore.health_timeout",
+    type=float,
+    help="--full-system: seconds to wait for health",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the drill record as JSON")
 @shared_options
 @click.pass_context
@@ -153,14 +164,6 @@ def drill_cmd(
         rehearsal_only=bool(project or post_cmds or health_timeout is not None),
     ).check()
     if full_system:
-        given = ctx.ensure_object(dict)  # flags that are config keys: the config path
-        for key, value in (
-            ("restore.project", project),
-            ("restore.post_restore_cmds", list(post_cmds) or None),
-            ("restore.health_timeout", health_timeout),
-        ):
-            if value is not None:
-                given[key] = value
         with runtime(ctx, as_json=as_json) as rt:
             record = _full_system(rt, set_ref, sandbox)
             if as_json:

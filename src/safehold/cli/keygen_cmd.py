@@ -6,7 +6,8 @@ import click
 
 from ..crypto import generate_keypair
 from ..model import Event
-from .runtime import runtime, shared_options
+from .flags import shared_options
+from .runtime import runtime
 
 DEFAULT_IDENTITY = Path("safehold-identity.txt")
 

@@ -16,9 +16,11 @@ from ..operations.pitr.prune import base_status, read_bases
 from ..operations.runs import RunRecord, read_runs
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage, Storage
+from .flags import shared_options
 from .locations import location_storage, locations, read_source
 from .output import STATUS_STYLE, backups_table, sets_table
-from .runtime import runtime, shared_options
+from .requests import ListRequest
+from .runtime import runtime
 
 
 @click.command("list")
@@ -52,9 +54,8 @@ def list_cmd(
     repository (.safehold/runs/, kept 90 days): when, the command, ok/failed/interrupted, the
     exit code and the error, or what the run wrote.
     """
+    ListRequest(only_sets, only_runs, source).check()
     if only_runs:
-        if only_sets or source:
-            raise click.UsageError("--runs lists the local repository's runs: no --sets or --from")
         with runtime(ctx, as_json=as_json) as rt:
             records = list(reversed(read_runs(LocalStorage(rt.settings.backup_dir))))
             if as_json:

@@ -1,15 +1,16 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import click
 from rich.table import Table
 
 from .. import catalog
-from ..errors import UsageError
 from ..operations.pins import pin, read_pins, unpin
 from ..storage import LocalStorage
-from .runtime import runtime, shared_options
+from .flags import shared_options
+from .requests import PinRequest
+from .runtime import runtime
 
 
 @click.command("pin")
@@ -32,9 +33,9 @@ def pin_cmd(
     at). The pin is .safehold/pins/NAME.json in the repository; 'safehold unpin NAME' removes it.
     --keep-until DATE pins it through DATE only; after that prune's retention rules decide.
     """
-    if keep_until and name is None:
-        raise UsageError("--keep-until pins a backup: give its NAME")
-    until = parse_keep_until(keep_until) if keep_until else None
+    asked = PinRequest(name, note, keep_until)
+    asked.check()
+    until = asked.until()
     with runtime(ctx, as_json=as_json) as rt:
         storage = LocalStorage(rt.settings.backup_dir)
         if name is not None:
@@ -77,20 +78,3 @@ def unpin_cmd(ctx: click.Context, name: str) -> None:
     with runtime(ctx) as rt:
         storage = LocalStorage(rt.settings.backup_dir)
         unpin(storage, name, lock_timeout=rt.settings.lock_timeout, sink=rt.sink)
-
-
-def parse_keep_until(text: str) -> datetime:
-    """--keep-until DATE: a day means through its end (UTC); a time without a zone is UTC."""
-    try:
-        if len(text) == 10:
-            moment = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC) + timedelta(days=1)
-        else:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    except ValueError:
-        raise UsageError(
-            f"--keep-until {text!r} is not a date", hint="YYYY-MM-DD or YYYY-MM-DDTHH:MM"
-        ) from None
-    if moment <= datetime.now(UTC):
-        raise UsageError(f"--keep-until {text} is not in the future")
-    return moment

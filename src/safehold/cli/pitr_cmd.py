@@ -8,6 +8,7 @@ import click
 
 from ..operations.pitr import base as pitr
 from ..operations.pitr import setup as pitr_setup
+from .flags import shared_options
 from .physical import (
     COMMAND_HELP,
     PitrRequest,
@@ -16,7 +17,7 @@ from .physical import (
     run_base_backup,
     run_restore,
 )
-from .runtime import runtime, shared_options
+from .runtime import runtime
 from .wal_places import wal_archive
 
 

@@ -13,8 +13,9 @@ from ..operations.prune import PruneResult, prune, prune_location
 from ..retention import Policy
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage
+from .flags import shared_options
 from .locations import locations
-from .runtime import Runtime, runtime, shared_options
+from .runtime import Runtime, runtime
 
 
 def prune_remote(

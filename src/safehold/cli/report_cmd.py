@@ -6,11 +6,12 @@ from typing import Any
 
 import click
 
-from ..errors import UsageError
 from ..operations.report.gather import DEFAULT_DAYS, gather_report
 from ..operations.report.page import render_html, write_html
 from ..storage import LocalStorage
-from .runtime import runtime, shared_options
+from .flags import shared_options
+from .requests import ReportRequest
+from .runtime import runtime
 
 
 @click.command("report")
@@ -39,11 +40,7 @@ def report_cmd(ctx: click.Context, html_path: Path | None, days: int, as_json: b
     inline SVG: the page needs no network, script or font. With --json the same data is printed
     (also when --html writes the page).
     """
-    if html_path is None and not as_json:
-        raise UsageError(
-            "nothing to do: give --html FILE (the page) and/or --json (the data)",
-            hint="safehold report --html report.html",
-        )
+    ReportRequest(html_path, days, as_json).check()
     with runtime(ctx, as_json=as_json) as rt:
         settings = rt.settings
         storage = LocalStorage(settings.backup_dir)

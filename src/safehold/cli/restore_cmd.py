@@ -7,13 +7,14 @@ import click
 from ..errors import RestoreError
 from ..operations.database.restore import RestoreResult, restore_database
 from ..storage import LocalStorage
+from .flags import config_option, shared_options
 from .list_cmd import show_backups
 from .locations import local_ref, read_source
 from .physical import PitrRequest, pitr_options, run_restore
 from .restore_all import AllRequest, restore_all
 from .restore_request import RestoreRequest, roles_mode
 from .restore_volumes import plan_volumes, restore_volumes
-from .runtime import runtime, shared_options
+from .runtime import runtime
 
 
 @click.command()
@@ -30,8 +31,12 @@ from .runtime import runtime, shared_options
     help="restore side by side into this database (created if missing); the live "
     "database is not touched",
 )
-@click.option(
-    "--jobs", "-j", type=int, default=None, help="pg_restore parallel jobs (default: cores)"
+@config_option(
+    "--jobs",
+    "restore.jobs",
+    "-j",
+    type=click.IntRange(min=0),
+    help="pg_restore parallel jobs (0: cores)",
 )
 @click.option(
     "--drop-previous",
@@ -82,23 +87,30 @@ from .runtime import runtime, shared_options
     metavar="TIME",
     help='--all: the newest set taken at or before TIME ("2024-12-01 12:00", local time)',
 )
-@click.option(
+@config_option(
     "--project",
+    "restore.project",
     metavar="NAME",
-    help="--all: stop this compose project's containers [restore.project]",
+    help="--all: stop this compose project's containers",
 )
-@click.option(
+@config_option(
     "--post-restore-cmd",
+    "restore.post_restore_cmds",
     "post_cmds",
     multiple=True,
     metavar="CMD",
     help="--all: run CMD (sh -c, on this host) after the data is back, before the containers "
-    "start (repeatable) [restore.post_restore_cmds]",
+    "start (repeatable)",
 )
-@click.option(
-    "--health-url", metavar="URL", help="--all: poll until it answers 200 [restore.health_url]"
+@config_option(
+    "--health-url", "restore.health_url", metavar="URL", help="--all: poll until it answers 200"
 )
-@click.option("--health-timeout", type=float, default=None, help="seconds to wait for --health-url")
+@config_option(
+    "--health-timeout",
+    "restore.health_timeout",
+    type=float,
+    help="seconds to wait for --health-url",
+)
 @click.option(
     "--from-step",
     type=click.IntRange(min=1),
@@ -196,17 +208,6 @@ def restore(
     )
     if full:
         whole.check()
-    # Flags that are config keys travel the config path (config.load's dotted keys).
-    given = ctx.ensure_object(dict)
-    for key, value in (
-        ("restore.jobs", jobs),
-        ("restore.project", project),
-        ("restore.post_restore_cmds", list(post_cmds) or None),
-        ("restore.health_url", health_url),
-        ("restore.health_timeout", health_timeout),
-    ):
-        if value is not None:
-            given[key] = value
     if pitr:
         with runtime(ctx, as_json=as_json) as rt:
             storage = LocalStorage(rt.settings.backup_dir)

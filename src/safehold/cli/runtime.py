@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from click.core import ParameterSource
@@ -27,8 +27,6 @@ from ..sinks import LogSink, ProgressSink, fan_out, heartbeat
 from ..sinks.alerts import Alert, RecentLines, send_alert
 from ..storage import LocalStorage
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 # A failure of these commands is sent to the alert targets (an interrupt is not a failure);
 # `status` reports an RPO breach itself through Runtime.alert.
 ALERT_ON_FAILURE = frozenset({"backup", "verify", "drill", "prune", "restore"})
@@ -36,54 +34,6 @@ ALERT_ON_FAILURE = frozenset({"backup", "verify", "drill", "prune", "restore"})
 # scheduled job, also ping alerts.heartbeat_url.
 RECORDED = frozenset(runs.RECORDED)
 HEARTBEAT = RECORDED - {"restore"}
-
-# (option, dotted config key or runtime key, help)
-_SHARED: list[tuple[str, str, type | click.ParamType[Any], str]] = [
-    ("--config", "@config", click.Path(path_type=Path), "config file (default ./safehold.toml)"),
-    ("--backup-dir", "backup_dir", click.Path(path_type=Path), "repository folder [BACKUP_DIR]"),
-    ("--db-host", "database.host", str, "PostgreSQL host [DB_HOST]"),
-    ("--db-port", "database.port", int, "PostgreSQL port [DB_PORT]"),
-    ("--db-name", "database.name", str, "database name [DB_NAME]"),
-    ("--db-user", "database.user", str, "login role [DB_USER]"),
-    ("--log-file", "log_file", click.Path(path_type=Path), "also append log lines here [LOG_FILE]"),
-    ("--lock-timeout", "lock_timeout", float, "seconds to wait for the repository lock"),
-]
-
-
-def _remember(key: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
-        if isinstance(value, Path) and str(value) == ".":
-            value = ""  # click turns --log-file '' into Path("."): the user means "none"
-        if value is not None and value is not False:
-            ctx.ensure_object(dict)[key] = value
-        return value
-
-    return callback
-
-
-def shared_options(func: F) -> F:
-    """Connection, repository and logging options, accepted by every command."""
-    for flag, key, kind, text in reversed(_SHARED):
-        param = "opt_" + key.strip("@").replace(".", "_")
-        func = click.option(
-            flag, param, type=kind, help=text, expose_value=False, callback=_remember(key)
-        )(func)
-    func = click.option(
-        "--log-format",
-        type=click.Choice(["text", "json"]),
-        default=None,
-        expose_value=False,
-        callback=_remember("@log_format"),
-        help="log line format on stderr and in the log file",
-    )(func)
-    return click.option(
-        "-q",
-        "--quiet",
-        is_flag=True,
-        expose_value=False,
-        callback=_remember("@quiet"),
-        help="only warnings and errors",
-    )(func)
 
 
 @dataclass

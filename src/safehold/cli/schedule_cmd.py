@@ -21,7 +21,8 @@ from ..scheduler import (
 )
 from ..scheduler.crontab import Change
 from ..scheduler.show import describe, render_text
-from .runtime import runtime, shared_options
+from .flags import shared_options
+from .runtime import runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
 

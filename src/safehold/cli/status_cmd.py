@@ -18,8 +18,9 @@ from ..operations.report.runs import RunsStatus, read_runs_status
 from ..operations.report.status import StatusReport, read_status
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage
+from .flags import shared_options
 from .locations import automatic, locations
-from .runtime import runtime, shared_options
+from .runtime import runtime
 
 STYLE = {"ok": "green", "warning": "yellow", "critical": "red"}
 

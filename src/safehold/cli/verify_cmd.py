@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import catalog
-from ..errors import IntegrityError, UsageError
+from ..errors import IntegrityError
 from ..model import BackupRecord
 from ..operations.checks.verify import (
     LEVELS,
@@ -23,8 +23,10 @@ from ..operations.checks.verify import (
 )
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage
+from .flags import shared_options
 from .locations import mirrored, read_source
-from .runtime import runtime, shared_options
+from .requests import VerifyRequest
+from .runtime import runtime
 
 OUTCOME_STYLE = {"ok": "green", "unverifiable": "yellow", "failed": "red"}
 
@@ -72,8 +74,8 @@ def verify(
     --from LOCATION reads the chosen backups from that location into a scratch folder and
     verifies those bytes (results are shown, not recorded).
     """
-    if name and every:
-        raise UsageError("give a backup NAME or --all, not both")
+    asked = VerifyRequest(name, every, cast(Level, level))
+    asked.check()
     with runtime(ctx, as_json=as_json) as rt, contextlib.ExitStack() as stack:
         storage = LocalStorage(rt.settings.backup_dir)
         source = read_source(rt, storage, source)
@@ -83,12 +85,12 @@ def verify(
             "lock_timeout": rt.settings.lock_timeout,
             "pg_bin_dir": rt.settings.database.pg_bin_dir,
             # Only a full check decrypts; a quick one checks the ciphertext's sha256, no key.
-            "key": rt.settings.decryption_key() if level == "full" else None,
+            "key": rt.settings.decryption_key() if asked.level == "full" else None,
         }
-        depth = cast(Level, level)
+        depth = asked.level
         if every:
             results = verify_all(storage, depth, rt.sink, **options)
-        elif name is None or name == "latest":
+        elif asked.newest or name is None:
             results = verify_newest(storage, depth, rt.sink, **options)
         else:
             results = [verify_backup(storage, name, depth, rt.sink, **options)]

@@ -8,7 +8,8 @@ import click
 
 from ..operations.pitr import ahead as wal_ahead
 from ..operations.pitr import archive as wal
-from .runtime import runtime, shared_options
+from .flags import shared_options
+from .runtime import runtime
 from .wal_places import wal_archive
 
 
