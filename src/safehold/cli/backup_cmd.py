@@ -14,7 +14,7 @@ from ..model import Manifest
 from ..naming import COMPRESSIONS
 from ..operations.database.backup import backup_database
 from ..operations.pins import pin_all
-from ..operations.system.backup import SetOptions, backup_set
+from ..operations.system.backup import backup_set
 from ..operations.volumes.docker import backup_volume
 from ..operations.volumes.folder import backup_tree
 from ..sources.docker.engine import connect_docker, select_volumes
@@ -230,18 +230,13 @@ def _backup_all(
         names = select_volumes(client, include, labels, chosen.exclude)
         if not names:
             rt.sink_warning(f"no Docker volume matches {', '.join((*include, *labels))}")
-    options = settings.backup_options()
     result = backup_set(
         storage,
         database=settings.pg_target() if with_database else None,
         client=client,
         volumes=names,
         folders={p.resolve().name: p.resolve() for p in paths},
-        options=SetOptions(
-            database=options,
-            volumes=settings.volume_options(),
-            concurrency=settings.backup.concurrency,
-        ),
+        options=settings.set_options(),
         sink=rt.sink,
     )
     _pin(rt, storage, list(result.members), pinning)

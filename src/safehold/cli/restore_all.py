@@ -16,7 +16,6 @@ from ..lock import volume_lock
 from ..model import Event, EventSink
 from ..operations.system.plan import choose_set, plan_system_restore
 from ..operations.system.restore import (
-    SystemRestoreOptions,
     SystemRestoreResult,
     run_system_restore,
 )
@@ -135,14 +134,8 @@ def _restore_set(
         storage,
         client=client,
         database=database,
-        options=SystemRestoreOptions(
-            database=settings.restore_options(roles=roles_mode(request.roles)),
-            safety_backup=request.safety_backup,
-            volumes=settings.volume_options(),
-            encryption=settings.encryption_key() if request.safety_backup else None,
-            health_timeout=settings.restore.health_timeout,
-            lock_timeout=settings.lock_timeout,
-            objectives=settings.objectives_s(),
+        options=settings.system_restore_options(
+            roles=roles_mode(request.roles), safety_backup=request.safety_backup
         ),
         health_url=health_url,
         sink=rt.sink,

@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # the docker SDK and psycopg are slow to import; wal-push nee
     from ..operations.database.backup import BackupOptions
     from ..operations.database.globals import RolesMode
     from ..operations.database.restore import RestoreOptions
+    from ..operations.system.backup import SetOptions
+    from ..operations.system.restore import SystemRestoreOptions
     from ..operations.volumes.options import VolumeOptions
 
 DEFAULT_FILE = Path("safehold.toml")
@@ -312,6 +314,33 @@ class Settings:
             decryption=self.decryption_key(),
             roles=roles or self.restore.roles,
             force=force,
+        )
+
+    def set_options(self) -> SetOptions:
+        """A full-system backup: its database's and its volumes' options, members at once."""
+        from ..operations.system.backup import SetOptions
+
+        return SetOptions(
+            database=self.backup_options(),
+            volumes=self.volume_options(),
+            concurrency=self.backup.concurrency,
+        )
+
+    def system_restore_options(
+        self, *, roles: RolesMode | None, safety_backup: bool
+    ) -> SystemRestoreOptions:
+        """A whole-system restore: the database restore's and the volumes' options, the safety
+        backup (encrypted like every backup) and the health wait."""
+        from ..operations.system.restore import SystemRestoreOptions
+
+        return SystemRestoreOptions(
+            database=self.restore_options(roles=roles),
+            safety_backup=safety_backup,
+            volumes=self.volume_options(),
+            encryption=self.encryption_key() if safety_backup else None,
+            health_timeout=self.restore.health_timeout,
+            lock_timeout=self.lock_timeout,
+            objectives=self.objectives_s(),
         )
 
 

@@ -275,16 +275,7 @@ def _drill_database(
             server,
             storage,
             manifest.artifact,
-            # A sandbox has none of the dump's roles, yet its policies name them: the roles
-            # come from the dump's globals (created when missing, existing ones left alone).
-            RestoreOptions(
-                target_db=scratch,
-                jobs=jobs,
-                drop_previous=True,
-                no_owner=True,
-                decryption=key,
-                roles="create",
-            ),
+            RestoreOptions.scratch(scratch, jobs=jobs, decryption=key),
             sink=sink,
         )
         seconds = time.monotonic() - began

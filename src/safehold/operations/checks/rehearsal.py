@@ -201,14 +201,12 @@ class _Rehearsal:
         self.step("post", title, lambda: post_command(command, target, self.sink))
 
     def database(self, dump: Manifest, server: PgTarget, scratch: str) -> None:
-        options = RestoreOptions(
-            target_db=scratch,
+        options = RestoreOptions.scratch(
+            scratch,
             jobs=self.options.jobs,
-            drop_previous=True,
-            no_owner=True,
-            lock_timeout=self.options.lock_timeout,
             decryption=self.options.key,
             roles=self.options.roles,
+            lock_timeout=self.options.lock_timeout,
         )
         member = _member(dump, scratch)
         self.members.append(member)

@@ -31,6 +31,29 @@ class RestoreOptions:
     roles: dump_globals.RolesMode = "create"  # the dump's globals: create, skip, only them
     force: bool = False  # replace the live database with a backup of another database
 
+    @classmethod
+    def scratch(
+        cls,
+        target_db: str,
+        *,
+        jobs: int,
+        decryption: DecryptionKey | None,
+        roles: dump_globals.RolesMode = "create",
+        lock_timeout: float = 300.0,
+    ) -> RestoreOptions:
+        """A drill's restore into a throwaway database: replaced if left over, no owners (a
+        sandbox has none of the dump's roles; its policies still name them, so by default the
+        roles come from the dump's globals, created when missing)."""
+        return cls(
+            target_db=target_db,
+            jobs=jobs,
+            drop_previous=True,
+            no_owner=True,
+            lock_timeout=lock_timeout,
+            decryption=decryption,
+            roles=roles,
+        )
+
 
 @dataclass(frozen=True)
 class RestorePlan:
