@@ -88,6 +88,16 @@ def test_bad_env_value_names_the_variable() -> None:
     assert "DB_PORT" in caught.value.message
 
 
+def test_a_health_url_is_checked_however_it_is_given(tmp_path: Path) -> None:
+    path = write(tmp_path, '[restore]\nhealth_url = "ftp://app/health"\n')
+    with pytest.raises(ConfigError, match="restore.health_url.*not an http"):
+        config.load(path, env={})
+    with pytest.raises(ConfigError, match="not an http"):
+        config.load(None, env={}, flags={"restore.health_url": "localhost:8080"})
+    good = config.load(None, env={}, flags={"restore.health_url": "http://127.0.0.1:8/h"})
+    assert good.restore.health_url == "http://127.0.0.1:8/h"
+
+
 def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         config.load(tmp_path / "nope.toml", env={})

@@ -102,8 +102,6 @@ def _restore_set(
     settings = rt.settings
     backup_set, why = choose_set(storage, set_ref, moment)
     health_url = settings.restore.health_url or None
-    if health_url and not health_url.startswith(("http://", "https://")):
-        raise UsageError(f"--health-url {health_url!r} is not an http(s) URL")
     docker_volumes = set(backup_set.volumes) - set(backup_set.folders)
     project = settings.restore.project or None
     client: docker.DockerClient | None = connect_docker() if docker_volumes or project else None
