@@ -90,7 +90,7 @@ def test_bad_env_value_names_the_variable() -> None:
 
 def test_a_health_url_is_checked_however_it_is_given(tmp_path: Path) -> None:
     path = write(tmp_path, '[restore]\nhealth_url = "ftp://app/health"\n')
-    with pytest.raises(ConfigError, match="restore.health_url.*not an http"):
+    with pytest.raises(ConfigError, match=r"restore\.health_url.*not an http"):
         config.load(path, env={})
     with pytest.raises(ConfigError, match="not an http"):
         config.load(None, env={}, flags={"restore.health_url": "localhost:8080"})
