@@ -134,14 +134,18 @@ def restore(
         data = claim.describe(target_dir, aside, server.run_as)
         entry = claim.record(journal_to, data) if journal_to else None
         try:
-            return _restore(archive, target_dir, target, server, aside, keep_running, archiving,
-                            sink, timeout, records)  # fmt: skip
+            result = _restore(archive, target_dir, target, server, aside, keep_running,
+                              archiving, sink, timeout, records)  # fmt: skip
         except BaseException:
             sink(Event("pitr", f"undoing the unfinished restore: {claim.roll_back(data)}"))
             raise
         finally:
             if entry is not None and journal_to is not None:
                 journal.done(journal_to, entry)
+    # Said only once nothing can undo it any more: a signal after this line leaves it restored.
+    done = f"recovered {result.base} to: {result.reached} (lsn {result.lsn})"
+    sink(Event("pitr", f"{done} in {result.took_s:.1f}s"))
+    return result
 
 
 def _restore(
@@ -209,7 +213,6 @@ def _restore(
         if not keep_running:
             pg_ctl(server, target_dir, "-m", "fast", "-w", "stop", check=False)
         took = time.monotonic() - began
-        sink(Event("pitr", f"recovered {base.name} to: {point} (lsn {lsn}) in {took:.1f}s"))
         return RestoreResult(
             base.name,
             where,
