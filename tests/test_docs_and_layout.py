@@ -88,7 +88,7 @@ def test_the_repository_layout_is_formed_in_naming_and_listed_in_the_design() ->
         word.rstrip("/,").split("<", 1)[0].rstrip("/")
         for line in table.splitlines()
         for word in line.split()[:2]
-        if word.startswith((".safehold", "wal/", "base/"))
+        if word.startswith((".safehold", "wal/", "base/", "chunks/"))
     }
     formed = {key.rstrip("-/") for key in naming.LAYOUT}
     assert {key for key in formed if not any(k.startswith(key) for k in listed)} == set()
@@ -97,6 +97,10 @@ def test_the_repository_layout_is_formed_in_naming_and_listed_in_the_design() ->
         str(path.relative_to(ROOT))
         for path in (ROOT / "src").rglob("*.py")
         if path.name != "naming.py"
-        and any(f'"{key}' in path.read_text() for key in formed if key.startswith(naming.META))
+        and any(
+            f'"{key}' in path.read_text()
+            for key in formed
+            if key.startswith((naming.META, naming.CHUNKS_DIR))
+        )
     }
     assert spelled == set(), f"form repository keys in naming.py only: {spelled}"

@@ -40,11 +40,19 @@ WAL_DIR = "wal"  # <segment>.zst[.age] + <segment>.sha256: the WAL archive
 WAL_MARKERS_DIR = f"{WAL_DIR}/.ahead"  # segments already pushed ahead of the server
 BASE_DIR = "base"  # base_<stamp>.tar.zst[.age] + .json: PITR base backups
 PROBE_PREFIX = ".safehold-doctor-probe-"  # + pid and token: doctor's write test of a location
+CHUNKS_DIR = "chunks"  # the deduplicating chunk store (format = "chunked"), docs/chunkstore.md
+CHUNKS_CONFIG = f"{CHUNKS_DIR}/config"  # written once at init: chunker, recipients, key check
+CHUNKS_ID_KEY = f"{CHUNKS_DIR}/keys/id-key.age"  # the id key, encrypted to the recipients
+CHUNKS_PACKS = f"{CHUNKS_DIR}/packs"  # <2hex>/<32hex>: age-encrypted packs of chunks
+CHUNKS_INDEX = f"{CHUNKS_DIR}/index"  # <32hex>: which pack holds which chunk
+CHUNKS_SNAPSHOTS = f"{CHUNKS_DIR}/snapshots"  # <stamp>-<16hex>: the commit record of each
+CHUNKS_LOCKS = f"{CHUNKS_DIR}/locks"  # <32hex>: shared (backup) and exclusive (prune) locks
 
 LAYOUT = (
     MANIFEST_DIR, SETS_DIR, PINS_DIR, VERIFY_DIR, DRILLS_DIR, RUNS_DIR, JOURNAL_DIR, PRUNING_DIR,
     TMP_DIR, LOCKS_DIR, LOCK_FILE, REPOSITORY_KEY, WAL_DIR, WAL_MARKERS_DIR, BASE_DIR,
-    PROBE_PREFIX,
+    PROBE_PREFIX, CHUNKS_CONFIG, CHUNKS_ID_KEY, CHUNKS_PACKS, CHUNKS_INDEX, CHUNKS_SNAPSHOTS,
+    CHUNKS_LOCKS,
 )  # fmt: skip
 
 # Links the seed's commands rely on; they always point at the newest good backup.
