@@ -7,10 +7,8 @@ symlink target, hardlink group, and holes (allocated blocks) for sparse files.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
-import stat
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -31,10 +29,11 @@ from safehold.errors import IntegrityError, RestoreError, StorageFull, UsageErro
 from safehold.model import ByteSource, Event
 from safehold.storage import LocalStorage
 
+from . import tree_support
 from .mounts import tmpfs
+from .tree_support import Tree
 
 MiB = 1 << 20
-Tree = dict[str, tuple[object, ...]]
 SMALL_CHUNKS = (16 << 10, 64 << 10, 256 << 10)  # many chunks per test file
 
 
@@ -64,37 +63,18 @@ def store(tmp_path: Path) -> ChunkStore:
 
 
 def snapshot(root: Path) -> Tree:
-    """Every entry below root (and root as '.'), without following symlinks."""
-    out: Tree = {}
-    inodes: dict[int, list[str]] = {}
-    stack = [(root, ".")]
-    while stack:
-        path, rel = stack.pop()
-        st = os.lstat(path)
-        if stat.S_ISDIR(st.st_mode):
-            content: object = "dir"
-            stack += [(path / name, f"{rel}/{name}") for name in os.listdir(path)]
-        elif stat.S_ISLNK(st.st_mode):
-            content = ("link", os.readlink(path))
-        else:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            content = ("file", digest, st.st_size, st.st_blocks * 512 < st.st_size)
-            inodes.setdefault(st.st_ino, []).append(rel)
-        out[rel] = (content, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns)
-    for names in inodes.values():
-        for name in names:
-            out[name] += (tuple(sorted(names)),)
-    return out
+    """Every entry below root (and root as '.'), without following symlinks, to the ns."""
+    return tree_support.snapshot(root, exact=True)
 
 
 def make_tree(root: Path) -> None:
     """What a volume holds: owners, modes, ns mtimes, links, holes, odd names, empty folders."""
-    (root / "docs" / "deep").mkdir(parents=True)
-    (root / "empty").mkdir()
-    (root / "locked").mkdir()
-    (root / "docs" / "a.txt").write_text("alpha\n")
-    (root / "docs" / "empty.bin").write_bytes(b"")
-    (root / "docs" / "deep" / "big.bin").write_bytes(os.urandom(3 * MiB + 17))
+    tree_support.make_tree(
+        root, _own_files, long_text="long names\n", steps=(7_000_000_001, 3_000_000_003)
+    )
+
+
+def _own_files(root: Path) -> None:
     (root / "docs" / "deep" / "copy.bin").write_bytes((root / "docs/deep/big.bin").read_bytes())
     (root / "docs" / "rep.bin").write_bytes(os.urandom(200_000) * 4)  # repeats inside a file
     with open(root / "sparse.img", "wb") as out:  # data, hole, data, hole at the end
@@ -104,33 +84,6 @@ def make_tree(root: Path) -> None:
         out.truncate(20 * MiB)
     with open(root / "holes-only.img", "wb") as out:
         out.truncate(8 * MiB)
-    long_dir = root / ("d" * 90) / ("e" * 90)
-    long_dir.mkdir(parents=True)
-    (long_dir / ("f" * 120)).write_text("long names\n")
-    (root / os.fsdecode(b"caf\xe9-latin1")).write_text("not utf-8 named\n")
-    (root / "tool").write_bytes(b"#!/bin/sh\necho hi\n")
-    (root / "tool").chmod(0o4755)
-    (root / "secret").write_text("s3cret\n")
-    (root / "secret").chmod(0o600)
-    os.chown(root / "secret", 1234, 5678)
-    os.chown(root / "docs", 999, 999)
-    os.chown(root / "docs" / "a.txt", 65534, 65534)
-    os.link(root / "docs" / "a.txt", root / "hard-a")
-    os.link(root / "docs" / "a.txt", root / "docs" / "deep" / "hard-a2")
-    os.symlink("docs/a.txt", root / "link-file")
-    os.symlink("docs", root / "link-dir")
-    os.symlink("../../secret", root / "docs" / "deep" / "link-up")
-    os.symlink("missing-but-inside", root / "dangling")
-    os.lchown(root / "link-file", 4321, 4321)
-    (root / "locked" / "inside.txt").write_text("read-only folder content\n")
-    (root / "locked").chmod(0o555)
-    (root / "empty").chmod(0o700)
-    stamp = 1_600_000_000_123_456_789
-    walked = sorted(((Path(p), d + f) for p, d, f in os.walk(root)), reverse=True)
-    for index, (path, names) in enumerate(walked):
-        for name in names:
-            os.utime(path / name, ns=(stamp + index * 7_000_000_001,) * 2, follow_symlinks=False)
-        os.utime(path, ns=(stamp - index * 3_000_000_003,) * 2)
 
 
 @pytest.fixture

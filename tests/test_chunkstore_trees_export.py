@@ -28,6 +28,7 @@ from safehold.sources.tar.tree import write_tree
 from .conftest import execute
 from .test_chunkstore_trees import MiB, crafted, evil_file, make_store, make_tree, root_entry
 from .test_chunkstore_trees import snapshot as tree_snapshot
+from .tree_support import gnu_extract
 
 
 @pytest.fixture
@@ -61,12 +62,7 @@ def test_export_is_the_tar_backup_and_gnu_tar_extracts_what_restore_makes(
     names = listed.stdout.decode("utf-8", "surrogateescape").splitlines()
     assert names[0] == "./" and len(names) == facts.members == len(tree_snapshot(source))
 
-    by_tar = tmp_path / "by-tar"
-    by_tar.mkdir()
-    subprocess.run(
-        ["tar", "-xzf", str(archive), "-C", str(by_tar), "--numeric-owner", "--same-permissions"],
-        check=True,
-    )
+    by_tar = gnu_extract(archive, tmp_path / "by-tar")
     restored = tmp_path / "restored"
     restore_tree(store, info.id, restored)
     assert seconds(tree_snapshot(by_tar)) == seconds(tree_snapshot(restored))

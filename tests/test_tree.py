@@ -7,7 +7,6 @@ every kind of malicious archive is refused with the target left exactly as it wa
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import socket
@@ -27,9 +26,11 @@ from safehold.model import Event
 from safehold.operations.volumes.extract import ExtractFacts, extract_tree
 from safehold.sources.tar.tree import TreeFacts, write_tree
 
+from . import tree_support
 from .conftest import ROOT
+from .tree_support import gnu_extract
 
-Snapshot = dict[str, tuple[object, ...]]
+Snapshot = tree_support.Tree
 MiB = 1 << 20
 
 
@@ -38,26 +39,7 @@ MiB = 1 << 20
 
 def snapshot(root: Path) -> Snapshot:
     """Every entry below root (and root itself, as '.'), without following symlinks."""
-    out: Snapshot = {}
-    inodes: dict[int, list[str]] = {}
-    stack = [(root, ".")]
-    while stack:
-        path, rel = stack.pop()
-        st = os.lstat(path)
-        if stat.S_ISDIR(st.st_mode):
-            content: object = "dir"
-            stack += [(path / name, f"{rel}/{name}") for name in os.listdir(path)]
-        elif stat.S_ISLNK(st.st_mode):
-            content = ("link", os.readlink(path))
-        else:
-            content = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
-            inodes.setdefault(st.st_ino, []).append(rel)
-        mtime = st.st_mtime_ns // 1_000_000_000
-        out[rel] = (content, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, mtime)
-    for names in inodes.values():
-        for name in names:
-            out[name] += (tuple(sorted(names)),)  # the hardlink group
-    return out
+    return tree_support.snapshot(root)
 
 
 def backup(root: Path, kind: str = "gzip", events: list[Event] | None = None) -> bytes:
@@ -84,40 +66,17 @@ def _drop(event: Event) -> None:
 
 def make_tree(root: Path) -> None:
     """Everything a volume can hold that tar keeps, with owners, modes and old mtimes."""
-    (root / "docs" / "deep").mkdir(parents=True)
-    (root / "empty").mkdir()
-    (root / "locked").mkdir()
-    (root / "docs" / "a.txt").write_text("alpha\n")
-    (root / "docs" / "empty.bin").write_bytes(b"")
+    tree_support.make_tree(
+        root,
+        _own_files,
+        long_text="long names need GNU extensions\n",
+        steps=(7_000_000_000, 3_000_000_000),
+    )
+
+
+def _own_files(root: Path) -> None:
     (root / "docs" / "block.bin").write_bytes(b"x" * 512)
-    (root / "docs" / "deep" / "big.bin").write_bytes(os.urandom(3 * MiB + 17))
     (root / "docs" / "deep" / "exact.bin").write_bytes(os.urandom(MiB))
-    long_dir = root / ("d" * 90) / ("e" * 90)
-    long_dir.mkdir(parents=True)
-    (long_dir / ("f" * 120)).write_text("long names need GNU extensions\n")
-    (root / os.fsdecode(b"caf\xe9-latin1")).write_text("not utf-8 named\n")
-    (root / "tool").write_bytes(b"#!/bin/sh\necho hi\n")
-    (root / "tool").chmod(0o4755)
-    (root / "secret").write_text("s3cret\n")
-    (root / "secret").chmod(0o600)
-    os.chown(root / "secret", 1234, 5678)
-    os.chown(root / "docs", 999, 999)
-    os.chown(root / "docs" / "a.txt", 65534, 65534)
-    os.link(root / "docs" / "a.txt", root / "hard-a")
-    os.link(root / "docs" / "a.txt", root / "docs" / "deep" / "hard-a2")
-    os.symlink("docs/a.txt", root / "link-file")
-    os.symlink("docs", root / "link-dir")
-    os.symlink("../../secret", root / "docs" / "deep" / "link-up")
-    os.symlink("missing-but-inside", root / "dangling")
-    os.lchown(root / "link-file", 4321, 4321)
-    (root / "locked" / "inside.txt").write_text("read-only folder content\n")
-    (root / "locked").chmod(0o555)
-    (root / "empty").chmod(0o700)
-    stamp = 1_600_000_000_123_456_789
-    for index, (path, _, names) in enumerate(sorted(_walk(root), reverse=True)):
-        for name in names:
-            os.utime(path / name, ns=(stamp + index * 7_000_000_000,) * 2, follow_symlinks=False)
-        os.utime(path, ns=(stamp - index * 3_000_000_000,) * 2)
 
 
 def _walk(root: Path) -> list[tuple[Path, list[str], list[str]]]:
@@ -200,12 +159,7 @@ def test_gnu_tar_lists_and_extracts_the_same_tree(tmp_path: Path) -> None:
     )
     assert sorted(names) == sorted(gnu_names.stdout.decode("utf-8", "surrogateescape").splitlines())
 
-    by_gnu = tmp_path / "by-gnu-tar"
-    by_gnu.mkdir()
-    subprocess.run(
-        ["tar", "xzf", str(archive), "-C", str(by_gnu), "--numeric-owner", "--same-permissions"],
-        check=True,
-    )
+    by_gnu = gnu_extract(archive, tmp_path / "by-gnu-tar")
     by_safehold = tmp_path / "by-safehold"
     restore(archive.read_bytes(), by_safehold)
     assert snapshot(by_safehold) == snapshot(by_gnu) == snapshot(source)

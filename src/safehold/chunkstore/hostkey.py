@@ -10,14 +10,14 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import blake3
 
-from ..errors import ConfigError, UsageError
+from ..crypto import write_secret
+from ..errors import ConfigError
 
 ID_KEY_BYTES = 32
 GEAR_CONTEXT = "safehold chunkstore gear v1"
@@ -70,24 +70,12 @@ class HostKey:
 
     def save(self, path: Path) -> None:
         """Write the key file (0600); an existing file is never replaced."""
-        path = Path(path)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, flags, 0o600)
-        except FileExistsError:
-            raise UsageError(
-                f"{path} already exists",
-                hint="load it with HostKey.load, or choose another path: a chunk store's id "
-                "key must not be replaced",
-            ) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot create {path}: {exc.strerror or exc}") from None
-        with os.fdopen(fd, "w", encoding="ascii") as stream:
-            os.fchmod(stream.fileno(), 0o600)  # whatever the umask
-            stream.write(_HEADER + self.id_key.hex() + "\n")
-            stream.flush()
-            os.fsync(stream.fileno())
+        write_secret(
+            Path(path),
+            (_HEADER + self.id_key.hex() + "\n").encode("ascii"),
+            exists_hint="load it with HostKey.load, or choose another path: a chunk store's id "
+            "key must not be replaced",
+        )
 
     @property
     def meta_key(self) -> bytes:

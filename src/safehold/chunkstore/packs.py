@@ -9,14 +9,14 @@ store's recipients, so the backup host cannot read back what it wrote.
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 from dataclasses import dataclass
 
 import zstandard
 
-from ..crypto import AgeWriter, DecryptionKey, EncryptionKey, age_reader
+from ..crypto import AgeWriter, DecryptionKey, EncryptionKey
+from ..crypto.age_open import open_age
 from ..errors import DecryptionKeyError, IntegrityError
 from ..storage.base import Storage, Writer
 from .hostkey import HostKey
@@ -92,7 +92,7 @@ def write_pack(
     return PackDone(name, entries, counter.count)
 
 
-def fetch_pack(storage: Storage, name: str, decryption: DecryptionKey | None) -> bytes:
+def fetch_pack(storage: Storage, name: str, decryption: DecryptionKey | None) -> bytes | bytearray:
     """The authenticated plaintext of pack ``name`` (read and decrypted whole)."""
     if decryption is None:
         raise no_identity("reading pack data")
@@ -106,13 +106,12 @@ def fetch_pack(storage: Storage, name: str, decryption: DecryptionKey | None) ->
             "snapshots are affected",
         ) from None
     try:
-        with age_reader(io.BytesIO(data), decryption) as reader:
-            return reader.read()
+        return open_age(data, decryption)
     except IntegrityError as exc:
         raise IntegrityError(f"pack {key}: {exc.message}", hint=exc.hint) from None
 
 
-def read_trailer(plain: bytes, name: str) -> list[Entry]:
+def read_trailer(plain: bytes | bytearray, name: str) -> list[Entry]:
     """The blob list a pack carries at its end."""
     try:
         if not plain.endswith(MAGIC) or len(plain) < _TAIL:
@@ -129,12 +128,12 @@ def read_trailer(plain: bytes, name: str) -> list[Entry]:
         ) from None
 
 
-def extract(plain: bytes, name: str, entry: Entry, host_key: HostKey) -> bytes:
+def extract(plain: bytes | bytearray, name: str, entry: Entry, host_key: HostKey) -> bytes:
     """One blob's plaintext, checked against its keyed hash (its id)."""
     chunk_id, _kind, offset, length, raw_length = entry
     try:
         data = _decompressor().decompress(
-            plain[offset : offset + length], max_output_size=raw_length
+            memoryview(plain)[offset : offset + length], max_output_size=raw_length
         )
     except zstandard.ZstdError as exc:
         raise IntegrityError(

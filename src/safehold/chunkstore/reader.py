@@ -19,7 +19,7 @@ from .hostkey import HostKey
 from .index import Index
 from .packs import Entry, extract, fetch_pack, no_identity
 
-AHEAD = 3  # packs fetched ahead of the one being consumed
+AHEAD = 1  # packs fetched and decrypted ahead of the one being consumed (memory: ~32 MB each)
 
 
 def group_by_pack(index: Index, ids: Iterable[bytes]) -> dict[str, list[Entry]]:
@@ -71,15 +71,25 @@ def _stream(
     groups: dict[str, list[Entry]],
     workers: int,
 ) -> Iterator[tuple[bytes, bytes]]:
+    # Workers fetch and decrypt whole packs (the GIL is released); the blobs are decompressed
+    # and checked here, one at a time, so memory holds a few packs, not a few packs unpacked.
     pending = iter(groups.items())
     pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="safehold-unpack")
-    queue: deque[Future[list[tuple[bytes, bytes]]]] = deque()
+    queue: deque[tuple[str, list[Entry], Future[bytes | bytearray]]] = deque()
+
+    def ready() -> Iterator[tuple[bytes, bytes]]:
+        pack, entries, fetched = queue.popleft()
+        plain = fetched.result()
+        for entry in entries:
+            yield entry[0], extract(plain, pack, entry, host_key)
+
     try:
         for pack, entries in pending:
-            queue.append(pool.submit(unpack, storage, host_key, decryption, pack, entries))
+            fetched = pool.submit(fetch_pack, storage, pack, decryption)
+            queue.append((pack, entries, fetched))
             if len(queue) > AHEAD:
-                yield from queue.popleft().result()
+                yield from ready()
         while queue:
-            yield from queue.popleft().result()
+            yield from ready()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -13,6 +13,7 @@ from .keys import (
     load_decryption_key,
     load_encryption_key,
     unlock_repository_key,
+    write_secret,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "load_decryption_key",
     "load_encryption_key",
     "unlock_repository_key",
+    "write_secret",
 ]

@@ -281,11 +281,20 @@ def generate_keypair(identity_path: Path, *, force: bool = False) -> str:
     unless ``force``) and return its public key."""
     identity, recipient = _pyrage.generate_identity()
     content = f"# created: {_now()}\n# public key: {recipient}\n{identity}\n".encode()
-    _write_secret(identity_path, content, force=force)
+    write_secret(
+        identity_path,
+        content,
+        force=force,
+        exists_hint="choose another --output, or --force to replace it (backups encrypted to "
+        "its public key can then only be restored with a copy of the old file)",
+    )
     return recipient
 
 
-def _write_secret(path: Path, content: bytes, *, force: bool) -> None:
+def write_secret(path: Path, content: bytes, *, exists_hint: str, force: bool = False) -> None:
+    """Write ``content`` to the secret file ``path``, mode 0600 whatever the umask, flushed to
+    disk; never through a symlink. An existing file is a UsageError (with ``exists_hint``)
+    unless ``force``, which replaces it atomically. Its folder is made (0700) if missing."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     temp = f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     target = path.with_name(temp) if force else path
@@ -293,11 +302,7 @@ def _write_secret(path: Path, content: bytes, *, force: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(target, flags, 0o600)
     except FileExistsError:
-        raise UsageError(
-            f"{path} already exists",
-            hint="choose another --output, or --force to replace it (backups encrypted to "
-            "its public key can then only be restored with a copy of the old file)",
-        ) from None
+        raise UsageError(f"{path} already exists", hint=exists_hint) from None
     except OSError as exc:
         raise ConfigError(f"cannot create {path}: {exc.strerror or exc}") from None
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ...model import EventSink, null_sink
 from ...sources.tar.tree import data_map
+from ...sources.tar.walk import Walker, open_root
 from ..snapshots import SnapshotInfo
 from ..store import ChunkStore
 from ..writer import ChunkStoreWriter
@@ -25,7 +26,7 @@ from .content import FileData
 from .entries import DIR, FILE, HARDLINK, SYMLINK, Entry
 from .filescache import FilesCache, Known
 from .treeblobs import FORMAT, TreeBlobs
-from .walk import WalkFacts, open_root, unreadable, vanished, walk, warn
+from .walk import WalkFacts, snapshot_walker, walk
 
 _SEQUENTIAL = 1 << 20  # files this big are read with a read-ahead hint
 
@@ -42,11 +43,12 @@ def backup_tree(
     top = os.fspath(root)
     open_root(top)  # a missing root fails before the store is locked
     facts = WalkFacts()
+    walker = snapshot_walker(facts, events)
     cache = FilesCache.for_target(cache_dir, store_id(store), target, time.time_ns())
     with store.writer(target, "tree") as writer:
         blobs = TreeBlobs(writer)
-        files = _Files(writer, cache, facts, events)
-        for rel, path, st in walk(top, facts, events):
+        files = _Files(writer, cache, facts, walker)
+        for rel, path, st in walk(top, walker):
             entry = files.entry(rel, path, st)
             if entry is not None:
                 blobs.add(entry)
@@ -58,12 +60,12 @@ def backup_tree(
 
 class _Files:
     def __init__(
-        self, writer: ChunkStoreWriter, cache: FilesCache, facts: WalkFacts, events: EventSink
+        self, writer: ChunkStoreWriter, cache: FilesCache, facts: WalkFacts, walker: Walker
     ) -> None:
         self._writer = writer
         self._cache = cache
         self._facts = facts
-        self._events = events
+        self._walker = walker
         self._links: dict[tuple[int, int], str] = {}  # (dev, ino) -> first name, nlink > 1 only
 
     def entry(self, rel: str, path: str, st: os.stat_result) -> Entry | None:
@@ -95,10 +97,10 @@ class _Files:
         try:
             link = os.readlink(path)
         except FileNotFoundError:
-            vanished(rel, self._facts, self._events)
+            self._walker.vanished(rel)
             return None
         except OSError as exc:
-            raise unreadable(rel, exc) from exc
+            raise self._walker.unreadable(rel, exc) from exc
         self._facts.symlinks += 1
         entry = _meta(rel, SYMLINK, st)
         entry.link = link
@@ -111,24 +113,24 @@ class _Files:
         try:
             fd = os.open(path, flags)
         except FileNotFoundError:
-            vanished(rel, self._facts, self._events)
+            self._walker.vanished(rel)
             return None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                vanished(rel, self._facts, self._events)
+                self._walker.vanished(rel)
                 return None
-            raise unreadable(rel, exc) from exc
+            raise self._walker.unreadable(rel, exc) from exc
         try:
             return self._read_fd(rel, fd)
         except OSError as exc:
-            raise unreadable(rel, exc) from exc
+            raise self._walker.unreadable(rel, exc) from exc
         finally:
             os.close(fd)
 
     def _read_fd(self, rel: str, fd: int) -> Entry | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            vanished(rel, self._facts, self._events)
+            self._walker.vanished(rel)
             return None
         size = st.st_size
         # Only a file with fewer blocks than its size can have holes worth a map.
@@ -143,15 +145,7 @@ class _Files:
         self._facts.read_bytes += data.size
         after = os.fstat(fd)
         known = Known(chunks, lengths, pieces)
-        if data.short or after.st_size != size or after.st_mtime_ns != st.st_mtime_ns:
-            self._facts.changed += 1
-            how = "shrank" if data.short else "grew" if after.st_size > size else "changed"
-            message = (
-                f"./{rel} {how} while it was read; the snapshot holds {size} bytes of it, "
-                "which may be inconsistent"
-            )
-            warn(self._events, rel, message, "changed")
-        else:
+        if not self._walker.changed(rel, st, after, data.short):
             self._cache.note(rel, st, known)
         return self._file(rel, st, known)
 

@@ -11,26 +11,17 @@ whoever wrote it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import IntegrityError
 from ...sources.tar.names import link_target_problem, member_path
+from ...sources.tar.unpack import ExtractFacts
 from .entries import DIR, FILE, HARDLINK, SYMLINK, Entry, sort_key
 
 
-@dataclass
-class RestoreFacts:
+class RestoreFacts(ExtractFacts):
     """Counted like the tar restore's ``ExtractFacts``: dirs include the root."""
-
-    files: int = 0
-    dirs: int = 0
-    symlinks: int = 0
-    hardlinks: int = 0
-    bytes: int = 0
-
-    def to_json(self) -> dict[str, int]:
-        return asdict(self)
 
 
 @dataclass

@@ -27,8 +27,8 @@ import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ...errors import UsageError
-from ...model import ByteSink, Event, EventSink, null_sink
+from ...model import ByteSink, EventSink, null_sink
+from .walk import Walker, Wording, open_root
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE  # GNU tar pads the archive to whole 10 KiB records
@@ -53,16 +53,18 @@ class TreeFacts:
         return asdict(self)
 
 
+_WORDING = Wording(
+    mark="",  # member names start with "./" already
+    backup="archive",
+    special="tar archives of volumes hold no special files",
+    whole="volume",
+)
+
+
 def write_tree(root: Path, sink: ByteSink, *, events: EventSink = null_sink) -> TreeFacts:
     """Write ``root`` and everything below it to ``sink`` as an uncompressed tar stream."""
     root = Path(root)
-    try:
-        # stat, not lstat: like `tar -C`, a root given as a symlink means the folder it names.
-        root_stat = os.stat(root)
-    except OSError as exc:
-        raise UsageError(f"cannot read the folder {root}: {exc.strerror}") from exc
-    if not stat.S_ISDIR(root_stat.st_mode):
-        raise UsageError(f"{root} is not a folder", hint="give the folder to back up")
+    root_stat = open_root(root)
     writer = _TreeWriter(root, _TarOut(sink), events)
     writer.run(root_stat)
     return writer.facts
@@ -125,69 +127,31 @@ class _TreeWriter:
     def __init__(self, root: Path, out: _TarOut, events: EventSink) -> None:
         self._root = os.fspath(root)
         self._out = out
-        self._events = events
         self._links: dict[tuple[int, int], str] = {}  # (dev, ino) -> first name, nlink > 1 only
         self.facts = TreeFacts()
+        self._walker = Walker(self.facts, events, _WORDING)
 
     def run(self, root_stat: os.stat_result) -> None:
         self._header(".", tarfile.DIRTYPE, root_stat)
         self.facts.dirs += 1
-        # Depth first, each folder's children in name order (reversed: the list is popped).
-        stack = [self._children(self._root, ".")]
-        while stack:
-            if not stack[-1]:
-                stack.pop()
-                continue
-            name, path = stack[-1].pop()
-            if self._add(name, path):
-                stack.append(self._children(path, name))
+        for name, path, st in self._walker.walk(self._root, "."):
+            if stat.S_ISDIR(st.st_mode):
+                self._header(name, tarfile.DIRTYPE, st)
+                self.facts.dirs += 1
+            elif stat.S_ISLNK(st.st_mode):
+                self._add_symlink(name, path, st)
+            else:
+                self._add_file(name, path, st)
         self._out.close()
-
-    def _children(self, folder: str, name: str) -> list[tuple[str, str]]:
-        try:
-            entries = sorted(os.listdir(folder), reverse=True)
-        except FileNotFoundError:
-            self._warn_vanished(name)
-            return []
-        except OSError as exc:
-            raise _unreadable(name, exc) from exc
-        return [(f"{name}/{entry}", f"{folder}/{entry}") for entry in entries]
-
-    def _add(self, name: str, path: str) -> bool:
-        """Archive one entry; True when it is a folder whose children come next."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            self._warn_vanished(name)
-            return False
-        except OSError as exc:
-            raise _unreadable(name, exc) from exc
-        mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            self._header(name, tarfile.DIRTYPE, st)
-            self.facts.dirs += 1
-            return True
-        if stat.S_ISLNK(mode):
-            self._add_symlink(name, path, st)
-        elif stat.S_ISREG(mode):
-            self._add_file(name, path, st)
-        else:
-            self.facts.skipped += 1
-            self._warn(
-                name,
-                f"skipped {_kind(mode)} {name}: tar archives of volumes hold no special files",
-                "special",
-            )
-        return False
 
     def _add_symlink(self, name: str, path: str, st: os.stat_result) -> None:
         try:
             target = os.readlink(path)
         except FileNotFoundError:
-            self._warn_vanished(name)
+            self._walker.vanished(name)
             return
         except OSError as exc:
-            raise _unreadable(name, exc) from exc
+            raise self._walker.unreadable(name, exc) from exc
         self._header(name, tarfile.SYMTYPE, st, target)
         self.facts.symlinks += 1
 
@@ -203,13 +167,13 @@ class _TreeWriter:
         try:
             fd = os.open(path, flags)
         except FileNotFoundError:
-            self._warn_vanished(name)
+            self._walker.vanished(name)
             return
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                self._warn_vanished(name)
+                self._walker.vanished(name)
                 return
-            raise _unreadable(name, exc) from exc
+            raise self._walker.unreadable(name, exc) from exc
         try:
             self._copy_file(name, fd)
         finally:
@@ -218,14 +182,14 @@ class _TreeWriter:
     def _copy_file(self, name: str, fd: int) -> None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            self._warn_vanished(name)
+            self._walker.vanished(name)
             return
         size = st.st_size
         try:
             # Only a file with fewer blocks than its size can have holes worth a map.
             pieces = data_map(fd, size) if st.st_blocks * 512 < size else None
         except OSError as exc:
-            raise _unreadable(name, exc) from exc
+            raise self._walker.unreadable(name, exc) from exc
         if pieces is None:
             self._header(name, tarfile.REGTYPE, st)
             pieces = [(0, size)]
@@ -241,17 +205,9 @@ class _TreeWriter:
                 short += left
             after = os.fstat(fd)
         except OSError as exc:
-            raise _unreadable(name, exc) from exc
+            raise self._walker.unreadable(name, exc) from exc
         self._out.pad_block()
-        if short or after.st_size != size or after.st_mtime_ns != st.st_mtime_ns:
-            self.facts.changed += 1
-            how = "shrank" if short else "grew" if after.st_size > size else "changed"
-            self._warn(
-                name,
-                f"{name} {how} while it was read; the archive holds {size} bytes "
-                "of it, which may be inconsistent",
-                "changed",
-            )
+        self._walker.changed(name, st, after, short)
         if st.st_nlink > 1:
             self._links[(st.st_dev, st.st_ino)] = name
         self.facts.files += 1
@@ -259,13 +215,6 @@ class _TreeWriter:
 
     def _header(self, name: str, kind: bytes, st: os.stat_result, link: str = "") -> None:
         self._out.put(gnu_header(name, kind, st, link))
-
-    def _warn_vanished(self, name: str) -> None:
-        self.facts.skipped += 1
-        self._warn(name, f"{name} vanished while the folder was read; skipped", "vanished")
-
-    def _warn(self, name: str, message: str, reason: str) -> None:
-        self._events(Event("tree", message, "warning", {"path": name, "reason": reason}))
 
 
 # name mode uid gid size mtime chksum type linkname magic uname gname devmajor devminor, then
@@ -362,20 +311,3 @@ def sparse_header(name: str, st: os.stat_result, pieces: list[tuple[int, int]]) 
         more = b"".join(slots[first : first + 21]).ljust(504, b"\0")
         extensions.append(more + bytes([first + 21 < len(slots)]) + bytes(7))
     return blocks[:-BLOCK] + bytes(head) + b"".join(extensions)
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device node"
-    return "special file"
-
-
-def _unreadable(name: str, exc: OSError) -> UsageError:
-    return UsageError(
-        f"cannot read {name} in the folder being backed up: {exc.strerror or exc}",
-        hint="run the backup as a user that can read every file of the volume (root)",
-    )
