@@ -70,7 +70,8 @@ class _Counter:
 def write_pack(
     storage: Storage, encryption: EncryptionKey, blobs: list[tuple[bytes, str, bytes]]
 ) -> PackDone:
-    """Compress ``blobs`` (id, kind, plaintext), encrypt and upload them as one new pack."""
+    """Compress ``blobs`` (id, kind, plaintext), encrypt and upload them as one new pack.
+    ``blobs`` is emptied as it goes."""
     compressor = _compressor()
     name = new_name()
     entries: list[Entry] = []
@@ -79,10 +80,15 @@ def write_pack(
     with storage.open_writer(pack_key(name)) as writer:
         counter = _Counter(writer)
         with AgeWriter(counter, encryption) as age:
-            for chunk_id, kind, raw in blobs:
-                packed = compressor.compress(raw)
+            # The list is this pack's own (the writer starts a new one): each plaintext is let
+            # go once compressed, so a pack in flight holds little more than its output.
+            blobs.reverse()
+            while blobs:
+                chunk_id, kind, raw = blobs.pop()
+                packed, size = compressor.compress(raw), len(raw)
+                del raw
                 age.write(packed)
-                entries.append((chunk_id, kind, offset, len(packed), len(raw)))
+                entries.append((chunk_id, kind, offset, len(packed), size))
                 offset += len(packed)
             trailer = json.dumps(
                 [[e[0].hex(), e[1], e[2], e[3], e[4]] for e in entries], separators=(",", ":")
