@@ -20,22 +20,20 @@ from pathlib import Path
 
 from safehold.chunkstore import ChunkStore, HostKey
 from safehold.chunkstore.trees import backup_stream, backup_tree, export_stream, restore_tree
-from safehold.crypto.keys import EncryptionKey, generate_keypair, load_decryption_key
+from safehold.crypto.keys import (
+    DecryptionKey,
+    EncryptionKey,
+    generate_keypair,
+    load_decryption_key,
+)
 from safehold.storage import LocalStorage
-
-
-def _recipient(keys: Path) -> str:
-    for line in (keys / "identity.txt").read_text().splitlines():
-        if line.startswith("# public key: "):
-            return line.removeprefix("# public key: ")
-    raise SystemExit(f"no public key line in {keys / 'identity.txt'}")
 
 
 def _backup_host(repo: Path, keys: Path) -> ChunkStore:
     return ChunkStore.open(
         LocalStorage(repo),
         host_key=HostKey.load(keys / "id.key"),
-        encryption=EncryptionKey(recipients=(_recipient(keys),)),
+        encryption=EncryptionKey(recipients=_identity(keys).recipients),
         cache_dir=keys / "cache",
     )
 
@@ -78,9 +76,13 @@ def main(argv: list[str]) -> int:
 
 
 def _restore_host(repo: Path, keys: Path) -> ChunkStore:
+    return ChunkStore.open(LocalStorage(repo), decryption=_identity(keys))
+
+
+def _identity(keys: Path) -> DecryptionKey:
     key = load_decryption_key(keys / "identity.txt", None, None, None)
     assert key is not None
-    return ChunkStore.open(LocalStorage(repo), decryption=key)
+    return key
 
 
 if __name__ == "__main__":

@@ -43,13 +43,12 @@ from typing import Any
 from . import _timed
 from ._timed import Timed
 from ._tree_data import MB
-from .bench_tree import cached_tree, environment
+from .bench_tree import cached_tree, du, environment, restic_env
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 WORK = ROOT / ".bench" / "dedup"
 PYTHON = sys.executable
-RESTIC_PASSWORD = "bench-not-secret"  # noqa: S105 - a throwaway local repository
 PEAK_RSS_LIMIT_MB = 200
 
 
@@ -64,10 +63,6 @@ class Sample:
     size: int | None = None  # bytes the repository holds (backups) / grew by (second backup)
 
 
-def du(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
-
-
 def sample(timed: Timed, size: int | None = None) -> Sample:
     return Sample(timed.seconds, timed.max_rss_kb / 1024, size)
 
@@ -80,8 +75,7 @@ class Restic:
 
     def __init__(self, work: Path) -> None:
         self.repo, self.cache = work / "restic-repo", work / "restic-cache"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
-        self.env["RESTIC_PASSWORD"] = RESTIC_PASSWORD
+        self.env = restic_env()
 
     def args(self) -> list[str]:
         return ["restic", "-r", str(self.repo), "--cache-dir", str(self.cache)]
@@ -185,17 +179,19 @@ def repetition(tree: Path, number: int, change: float, runs: dict[str, list[Samp
         runs.setdefault(key, []).append(sample(result, size))
         log(f"  {key}: {result.seconds:.2f}s, peak {result.max_rss_kb / 1024:.0f} MB")
 
+    first: dict[str, int] = {}
     for tool in tools:
         tool.init()
         os.sync()
-        timed(f"{tool.name}_first", tool.backup(source), tool.size())
+        result = tool.backup(source)
+        first[tool.name] = tool.size()
+        timed(f"{tool.name}_first", result, first[tool.name])
     changed = change_files(source, change, seed=number)
     log(f"  changed {changed} files")
     for tool in tools:
-        before = tool.size()
         os.sync()
         result = tool.backup(source)
-        timed(f"{tool.name}_second", result, tool.size() - before)
+        timed(f"{tool.name}_second", result, tool.size() - first[tool.name])
     archive = work / "seed.tar.gz"
     subprocess.run(["tar", "czf", str(archive), "-C", str(source), "."], check=True)
     order: list[Restic | Safehold | None] = [*tools]

@@ -198,10 +198,10 @@ def restic_backup(rep: Rep) -> Sample:
     )
     timed = _timed.run([*restic_args(rep), "backup", "-q", "."], env=restic_env(), cwd=rep.source)
     rep.artifacts["restic"] = rep.work / "restic-repo"
-    return _sample(timed, _du(rep.work / "restic-repo"))
+    return _sample(timed, du(rep.work / "restic-repo"))
 
 
-def _du(folder: Path) -> int:
+def du(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 

@@ -9,6 +9,7 @@
 #   libarchive-tools     bsdtar: the tests restore archives made by it, as operators hand them in
 #   chromium             headless, renders the 'safehold report' page in the tests
 #   cron                 the tests run the seed's crontab line under a real cron daemon
+#   e2fsprogs            chattr: the chunk store tests make packs undeletable, as retention does
 # No system Docker service is needed: the sandbox starts its own dockerd on a private socket.
 set -euo pipefail
 missing=()
@@ -26,6 +27,7 @@ dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok in
 have bsdtar || missing+=(libarchive-tools)
 have chromium || have chromium-browser || missing+=(chromium)
 have cron || missing+=(cron)
+have chattr || missing+=(e2fsprogs)
 # shellcheck source=scripts/_apt-install.sh
 . "$(dirname "$0")/_apt-install.sh"
 apt_install_missing "${missing[@]}"

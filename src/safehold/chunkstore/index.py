@@ -23,7 +23,7 @@ from ..errors import IntegrityError
 from ..storage.base import Storage
 from .layout import INDEX, basename, index_key, is_name, new_name
 from .localcache import read_cached, write_private
-from .packs import Entry
+from .packs import Entry, entry_from_row, entry_row
 from .sealed import seal, unseal
 
 READERS = 8  # index objects fetched at once
@@ -60,21 +60,13 @@ def encode(packs: dict[str, list[Entry]], supersedes: Iterable[str] = ()) -> dic
     return {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "supersedes": sorted(supersedes),
-        "packs": {
-            name: [[e[0].hex(), e[1], e[2], e[3], e[4]] for e in entries]
-            for name, entries in packs.items()
-        },
+        "packs": {name: [entry_row(e) for e in entries] for name, entries in packs.items()},
     }
 
 
 def _decode_packs(raw: dict[str, Any], where: str) -> dict[str, list[Entry]]:
     try:
-        return {
-            str(name): [
-                (bytes.fromhex(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows
-            ]
-            for name, rows in raw.items()
-        }
+        return {str(name): [entry_from_row(r) for r in rows] for name, rows in raw.items()}
     except (ValueError, TypeError, IndexError) as exc:
         raise IntegrityError(f"index object {where} is malformed ({exc})") from None
 
@@ -113,14 +105,19 @@ def load_index(storage: Storage, meta_key: bytes, cache_dir: Path | None = None)
         cached = _read_cache(cache, names)
         if cached is not None:
             return cached
-    objects = _read_all(storage, meta_key, sorted(names))
-    superseded = frozenset(s for obj in objects.values() for s in obj["supersedes"])
-    index = Index(names=names, superseded=superseded)
-    for name in sorted(names - superseded):
-        for pack, entries in objects[name]["packs"].items():
-            index.add(pack, entries)
+    index = merge(names, _read_all(storage, meta_key, sorted(names)))
     if cache is not None:
         _write_cache(cache, index)
+    return index
+
+
+def merge(names: frozenset[str], objects: dict[str, dict[str, Any]]) -> Index:
+    """The index that the objects read (``names`` were listed) give: the superseded left out."""
+    superseded = frozenset(s for obj in objects.values() for s in obj["supersedes"])
+    index = Index(names=names, superseded=superseded)
+    for name in sorted(objects.keys() - superseded):
+        for pack, entries in objects[name]["packs"].items():
+            index.add(pack, entries)
     return index
 
 

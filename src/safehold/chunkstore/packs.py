@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import zstandard
 
-from ..crypto import AgeWriter, DecryptionKey, EncryptionKey
-from ..crypto.age_open import open_age
+from ..crypto import AgeWriter, DecryptionKey, EncryptionKey, open_age
 from ..errors import DecryptionKeyError, IntegrityError
 from ..storage.base import Storage, Writer
 from .hostkey import HostKey
@@ -29,6 +29,16 @@ _local = threading.local()
 
 # (chunk id, kind, offset, length, raw length) of one blob inside a pack
 Entry = tuple[bytes, str, int, int, int]
+
+
+def entry_row(entry: Entry) -> list[object]:
+    """An entry as JSON writes it, in a pack's trailer and in an index object."""
+    return [entry[0].hex(), entry[1], entry[2], entry[3], entry[4]]
+
+
+def entry_from_row(row: Any) -> Entry:
+    """The entry a JSON row holds; ValueError/TypeError/IndexError when it is malformed."""
+    return (bytes.fromhex(row[0]), str(row[1]), int(row[2]), int(row[3]), int(row[4]))
 
 
 @dataclass(frozen=True)
@@ -90,9 +100,7 @@ def write_pack(
                 age.write(packed)
                 entries.append((chunk_id, kind, offset, len(packed), size))
                 offset += len(packed)
-            trailer = json.dumps(
-                [[e[0].hex(), e[1], e[2], e[3], e[4]] for e in entries], separators=(",", ":")
-            ).encode()
+            trailer = json.dumps([entry_row(e) for e in entries], separators=(",", ":")).encode()
             age.write(trailer + len(trailer).to_bytes(8, "little") + MAGIC)
             age.finish()
     return PackDone(name, entries, counter.count)
@@ -126,7 +134,7 @@ def read_trailer(plain: bytes | bytearray, name: str) -> list[Entry]:
         if size > len(plain) - _TAIL:
             raise ValueError("trailer length out of range")
         rows = json.loads(plain[-_TAIL - size : -_TAIL])
-        return [(bytes.fromhex(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
+        return [entry_from_row(r) for r in rows]
     except (ValueError, TypeError, IndexError) as exc:
         raise IntegrityError(
             f"pack {pack_key(name)} has a damaged trailer ({exc})",

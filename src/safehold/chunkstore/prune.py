@@ -23,13 +23,13 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from ..errors import IntegrityError, StorageError, UsageError
-from .index import list_index_names, read_index_object, write_index
+from .index import load_index, write_index
 from .inventory import remove_partials, stored_packs
 from .layout import index_key, pack_key
 from .locks import StoreLock
 from .objtime import object_age
 from .packs import Entry, PackDone
-from .reader import unpack
+from .reader import blobs_by_pack
 from .uploader import PackUploader
 
 if TYPE_CHECKING:
@@ -99,19 +99,12 @@ def _survey(store: ChunkStore, report: PruneReport) -> _Plan:
     with ThreadPoolExecutor(READERS, thread_name_prefix="safehold-prune") as pool:
         for refs in pool.map(lambda i: _refs(store, i), ids):
             live.update(refs)
-        names = list_index_names(store.storage)
-        meta = store.host_key.meta_key
-        read = pool.map(lambda n: read_index_object(store.storage, meta, n), names)
-        objects = dict(zip(names, read, strict=True))
+    # Read afresh (no cache): prune decides from what the bucket holds now.
+    index = load_index(store.storage, store.host_key.meta_key)
     stored = stored_packs(store.storage)
     report.packs = len(stored)
-    superseded = {s for obj in objects.values() for s in obj["supersedes"]}
-    packs: dict[str, list[Entry]] = {}
-    for name in sorted(set(names) - superseded):
-        for pack, entries in objects[name]["packs"].items():
-            if pack in stored:
-                packs.setdefault(pack, entries)
-    return _Plan(live, names, packs, stored)
+    packs = {pack: entries for pack, entries in index.packs.items() if pack in stored}
+    return _Plan(live, sorted(index.names), packs, stored)
 
 
 def _refs(store: ChunkStore, snapshot_id: str) -> list[bytes]:
@@ -187,14 +180,14 @@ def _repack(store: ChunkStore, plan: _Plan) -> list[PackDone]:
     pending: list[tuple[bytes, str, bytes]] = []
     size = 0
     try:
-        for name, entries in plan.repack.items():
-            kinds = {e[0]: e[1] for e in entries}
-            for cid, data in unpack(store.storage, store.host_key, store.decryption, name, entries):
-                pending.append((cid, kinds[cid], data))
-                size += len(data)
-                if size >= store.config.pack_size:
-                    uploader.submit(pending)
-                    pending, size = [], 0
+        kinds = {e[0]: e[1] for entries in plan.repack.values() for e in entries}
+        live = blobs_by_pack(store.storage, store.host_key, store.decryption, plan.repack)
+        for cid, data in live:
+            pending.append((cid, kinds[cid], data))
+            size += len(data)
+            if size >= store.config.pack_size:
+                uploader.submit(pending)
+                pending, size = [], 0
         if pending:
             uploader.submit(pending)
         return uploader.finish()

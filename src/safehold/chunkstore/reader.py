@@ -19,6 +19,7 @@ from .hostkey import HostKey
 from .index import Index
 from .packs import Entry, extract, fetch_pack, no_identity
 
+WORKERS = 2  # packs fetched and decrypted at once (the GIL is released)
 AHEAD = 1  # packs fetched and decrypted ahead of the one being consumed (memory: ~32 MB each)
 
 
@@ -37,44 +38,32 @@ def group_by_pack(index: Index, ids: Iterable[bytes]) -> dict[str, list[Entry]]:
     return groups
 
 
-def unpack(
-    storage: Storage,
-    host_key: HostKey,
-    decryption: DecryptionKey,
-    pack: str,
-    entries: list[Entry],
-) -> list[tuple[bytes, bytes]]:
-    plain = fetch_pack(storage, pack, decryption)
-    return [(entry[0], extract(plain, pack, entry, host_key)) for entry in entries]
-
-
 def read_blobs(
     storage: Storage,
     host_key: HostKey,
     index: Index,
     decryption: DecryptionKey | None,
     ids: Iterable[bytes],
-    workers: int = 2,
 ) -> Iterator[tuple[bytes, bytes]]:
     """``(id, plaintext)`` for each distinct id; raises before the first fetch when an id is
     unknown or there is no identity."""
     if decryption is None:
         raise no_identity("reading backed-up data")
     groups = group_by_pack(index, ids)
-    return _stream(storage, host_key, decryption, groups, workers)
+    return blobs_by_pack(storage, host_key, decryption, groups)
 
 
-def _stream(
+def blobs_by_pack(
     storage: Storage,
     host_key: HostKey,
     decryption: DecryptionKey,
     groups: dict[str, list[Entry]],
-    workers: int,
 ) -> Iterator[tuple[bytes, bytes]]:
+    """``(id, plaintext)`` of each entry of ``groups`` (pack -> its entries), pack by pack."""
     # Workers fetch and decrypt whole packs (the GIL is released); the blobs are decompressed
     # and checked here, one at a time, so memory holds a few packs, not a few packs unpacked.
     pending = iter(groups.items())
-    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="safehold-unpack")
+    pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="safehold-unpack")
     queue: deque[tuple[str, list[Entry], Future[bytes | bytearray]]] = deque()
 
     def ready() -> Iterator[tuple[bytes, bytes]]:

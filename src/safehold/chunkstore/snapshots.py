@@ -10,7 +10,6 @@ hash in the header binds the two: a body moved from another snapshot is refused.
 from __future__ import annotations
 
 import base64
-import io
 import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ from typing import Any
 import blake3
 import zstandard
 
-from ..crypto import AgeWriter, DecryptionKey, EncryptionKey, age_reader
+from ..crypto import DecryptionKey, EncryptionKey, open_age, seal_age
 from ..errors import IntegrityError, UsageError
 from ..model import parse_time
 from ..storage.base import Storage
@@ -63,11 +62,7 @@ def unpack_refs(text: str) -> list[bytes]:
 
 def encrypt_body(body: dict[str, Any], encryption: EncryptionKey) -> bytes:
     plain = zstandard.ZstdCompressor(level=3).compress(json.dumps(body).encode())
-    sink = io.BytesIO()
-    with AgeWriter(sink, encryption) as age:
-        age.write(plain)
-        age.finish()
-    return sink.getvalue()
+    return seal_age(plain, encryption)
 
 
 def encode(meta_key: bytes, info: SnapshotInfo, refs: Iterable[bytes], body: bytes) -> bytes:
@@ -162,8 +157,7 @@ class SnapshotReader:
                 f"snapshot {snapshot_id}'s body does not match its header",
                 hint="the object was altered; restore another snapshot",
             )
-        with age_reader(io.BytesIO(body), decryption) as reader:
-            plain = reader.read()
+        plain = open_age(body, decryption)
         value = json.loads(zstandard.ZstdDecompressor().decompress(plain))
         if not isinstance(value, dict):
             raise IntegrityError(f"snapshot {snapshot_id}'s body is malformed")

@@ -7,13 +7,12 @@ identity (``decryption``) reads data back.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from ..crypto import AgeWriter, DecryptionKey, EncryptionKey, age_reader
+from ..crypto import DecryptionKey, EncryptionKey, open_age, seal_age
 from ..errors import ConfigError, IntegrityError, UsageError
 from ..storage.base import Storage
 from . import reader
@@ -69,11 +68,7 @@ class ChunkStore:
                 f"{storage.description} already holds a chunk store",
                 hint="open it (ChunkStore.open) instead; a store is never initialised twice",
             )
-        sink = io.BytesIO()
-        with AgeWriter(sink, encryption) as age:
-            age.write(host_key.id_key)
-            age.finish()
-        storage.put_bytes(ID_KEY, sink.getvalue())
+        storage.put_bytes(ID_KEY, seal_age(host_key.id_key, encryption))
         storage.put_bytes(CONFIG, config.encode(host_key))
         return cls(storage, config, host_key)
 
@@ -195,6 +190,6 @@ def _recover_id_key(storage: Storage, decryption: DecryptionKey) -> HostKey:
         raise IntegrityError(
             f"the chunk store has no {ID_KEY}", hint="give the id key file instead (host_key)"
         ) from None
-    with age_reader(io.BytesIO(wrapped), decryption) as stream:
-        raw = stream.read()
-    return HostKey(raw, source=f"{ID_KEY} (recovered with the identity)")
+    return HostKey(
+        bytes(open_age(wrapped, decryption)), source=f"{ID_KEY} (recovered with the identity)"
+    )

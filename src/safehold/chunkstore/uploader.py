@@ -2,7 +2,7 @@
 
 zstd, ChaCha20-Poly1305 and the storage's sockets all release the GIL, so while the caller's
 thread reads, cuts and hashes the next pack, the workers seal and send the previous ones.
-``submit`` blocks while ``max_in_flight`` packs are waiting or being sent, so memory stays at
+``submit`` blocks while as many packs as workers are waiting or being sent, so memory stays at
 a few packs whatever the stream's size. A failure in a worker is raised at the next
 ``submit`` or at ``finish``; ``abort`` removes the packs this uploader already committed (they
 are in no index yet, so no one else can depend on them).
@@ -31,14 +31,12 @@ class PackUploader:
         self,
         storage: Storage,
         encryption: EncryptionKey,
-        workers: int | None = None,
-        max_in_flight: int | None = None,
     ) -> None:
-        count = workers or default_workers()
+        count = default_workers()
         self._storage = storage
         self._encryption = encryption
         self._pool = ThreadPoolExecutor(count, thread_name_prefix="safehold-pack")
-        self._slots = threading.Semaphore(max_in_flight or count)
+        self._slots = threading.Semaphore(count)
         self._futures: list[Future[PackDone]] = []
         self._closed = False
 

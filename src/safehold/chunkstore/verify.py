@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import SafeholdError
-from .index import Index, list_index_names, load_index, read_index_object
+from .index import Index, list_index_names, merge, read_index_object
 from .inventory import stored_packs
 from .packs import extract, fetch_pack, no_identity, read_trailer
 from .snapshots import SnapshotReader
@@ -48,14 +48,15 @@ def verify(store: ChunkStore, *, read_data: float = 0.0) -> VerifyReport:
         raise no_identity("verifying pack data (read_data)")
     report = VerifyReport()
     storage, meta = store.storage, store.host_key.meta_key
-    names = list_index_names(storage)
+    names = list_index_names(storage)  # never the cache: verify looks at the bucket
     report.index_objects = len(names)
+    objects = {}
     for name in names:
         try:
-            read_index_object(storage, meta, name)
+            objects[name] = read_index_object(storage, meta, name)
         except SafeholdError as exc:
             report.errors.append(f"index object {name}: {exc.message}")
-    index = load_index(storage, meta)  # never the cache: verify looks at the bucket
+    index = merge(frozenset(names), objects)
     stored = stored_packs(storage)
     report.packs = len(stored)
     report.unindexed_packs = sorted(stored - set(index.packs))

@@ -277,12 +277,10 @@ def _convert(field_: dataclasses.Field[Any], value: Any, origin: str) -> Any:
         raise ConfigError(
             f"{origin}: {value!r} is not valid", hint=f"expected one of: {', '.join(choices)}"
         )
-    if base is int and field_.name == "port" and not 0 < result < 65536:
-        raise ConfigError(f"{origin}: {value!r} is not a port", hint="expected 1-65535")
-    if field_.name == "health_url" and result and not result.startswith(("http://", "https://")):
-        raise ConfigError(
-            f"{origin}: {value!r} is not an http(s) URL", hint="e.g. http://localhost:8080/health"
-        )
+    check = field_.metadata.get("check")
+    refused = check(result) if check is not None else None
+    if refused is not None:
+        raise ConfigError(f"{origin}: {value!r} is not {refused[0]}", hint=refused[1])
     return result
 
 

@@ -3,6 +3,7 @@ environment variables and documents each key (``safehold config --keys`` and the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,15 +28,29 @@ DEFAULT_FILE = Path("safehold.toml")
 APP_DIR_ENV = "SAFEHOLD_APP_DIR"
 
 
-def _key(*env: str, doc: str = "") -> dict[str, Any]:
-    """A key's environment names and its documentation (a Literal type says its choices)."""
-    return {"env": env, "doc": doc}
+# A key's own rule beyond its type: None when the value is good, else (what it is not, hint).
+Check = Callable[[Any], "tuple[str, str] | None"]
+
+
+def _key(*env: str, doc: str = "", check: Check | None = None) -> dict[str, Any]:
+    """A key's environment names, its documentation (a Literal type says its choices) and its
+    own rule, checked by ``config.load`` however the value is given."""
+    return {"env": env, "doc": doc, "check": check}
+
+
+def _port(value: int) -> tuple[str, str] | None:
+    return None if 0 < value < 65536 else ("a port", "expected 1-65535")
+
+
+def _http_url(value: str) -> tuple[str, str] | None:
+    good = not value or value.startswith(("http://", "https://"))
+    return None if good else ("an http(s) URL", "e.g. http://localhost:8080/health")
 
 
 @dataclass(frozen=True)
 class DatabaseSettings:
     host: str = field(default="localhost", metadata=_key("DB_HOST", doc="server host"))
-    port: int = field(default=5432, metadata=_key("DB_PORT", doc="server port"))
+    port: int = field(default=5432, metadata=_key("DB_PORT", doc="server port", check=_port))
     name: str = field(default="container_app", metadata=_key("DB_NAME", doc="database"))
     user: str = field(default="postgres", metadata=_key("DB_USER", doc="login role"))
     password_file: Path | None = field(
@@ -73,7 +88,9 @@ class RestoreSettings:
     post_restore_cmds: tuple[str, ...] = field(
         default=(), metadata=_key(doc="commands run (sh -c) after restore --all restored data")
     )
-    health_url: str = field(default="", metadata=_key(doc="URL that must answer 200 afterwards"))
+    health_url: str = field(
+        default="", metadata=_key(doc="URL that must answer 200 afterwards", check=_http_url)
+    )
     health_timeout: float = field(default=120.0, metadata=_key(doc="seconds to wait for it"))
     roles: Literal["create", "skip"] = field(
         default="create",

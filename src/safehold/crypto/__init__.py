@@ -2,7 +2,8 @@
 
 from ..errors import DecryptionKeyError
 from .age import AgeReader, age_reader
-from .age_writer import AgeWriter
+from .age_open import open_age
+from .age_writer import AgeWriter, seal_age
 from .header import SUFFIX, is_age
 from .keys import (
     PASSPHRASE_MODE,
@@ -30,6 +31,8 @@ __all__ = [
     "is_age",
     "load_decryption_key",
     "load_encryption_key",
+    "open_age",
+    "seal_age",
     "unlock_repository_key",
     "write_secret",
 ]

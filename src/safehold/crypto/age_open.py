@@ -23,17 +23,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ._bech32 import identity_bytes
 from .age import age_reader
+from .age_writer import CHUNK, COLUMNS, INTRO, X25519_LABEL, b64, hkdf
 from .keys import DecryptionKey
 
-INTRO = b"age-encryption.org/v1\n"
-X25519_LABEL = b"age-encryption.org/v1/X25519"
-CHUNK = 64 * 1024
 SEALED = CHUNK + 16  # a chunk and its Poly1305 tag
-COLUMNS = 64
 
 
 class _Slow(Exception):
@@ -60,7 +56,7 @@ def _open(data: bytes, key: DecryptionKey) -> bytes | bytearray:
     header = data[: end + 4]  # what the MAC covers: up to and including "---"
     mac = _b64decode(data[end + 5 : newline])
     file_key = _file_key(_stanzas(header[len(INTRO) : end + 1]), key)
-    check = hmac.HMAC(_hkdf(file_key, None, b"header"), hashes.SHA256())
+    check = hmac.HMAC(hkdf(file_key, None, b"header"), hashes.SHA256())
     check.update(header)
     try:
         check.verify(mac)
@@ -69,7 +65,7 @@ def _open(data: bytes, key: DecryptionKey) -> bytes | bytearray:
     payload = memoryview(data)[newline + 1 :]
     if len(payload) < 16 + 16:
         raise _Slow
-    aead = ChaCha20Poly1305(_hkdf(file_key, bytes(payload[:16]), b"payload"))
+    aead = ChaCha20Poly1305(hkdf(file_key, bytes(payload[:16]), b"payload"))
     return _payload(aead, payload[16:])
 
 
@@ -120,31 +116,27 @@ def _file_key(stanzas: list[tuple[list[bytes], bytes]], key: DecryptionKey) -> b
     secrets = []
     for identity in key.identities:
         try:
-            secrets.append(X25519PrivateKey.from_private_bytes(identity_bytes(identity)))
+            secret = X25519PrivateKey.from_private_bytes(identity_bytes(identity))
         except ValueError:
             continue  # not an X25519 identity: age_reader knows the others
+        secrets.append((secret, secret.public_key().public_bytes_raw()))
     for args, body in stanzas:
         if len(args) != 2 or args[0] != b"X25519" or len(body) != 32:
             continue
         share = _b64decode(args[1])
         if len(share) != 32:
             raise _Slow
-        for secret in secrets:
-            public = secret.public_key().public_bytes_raw()
+        for secret, public in secrets:
             try:
                 shared = secret.exchange(X25519PublicKey.from_public_bytes(share))
             except ValueError:
                 raise _Slow from None  # a low-order share: refused (and explained) there
-            wrap = ChaCha20Poly1305(_hkdf(shared, share + public, X25519_LABEL))
+            wrap = ChaCha20Poly1305(hkdf(shared, share + public, X25519_LABEL))
             try:
                 return wrap.decrypt(bytes(12), body, None)
             except InvalidTag:
                 continue
     raise _Slow
-
-
-def _hkdf(secret: bytes, salt: bytes | None, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(secret)
 
 
 def _b64decode(text: bytes) -> bytes:
@@ -153,6 +145,6 @@ def _b64decode(text: bytes) -> bytes:
         raw = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise _Slow from None
-    if base64.b64encode(raw).rstrip(b"=") != text:
+    if b64(raw) != text:
         raise _Slow
     return raw

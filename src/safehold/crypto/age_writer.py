@@ -24,6 +24,7 @@ The ``age`` CLI and pyrage open these files (tests exchange files with both, bot
 from __future__ import annotations
 
 import base64
+import io
 import os
 
 from cryptography.hazmat.primitives import hashes, hmac
@@ -58,7 +59,7 @@ class AgeWriter:
         file_key = os.urandom(16)
         nonce = os.urandom(16)
         self._sink = sink
-        self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+        self._aead = ChaCha20Poly1305(hkdf(file_key, nonce, b"payload"))
         self._head = header(file_key, publics) + nonce  # goes out with the first chunk
         self._pending = bytearray()
         self._counter = 0
@@ -124,29 +125,38 @@ class AgeWriter:
             raise ValueError(f"this AgeWriter is {self._state}")
 
 
+def seal_age(data: bytes | memoryview, key: EncryptionKey) -> bytes:
+    """``data`` as one whole age file (small things: a key, a record, a WAL segment)."""
+    sink = io.BytesIO()
+    with AgeWriter(sink, key) as writer:
+        writer.write(data)
+        writer.finish()
+    return sink.getvalue()
+
+
 def header(file_key: bytes, publics: list[bytes]) -> bytes:
     """The age header: one X25519 stanza per recipient, then the MAC line."""
     text = INTRO + b"".join(_x25519_stanza(file_key, public) for public in publics) + b"---"
-    mac = hmac.HMAC(_hkdf(file_key, None, b"header"), hashes.SHA256())
+    mac = hmac.HMAC(hkdf(file_key, None, b"header"), hashes.SHA256())
     mac.update(text)
-    return text + b" " + _b64(mac.finalize()) + b"\n"
+    return text + b" " + b64(mac.finalize()) + b"\n"
 
 
 def _x25519_stanza(file_key: bytes, public: bytes) -> bytes:
     ephemeral = X25519PrivateKey.generate()
     share = ephemeral.public_key().public_bytes_raw()
     shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(public))
-    wrap_key = _hkdf(shared, share + public, X25519_LABEL)
-    body = _b64(ChaCha20Poly1305(wrap_key).encrypt(bytes(12), file_key, None))
+    wrap_key = hkdf(shared, share + public, X25519_LABEL)
+    body = b64(ChaCha20Poly1305(wrap_key).encrypt(bytes(12), file_key, None))
     lines = [body[i : i + COLUMNS] for i in range(0, len(body), COLUMNS)]
     if len(body) % COLUMNS == 0:
         lines.append(b"")  # a full last line would read as "more follows"
-    return b"-> X25519 " + _b64(share) + b"\n" + b"\n".join(lines) + b"\n"
+    return b"-> X25519 " + b64(share) + b"\n" + b"\n".join(lines) + b"\n"
 
 
-def _hkdf(secret: bytes, salt: bytes | None, info: bytes) -> bytes:
+def hkdf(secret: bytes, salt: bytes | None, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(secret)
 
 
-def _b64(data: bytes) -> bytes:
+def b64(data: bytes) -> bytes:
     return base64.b64encode(data).rstrip(b"=")

@@ -34,20 +34,6 @@ class FileData:
             return b"".join(parts)
         return self._next(want)
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        view = memoryview(buffer).cast("B")
-        done = 0
-        while done < len(view) and self._left:
-            take = min(len(view) - done, self._left)
-            got = os.preadv(self._fd, [view[done : done + take]], self._offset)
-            if got == 0:  # the file shrank: the promised bytes are zeros
-                view[done : done + take] = bytes(take)
-                self.short += take
-                got = take
-            self._advance(got)
-            done += got
-        return done
-
     def _next(self, want: int) -> bytes:
         if not self._left:
             return b""

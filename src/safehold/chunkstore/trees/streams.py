@@ -60,7 +60,7 @@ def backup_stream(
 
 def stream_meta(store: ChunkStore, snapshot_id: str) -> dict[str, Any]:
     """The ``meta`` a stream snapshot was stored with."""
-    meta = _body(Reading(store), snapshot_id)[0].get("meta")
+    meta = _body(store, snapshot_id)[0].get("meta")
     return meta if isinstance(meta, dict) else {}
 
 
@@ -79,7 +79,9 @@ def export_stream(store: ChunkStore, snapshot_id: str, sink: ByteSink) -> int:
     return size
 
 
-def _body(store: Reading, snapshot_id: str) -> tuple[dict[str, Any], list[bytes], list[int]]:
+def _body(
+    store: ChunkStore | Reading, snapshot_id: str
+) -> tuple[dict[str, Any], list[bytes], list[int]]:
     body = store.read_body(snapshot_id)
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise damaged(f"snapshot {snapshot_id} is not a stream")

@@ -99,10 +99,6 @@ class TreeIndex:
         if self.firsts[0] != () or any(a >= b for a, b in itertools.pairwise(self.firsts)):
             raise damaged("the snapshot's tree blobs are not in order")
 
-    @property
-    def entries(self) -> int:
-        return sum(self.counts)
-
     def holding(self, path: str) -> int:
         """The index of the blob that holds ``path``'s entry, if the tree has it."""
         return bisect.bisect_right(self.firsts, sort_key(path)) - 1

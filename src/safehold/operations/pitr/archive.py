@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import re
 import secrets
@@ -158,16 +157,12 @@ def _pack(data: bytes, level: int, key: EncryptionKey | None, primary: Storage) 
     compressed = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
     if key is None:
         return compressed
-    from ...crypto import AgeWriter
+    from ...crypto import seal_age
     from .._pipeline import bind_key
 
     bound = bind_key(primary, key)
     assert bound is not None
-    out = io.BytesIO()
-    writer = AgeWriter(out, bound)
-    writer.write(compressed)
-    writer.finish()
-    return out.getvalue()
+    return seal_age(compressed, bound)
 
 
 def fetch(archive: WalArchive | Storage, name: str, dest: Path, *, durable: bool = True) -> int:
