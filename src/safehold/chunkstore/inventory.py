@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
+from ..errors import StorageError
 from ..storage import LocalStorage, S3Storage
 from ..storage.base import Storage
 from .layout import INDEX, LOCKS, ROOT, SNAPSHOTS, basename, is_name, pack_folders
@@ -34,16 +35,7 @@ def remove_partials(storage: Storage, older_than: timedelta) -> list[str]:
         for folder in [*pack_folders(), INDEX, SNAPSHOTS, LOCKS]:
             removed += storage.remove_stale_partials(folder)
     elif isinstance(storage, S3Storage):
-        cutoff = datetime.now(UTC) - older_than
-        for upload in storage.pending_uploads():
-            if not upload.key.startswith(f"{ROOT}/") or upload.initiated > cutoff:
-                continue
-            # botocore's own errors: an upload already gone or not ours to abort is left alone
-            with contextlib.suppress(Exception):
-                storage.client.abort_multipart_upload(
-                    Bucket=storage.bucket,
-                    Key=storage.object_key(upload.key),
-                    UploadId=upload.upload_id,
-                )
-                removed.append(upload.key)
+        # Cleaning is a courtesy of prune: one it cannot do now is done by the next.
+        with contextlib.suppress(StorageError):
+            removed += storage.abort_stale_uploads(older_than, prefix=f"{ROOT}/")
     return removed

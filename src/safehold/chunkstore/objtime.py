@@ -9,28 +9,14 @@ the object.
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import timedelta
 
 from ..storage import LocalStorage, S3Storage
 from ..storage.base import Storage
-from ..storage.s3_client import is_not_found
 
 
 def object_age(storage: Storage, key: str) -> timedelta | None:
     """The time since ``key`` was written; ``None`` when unknown. Missing: FileNotFoundError."""
-    if isinstance(storage, LocalStorage):
-        return timedelta(seconds=max(0.0, time.time() - storage.path(key).stat().st_mtime))
-    if isinstance(storage, S3Storage):
-        try:
-            head = storage.client.head_object(Bucket=storage.bucket, Key=storage.object_key(key))
-        except Exception as exc:
-            if is_not_found(exc):
-                raise FileNotFoundError(key) from None
-            raise storage.fail(exc, "look up", key) from exc
-        modified: datetime = head["LastModified"]
-        date = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-        now = parsedate_to_datetime(date) if date else datetime.now(UTC)
-        return max(timedelta(0), now - modified)
+    if isinstance(storage, LocalStorage | S3Storage):
+        return storage.age(key)
     return None

@@ -12,6 +12,8 @@ import contextlib
 import errno
 import os
 import secrets
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import IO
 
@@ -166,6 +168,10 @@ class LocalStorage:
 
     def size(self, key: str) -> int:
         return self.path(key).stat().st_size
+
+    def age(self, key: str) -> timedelta:
+        """Since ``key`` was last written, by this host's clock (its file's mtime)."""
+        return timedelta(seconds=max(0.0, time.time() - self.path(key).stat().st_mtime))
 
     def exists(self, key: str) -> bool:
         return self.path(key).exists()

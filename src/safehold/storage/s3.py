@@ -15,6 +15,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -156,6 +157,15 @@ class S3Storage:
     def size(self, key: str) -> int:
         return int(self._head(key)["ContentLength"])
 
+    def age(self, key: str) -> timedelta:
+        """Since ``key`` was written, by the server's clock (its ``Date`` minus the object's
+        ``LastModified``), so the clocks of the hosts never matter."""
+        head = self._head(key)
+        date = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        now = parsedate_to_datetime(date) if date else datetime.now(UTC)
+        modified: datetime = head["LastModified"]
+        return max(timedelta(0), now - modified)
+
     def exists(self, key: str) -> bool:
         try:
             self._head(key)
@@ -238,9 +248,10 @@ class S3Storage:
             args["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
 
     def abort_stale_uploads(
-        self, older_than: timedelta = timedelta(hours=24)
+        self, older_than: timedelta = timedelta(hours=24), prefix: str = ""
     ) -> builtins.list[str]:
-        """Abort unfinished uploads started before ``older_than`` ago; returns their keys.
+        """Abort unfinished uploads under ``prefix`` started before ``older_than`` ago; returns
+        their keys.
 
         The S3 analogue of ``LocalStorage.remove_stale_partials``. A bucket lifecycle rule
         (AbortIncompleteMultipartUpload) does the same on the server side.
@@ -248,7 +259,7 @@ class S3Storage:
         cutoff = datetime.now(UTC) - older_than
         removed = []
         for upload in self.pending_uploads():
-            if upload.initiated > cutoff:
+            if upload.initiated > cutoff or not upload.key.startswith(prefix):
                 continue
             try:
                 self.client.abort_multipart_upload(
