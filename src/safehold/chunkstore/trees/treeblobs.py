@@ -81,6 +81,9 @@ class TreeIndex:
         self.ids: list[bytes] = []
         self.firsts: list[tuple[str, ...]] = []
         self.counts: list[int] = []
+        # Blobs already read and checked: a restore of part of a tree asks again for some
+        # (its hardlinks' files), and each is fetched once.
+        self.decoded: dict[int, list[Entry]] = {}
         for item in listing:
             if not (
                 isinstance(item, list)
@@ -122,10 +125,12 @@ def read_trees(
 ) -> dict[int, list[Entry]]:
     """The entries of the tree blobs ``wanted`` (indexes into ``index``), each checked: in
     strict depth-first order, starting with the path the body lists, as many as it says."""
+    asked = sorted(set(wanted))
     numbers: dict[bytes, list[int]] = {}
-    for number in sorted(set(wanted)):
-        numbers.setdefault(index.ids[number], []).append(number)
-    out: dict[int, list[Entry]] = {}
+    for number in asked:
+        if number not in index.decoded:
+            numbers.setdefault(index.ids[number], []).append(number)
+    out = index.decoded
     for blob_id, data in store.read_blobs(list(numbers)):
         entries = decode_lines(data)
         keys = [sort_key(entry.path) for entry in entries]
@@ -139,4 +144,4 @@ def read_trees(
             raise damaged("a tree blob's entries are not in order (or repeat a path)")
     if numbers:
         raise damaged(f"{len(numbers)} tree blob(s) of the snapshot could not be read")
-    return out
+    return {number: out[number] for number in asked}
