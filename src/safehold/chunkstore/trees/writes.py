@@ -23,6 +23,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 
+from ... import _proc
 from .entries import Entry, damaged
 
 THREADS = 6  # file creation waits on the filesystem more than on the CPU
@@ -127,7 +128,10 @@ class DataWriter:
             for worker in range(THREADS):
                 self._hand(worker)
         finally:
-            self._stop()
+            # Interrupted or not, the workers stop before anyone removes the staging folder:
+            # a SIGTERM inside the join would leave them writing into a folder being removed.
+            with _proc.shielded():
+                self._stop()
 
     def _add(self, job: Job) -> None:
         # Runs of neighbours (mostly one folder's files) to one worker: fewer hand-overs, and
