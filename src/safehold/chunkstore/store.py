@@ -8,7 +8,7 @@ identity (``decryption``) reads data back.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -142,15 +142,27 @@ class ChunkStore:
 
     # ---- writing ----
 
-    def writer(self, target: str, kind: str) -> ChunkStoreWriter:
-        """A writer holding a shared lock (``with store.writer(...) as w``)."""
+    def writer(
+        self, target: str, kind: str, *, started: datetime | None = None
+    ) -> ChunkStoreWriter:
+        """A writer holding a shared lock (``with store.writer(...) as w``). ``started`` is
+        the snapshot's time (its id's stamp); now when not given (tests of retention set it)."""
+        if started is not None and started.tzinfo is None:
+            raise UsageError("a snapshot's start time must be timezone-aware")
         if kind not in ("tree", "stream"):
             raise UsageError(f"snapshot kind {kind!r} is neither 'tree' nor 'stream'")
         lock = StoreLock(self.storage, "shared", self.lock_ttl).acquire()
         try:
             index = self.index()
             return ChunkStoreWriter(
-                self.storage, self.host_key, self.config, index, lock, target, kind
+                self.storage,
+                self.host_key,
+                self.config,
+                index,
+                lock,
+                target,
+                kind,
+                started=started,
             )
         except BaseException:
             lock.release()

@@ -55,6 +55,8 @@ class ChunkStoreWriter:
         lock: StoreLock,
         target: str,
         kind: str,
+        *,
+        started: datetime | None = None,
     ) -> None:
         self._storage = storage
         self._key = host_key
@@ -65,7 +67,7 @@ class ChunkStoreWriter:
         self._cdc = chunker(host_key, config)
         self.target = target
         self.kind = kind
-        self.started = datetime.now(UTC)
+        self.started = started if started is not None else datetime.now(UTC)
         self._pending: dict[str, list[Blob]] = {"data": [], "tree": []}
         self._pending_size = {"data": 0, "tree": 0}
         self._new: set[bytes] = set()  # sent (or about to be) by this writer

@@ -14,11 +14,13 @@ from ..model import Manifest
 from ..naming import COMPRESSIONS
 from ..operations.database.backup import backup_database
 from ..operations.pins import pin_all
+from ..operations.snapshots import info_json
 from ..operations.system.backup import backup_set
 from ..operations.volumes.docker import backup_volume
 from ..operations.volumes.folder import backup_tree
 from ..sources.docker.engine import connect_docker, select_volumes
 from ..storage import LocalStorage
+from .chunked import ChunkedBackups, refuse_chunked_set
 from .flags import config_option, shared_options
 from .locations import copy_after_backup
 from .physical import run_base_backup
@@ -170,9 +172,16 @@ def backup(
         opts = rt.settings.backup_options()
         vols = rt.settings.volume_options()
         done: list[Manifest] = []
+        chunked = ChunkedBackups(rt, storage)
         if database if database is not None else not (volumes or paths):
-            done.append(backup_database(rt.settings.pg_target(), storage, opts, rt.sink))
+            if chunked.wants("database", rt.settings.database.name):
+                chunked.database()
+            else:
+                done.append(backup_database(rt.settings.pg_target(), storage, opts, rt.sink))
         for folder in paths:
+            if chunked.wants("volume", folder.resolve().name):
+                chunked.folder(folder.resolve())
+                continue
             done.append(
                 backup_tree(
                     folder.resolve(),
@@ -187,6 +196,9 @@ def backup(
         if volumes:
             client = connect_docker()
             for name in select_volumes(client, volumes):
+                if chunked.wants("volume", name):
+                    chunked.volume(client, name)
+                    continue
                 done.append(
                     backup_volume(
                         client,
@@ -203,11 +215,14 @@ def backup(
         _pin(rt, storage, [m.artifact for m in done], pinning)
         copy_after_backup(rt, storage, done)
         if as_json:
-            only_db = len(done) == 1 and not (volumes or paths)
-            rt.emit_json(done[0].to_json() if only_db else [m.to_json() for m in done])
+            only_db = len(done) == 1 and not (volumes or paths or chunked.done)
+            printed = [m.to_json() for m in done] + [info_json(s) for s in chunked.done]
+            rt.emit_json(done[0].to_json() if only_db else printed)
         else:
             for manifest in done:
                 click.echo(storage.path(manifest.artifact))
+            for snap in chunked.done:
+                click.echo(f"snapshot {snap.id} {snap.target}")
 
 
 def _backup_all(
@@ -220,6 +235,7 @@ def _backup_all(
     pinning: tuple[bool, datetime | None],
 ) -> None:
     settings: Settings = rt.settings
+    refuse_chunked_set(rt)
     chosen = settings.volumes
     include = (*chosen.include, *volumes)
     labels = (*chosen.labels, *labels)

@@ -12,7 +12,7 @@ from .requests import CatRequest
 from .runtime import runtime
 
 
-class _Stdout:
+class Stdout:
     """Standard output without a buffer: nothing is left to flush (and fail) at exit when the
     reader has gone, and every chunk reaches the pipe as it is written."""
 
@@ -67,7 +67,7 @@ def cat_cmd(ctx: click.Context, name: str, volume: str | None, force_tty: bool) 
         result = cat_backup(
             LocalStorage(rt.settings.backup_dir),
             name,
-            _Stdout(sys.stdout.fileno()),
+            Stdout(sys.stdout.fileno()),
             volume=volume,
             key=rt.settings.decryption_key(),
             lock_timeout=rt.settings.lock_timeout,

@@ -16,6 +16,7 @@ from ..operations.pitr.prune import base_status, read_bases
 from ..operations.runs import RunRecord, read_runs
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage, Storage
+from .chunked import chunked_records
 from .flags import shared_options
 from .locations import location_storage, locations, read_source
 from .output import STATUS_STYLE, backups_table, sets_table
@@ -74,6 +75,8 @@ def show_backups(
         source = read_source(rt, local, source, strict=False)
         storage: Storage = local if source is None else location_storage(rt, source)
         records = catalog.scan(storage)
+        if source is None:  # chunked targets' snapshots, listed with the files by time
+            records = sorted([*records, *chunked_records(rt)], key=lambda r: r.created)
         sets = catalog.read_sets(storage)
         if only_sets:
             by_name = {r.name: r for r in records}

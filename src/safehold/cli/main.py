@@ -49,6 +49,7 @@ COMMANDS = {
     "report": "report_cmd:report_cmd",
     "restore": "restore_cmd:restore",
     "schedule": "schedule_cmd:schedule_cmd",
+    "snapshots": "snapshots_cmd:snapshots_cmd",
     "status": "status_cmd:status_cmd",
     "unpin": "pin_cmd:unpin_cmd",
     "verify": "verify_cmd:verify",

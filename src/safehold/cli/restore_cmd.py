@@ -7,6 +7,7 @@ import click
 from ..errors import RestoreError
 from ..operations.database.restore import RestoreResult, restore_database
 from ..storage import LocalStorage
+from .chunked import snapshot_ref
 from .flags import config_option, shared_options
 from .list_cmd import show_backups
 from .locations import local_ref, read_source
@@ -22,8 +23,9 @@ from .runtime import runtime
 @click.option(
     "--database",
     "database_ref",
-    metavar="FILE|NAME|latest",
-    help="restore the database from this backup",
+    metavar="FILE|NAME|SNAPSHOT|latest",
+    help="restore the database from this backup (a chunk store snapshot id is exported as "
+    "a dump first)",
 )
 @click.option(
     "--target-db",
@@ -55,8 +57,9 @@ from .runtime import runtime
     "--volume",
     "volume_refs",
     multiple=True,
-    metavar="NAME:FILE|NAME:latest",
-    help="restore Docker volume NAME from a backup file, name or 'latest' (repeatable)",
+    metavar="NAME:FILE|NAME:SNAPSHOT|NAME:latest",
+    help="restore Docker volume NAME from a backup file, name, snapshot id or 'latest' "
+    "(repeatable)",
 )
 @click.option(
     "--stop-containers",
@@ -224,6 +227,7 @@ def restore(
         db_result: RestoreResult | None = None
         if database_ref is not None:
             target = rt.settings.pg_target()
+            database_ref = snapshot_ref(rt, storage, database_ref, "database", target.dbname)
             database_ref = local_ref(rt, storage, database_ref, "database", target.dbname, source)
             db_result = restore_database(
                 target,
@@ -235,6 +239,7 @@ def restore(
             )
             if not as_json:
                 _show(db_result, None)
+        volumes = [(n, snapshot_ref(rt, storage, r, "volume", n)) for n, r in volumes]
         volumes = [(n, local_ref(rt, storage, r, "volume", n, source)) for n, r in volumes]
         if dry_run:
             restored = plan_volumes(

@@ -18,6 +18,7 @@ from ..operations.report.runs import RunsStatus, read_runs_status
 from ..operations.report.status import StatusReport, read_status
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage
+from .chunked import chunked_records
 from .flags import shared_options
 from .locations import automatic, locations
 from .runtime import runtime
@@ -61,6 +62,7 @@ def status_cmd(ctx: click.Context, metrics_file: Path | None, as_json: bool) -> 
             copies=holders(targets) if targets else None,
             expected=tuple(t.name for t in automatic(targets)),
             wal_stall_s=settings.objectives.wal_stall_minutes * 60,
+            snapshots=chunked_records(rt),
         )
         report = _with_archiver(report, storage, settings, now)
         ran = read_runs_status(storage, now)

@@ -77,6 +77,17 @@ class BackupSettings:
             doc="volumes: the host folder (direct), a helper container (api), or auto",
         ),
     )
+    format: Literal["files", "chunked"] = field(
+        default="files",
+        metadata=_key("SAFEHOLD_FORMAT", doc="files (the seed's) or chunked (deduplicated)"),
+    )
+    chunked_targets: tuple[str, ...] = field(
+        default=(),
+        metadata=_key(doc="'database' and volume names/patterns kept chunked anyway"),
+    )
+    id_key_file: Path | None = field(
+        default=None, metadata=_key(doc="chunk store id key (.safehold/keys/chunk-id.key)")
+    )
 
 
 @dataclass(frozen=True)

@@ -337,3 +337,18 @@ def encrypting(out: ByteSink, key: EncryptionKey | None) -> tuple[ByteSink, AgeW
         return out, None
     writer = AgeWriter(out, key)
     return writer, writer
+
+
+@contextlib.contextmanager
+def encrypted(out: ByteSink, key: EncryptionKey | None) -> Iterator[ByteSink]:
+    """``encrypting`` as a block: the age stream is finished when the block ends, aborted
+    when it fails (so the storage writer around it never commits a truncated stream)."""
+    sink, age = encrypting(out, key)
+    try:
+        yield sink
+        if age is not None:
+            age.finish()
+    except BaseException:
+        if age is not None:
+            age.abort()
+        raise

@@ -18,6 +18,7 @@ A reading is a pure function of the repository and ``now``, so tests control the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -129,11 +130,13 @@ def read_status(
     copies: dict[str, list[str]] | None = None,
     expected: tuple[str, ...] = (),
     wal_stall_s: float = DEFAULT_WAL_STALL_S,
+    snapshots: Sequence[BackupRecord] = (),
 ) -> StatusReport:
     """``database`` and ``volumes`` are the targets that must have backups (configured); every
     target with backups in the repository is reported too; ``wal_stall_s``: the PITR line's
-    ``objectives.wal_stall_minutes``."""
-    records = catalog.scan(storage)
+    ``objectives.wal_stall_minutes``; ``snapshots``: the chunk store's snapshots as records
+    (``format = "chunked"``), judged with the files."""
+    records = sorted([*catalog.scan(storage), *snapshots], key=lambda r: r.created)
     drills = read_drills(storage)
     wanted: dict[tuple[Kind, str], None] = {}
     if database:

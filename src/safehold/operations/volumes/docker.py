@@ -43,7 +43,7 @@ ACCESS_MODES: tuple[str, ...] = ("auto", "direct", "api")
 
 
 def volume_source(client: docker.DockerClient, name: str, access: Access = "auto") -> TreeSource:
-    root = _folder(client, name, access)
+    root = volume_folder(client, name, access)
     if root is not None:
         return folder_source(root)
     return TreeSource(
@@ -61,7 +61,7 @@ def volume_unpack(
     journal_to: SwapJournal | None = None,
 ) -> tuple[Unpack, str]:
     """``journal_to``: journal the swap in a repository, on either path."""
-    root = _folder(client, name, access)
+    root = volume_folder(client, name, access)
     if root is not None:
         return (
             lambda stream, check, expected: extract_tree(
@@ -90,7 +90,7 @@ def volume_unpack(
     )
 
 
-def _folder(client: docker.DockerClient, name: str, access: Access) -> Path | None:
+def volume_folder(client: docker.DockerClient, name: str, access: Access) -> Path | None:
     """The volume's folder when it is used directly; None for the engine API."""
     if access not in ACCESS_MODES:
         raise UsageError(f"unknown volume access {access!r}", hint="use auto, direct or api")
