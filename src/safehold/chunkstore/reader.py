@@ -5,15 +5,21 @@ was asked for (a stream's restore gets its first chunks first). A few packs are 
 decrypted (age authenticates the whole pack) and unpacked ahead on worker threads while the
 caller consumes the previous one; each blob is decompressed and its keyed hash compared with
 its id, so a damaged or substituted pack is an ``IntegrityError`` naming it.
+
+**Mirrors.** A copy of the store in another location (``snapshots copy``: the same objects
+under the same names) stands in for a pack that is missing or damaged here: the blobs not yet
+given are read from the first mirror whose pack passes the same checks, and ``fallback`` is
+told. Blobs already given were checked one by one, so nothing given is ever taken back.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..crypto import DecryptionKey
+from ..errors import IntegrityError, StorageError
 from ..storage.base import Storage
 from .hostkey import HostKey
 from .index import Index
@@ -21,6 +27,13 @@ from .packs import Entry, extract, fetch_pack, no_identity
 
 WORKERS = 2  # packs fetched and decrypted at once (the GIL is released)
 AHEAD = 1  # packs fetched and decrypted ahead of the one being consumed (memory: ~32 MB each)
+
+Mirror = tuple[str, Storage]  # (location name, the store's copy there)
+Fallback = Callable[[str, str, str], None]  # (pack, what failed here, the mirror used)
+
+
+def _no_fallback(pack: str, failure: str, mirror: str) -> None:
+    return None
 
 
 def group_by_pack(index: Index, ids: Iterable[bytes]) -> dict[str, list[Entry]]:
@@ -44,13 +57,16 @@ def read_blobs(
     index: Index,
     decryption: DecryptionKey | None,
     ids: Iterable[bytes],
+    *,
+    mirrors: Sequence[Mirror] = (),
+    fallback: Fallback = _no_fallback,
 ) -> Iterator[tuple[bytes, bytes]]:
     """``(id, plaintext)`` for each distinct id; raises before the first fetch when an id is
     unknown or there is no identity."""
     if decryption is None:
         raise no_identity("reading backed-up data")
     groups = group_by_pack(index, ids)
-    return blobs_by_pack(storage, host_key, decryption, groups)
+    return blobs_by_pack(storage, host_key, decryption, groups, mirrors=mirrors, fallback=fallback)
 
 
 def blobs_by_pack(
@@ -58,6 +74,9 @@ def blobs_by_pack(
     host_key: HostKey,
     decryption: DecryptionKey,
     groups: dict[str, list[Entry]],
+    *,
+    mirrors: Sequence[Mirror] = (),
+    fallback: Fallback = _no_fallback,
 ) -> Iterator[tuple[bytes, bytes]]:
     """``(id, plaintext)`` of each entry of ``groups`` (pack -> its entries), pack by pack."""
     # Workers fetch and decrypt whole packs (the GIL is released); the blobs are decompressed
@@ -68,8 +87,24 @@ def blobs_by_pack(
 
     def ready() -> Iterator[tuple[bytes, bytes]]:
         pack, entries, fetched = queue.popleft()
-        plain = fetched.result()
+        try:
+            plain: bytes | bytearray | None = fetched.result()
+        except (IntegrityError, StorageError) as exc:
+            if not mirrors:
+                raise
+            plain, failure = None, exc
         for entry in entries:
+            if plain is not None:
+                try:
+                    blob = extract(plain, pack, entry, host_key)
+                except IntegrityError as exc:
+                    if not mirrors:
+                        raise
+                    plain, failure = None, exc
+                else:
+                    yield entry[0], blob
+                    continue
+            plain = _from_mirror(pack, failure, mirrors, decryption, host_key, entry, fallback)
             yield entry[0], extract(plain, pack, entry, host_key)
 
     try:
@@ -82,3 +117,28 @@ def blobs_by_pack(
             yield from ready()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _from_mirror(
+    pack: str,
+    failure: IntegrityError | StorageError,
+    mirrors: Sequence[Mirror],
+    decryption: DecryptionKey,
+    host_key: HostKey,
+    entry: Entry,
+    fallback: Fallback,
+) -> bytes | bytearray:
+    """The pack from the first mirror whose copy opens and holds ``entry`` intact; the failure
+    here is raised (naming every mirror tried) when none does."""
+    tried = []
+    for name, storage in mirrors:
+        try:
+            plain = fetch_pack(storage, pack, decryption)
+            extract(plain, pack, entry, host_key)
+        except (IntegrityError, StorageError) as exc:
+            tried.append(f"{name}: {exc.message}")
+            continue
+        fallback(pack, failure.message, name)
+        return plain
+    failure.message += "; no mirror has a good copy (" + "; ".join(tried) + ")"
+    raise failure

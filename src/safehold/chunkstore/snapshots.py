@@ -104,6 +104,10 @@ def _info(header: dict[str, Any], snapshot_id: str) -> SnapshotInfo:
         raise IntegrityError(f"snapshot {snapshot_id} has a malformed header ({exc})") from None
 
 
+def list_snapshot_ids(storage: Storage) -> list[str]:
+    return [n for n in (basename(k) for k in storage.list(SNAPSHOTS)) if is_snapshot_id(n)]
+
+
 class SnapshotReader:
     """Reads snapshot headers (cached on disk when ``cache_dir`` is given: they never change)."""
 
@@ -113,7 +117,7 @@ class SnapshotReader:
         self.cache = Path(cache_dir) / "snapshots" if cache_dir is not None else None
 
     def ids(self) -> list[str]:
-        return [n for n in (basename(k) for k in self.storage.list(SNAPSHOTS)) if is_snapshot_id(n)]
+        return list_snapshot_ids(self.storage)
 
     def header(self, snapshot_id: str) -> dict[str, Any]:
         cached = self._cached(snapshot_id)

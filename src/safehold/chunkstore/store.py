@@ -7,13 +7,14 @@ identity (``decryption``) reads data back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from ..crypto import DecryptionKey, EncryptionKey, open_age, seal_age
 from ..errors import ConfigError, IntegrityError, UsageError
+from ..model import Event, EventSink, null_sink
 from ..storage.base import Storage
 from . import reader
 from .config import StoreConfig, read_config
@@ -39,8 +40,12 @@ class ChunkStore:
         decryption: DecryptionKey | None = None,
         cache_dir: Path | None = None,
         lock_ttl: timedelta = DEFAULT_TTL,
+        mirrors: Sequence[reader.Mirror] = (),
+        events: EventSink = null_sink,
     ) -> None:
         self.storage = storage
+        self.mirrors = tuple(mirrors)  # copies elsewhere that stand in for a bad pack here
+        self.events = events
         self.config = config
         self.host_key = host_key
         self.decryption = decryption
@@ -82,9 +87,12 @@ class ChunkStore:
         encryption: EncryptionKey | None = None,
         cache_dir: Path | None = None,
         lock_ttl: timedelta = DEFAULT_TTL,
+        mirrors: Sequence[reader.Mirror] = (),
+        events: EventSink = null_sink,
     ) -> ChunkStore:
         """Open with ``host_key`` (backup host) or ``decryption`` (restore host: the id key is
-        recovered from the bucket), or both."""
+        recovered from the bucket), or both. ``mirrors``: (name, storage) of copies of this
+        store (``snapshots copy``) a damaged or missing pack is read from instead."""
         config, mac = read_config(storage)
         if host_key is None:
             if decryption is None:
@@ -108,6 +116,8 @@ class ChunkStore:
             decryption=decryption,
             cache_dir=cache_dir,
             lock_ttl=lock_ttl,
+            mirrors=mirrors,
+            events=events,
         )
 
     # ---- reading ----
@@ -138,6 +148,18 @@ class ChunkStore:
             index if index is not None else self.index(),
             self.decryption,
             ids,
+            mirrors=self.mirrors,
+            fallback=self._fell_back,
+        )
+
+    def _fell_back(self, pack: str, failure: str, mirror: str) -> None:
+        self.events(
+            Event(
+                "restore",
+                f"{failure}; read pack {pack} from {mirror} instead (its copy is good)",
+                "warning",
+                {"pack": pack, "mirror": mirror},
+            )
         )
 
     # ---- writing ----

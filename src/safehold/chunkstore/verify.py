@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import SafeholdError
+from ..errors import IntegrityError, SafeholdError
 from .index import Index, list_index_names, merge, read_index_object
 from .inventory import stored_packs
 from .packs import extract, fetch_pack, no_identity, read_trailer
@@ -35,6 +35,9 @@ class VerifyReport:
     unindexed_packs: list[str] = field(default_factory=list)  # leftovers: prune removes them
     unused_missing_packs: list[str] = field(default_factory=list)  # indexed, gone, not needed
     errors: list[str] = field(default_factory=list)
+    # A pack found damaged or missing -> the snapshots that need a blob in it.
+    affected: dict[str, list[str]] = field(default_factory=dict)
+    bad_blobs: dict[str, list[str]] = field(default_factory=dict)  # pack -> blob ids (hex)
 
     @property
     def ok(self) -> bool:
@@ -65,7 +68,26 @@ def verify(store: ChunkStore, *, read_data: float = 0.0) -> VerifyReport:
     report.unused_missing_packs = sorted(set(index.packs) - stored - needed)
     if read_data > 0:
         _read_packs(store, index, sorted(stored & set(index.packs)), read_data, report)
+    _name_affected(headers, index, report)
     return report
+
+
+def _name_affected(headers: SnapshotReader, index: Index, report: VerifyReport) -> None:
+    """Which snapshots need each bad pack (read from the headers: no identity needed)."""
+    if not report.bad_blobs:
+        return
+    wanted = {bytes.fromhex(h): pack for pack, ids in report.bad_blobs.items() for h in ids}
+    for snapshot_id in headers.ids():
+        try:
+            refs = headers.refs(snapshot_id)
+        except SafeholdError:
+            continue  # reported already
+        for pack in sorted({wanted[r] for r in refs if r in wanted}):
+            report.affected.setdefault(pack, []).append(snapshot_id)
+    for pack, snapshots in report.affected.items():
+        report.errors.append(
+            f"pack {pack} is needed by {len(snapshots)} snapshot(s): {', '.join(snapshots)}"
+        )
 
 
 def _check_snapshots(
@@ -90,6 +112,9 @@ def _check_snapshots(
             report.errors.append(
                 f"snapshot {snapshot_id}: needs {len(gone)} missing pack(s): {', '.join(gone[:5])}"
             )
+            for ref in refs:
+                if ref in index and index.where[ref][0] in gone:
+                    report.bad_blobs.setdefault(index.where[ref][0], []).append(ref.hex())
     return needed
 
 
@@ -102,16 +127,20 @@ def _read_packs(
         try:
             plain = fetch_pack(store.storage, name, store.decryption)
             trailer = {e[0]: e for e in read_trailer(plain, name)}
-            for entry in index.packs[name]:
-                if trailer.get(entry[0]) != entry:
-                    report.errors.append(
-                        f"pack {name}: blob {entry[0].hex()[:16]} is not where the index says"
-                    )
-                    continue
-                extract(plain, name, entry, store.host_key)
-                report.blobs_checked += 1
         except SafeholdError as exc:
             report.errors.append(f"pack {name}: {exc.message}")
+            report.bad_blobs[name] = [e[0].hex() for e in index.packs[name]]
+            report.packs_read += 1
+            continue
+        for entry in index.packs[name]:
+            try:
+                if trailer.get(entry[0]) != entry:
+                    raise IntegrityError(f"blob {entry[0].hex()[:16]} is not where the index says")
+                extract(plain, name, entry, store.host_key)
+                report.blobs_checked += 1
+            except SafeholdError as exc:
+                report.errors.append(f"pack {name}: {exc.message}")
+                report.bad_blobs.setdefault(name, []).append(entry[0].hex())
         report.packs_read += 1
     for snapshot_id in store.headers.ids():
         try:

@@ -214,6 +214,7 @@ def backup(
                 )
         _pin(rt, storage, [m.artifact for m in done], pinning)
         copy_after_backup(rt, storage, done)
+        chunked.finish()
         if as_json:
             only_db = len(done) == 1 and not (volumes or paths or chunked.done)
             printed = [m.to_json() for m in done] + [info_json(s) for s in chunked.done]

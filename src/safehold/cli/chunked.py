@@ -9,15 +9,14 @@ from typing import Literal
 import docker
 
 from ..chunkstore import ChunkStore, SnapshotInfo
-from ..chunkstore.layout import CONFIG, is_snapshot_id
-from ..config.chunked import is_chunked, store_access, uses_chunks
+from ..chunkstore.layout import is_snapshot_id
+from ..config.chunked import is_chunked, uses_chunks
 from ..errors import UsageError
 from ..model import BackupRecord
 from ..naming import CHUNKS_CACHE
 from ..operations.snapshots import (
     database_target,
     materialize,
-    open_store,
     snapshot_database,
     snapshot_folder,
     snapshot_records,
@@ -25,19 +24,8 @@ from ..operations.snapshots import (
     volume_target,
 )
 from ..storage import LocalStorage
+from .chunk_places import has_store, mirror_after_backup, open_for_backup, open_for_reading
 from .runtime import Runtime
-
-
-def open_for_backup(rt: Runtime) -> ChunkStore:
-    return open_store(store_access(rt.settings, backup=True), create=True)
-
-
-def open_for_reading(rt: Runtime) -> ChunkStore:
-    return open_store(store_access(rt.settings))
-
-
-def has_store(rt: Runtime) -> bool:
-    return store_access(rt.settings).storage.exists(CONFIG)
 
 
 class ChunkedBackups:
@@ -93,6 +81,11 @@ class ChunkedBackups:
                 sink=rt.sink,
             )
         )
+
+    def finish(self) -> None:
+        """The automatic copies of what this run stored."""
+        if self.done:
+            mirror_after_backup(self._rt, self.store)
 
     @property
     def _cache(self) -> Path:

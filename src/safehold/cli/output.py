@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import IO, Any
 
+import click
 from rich.console import Console
 from rich.table import Table
 
 from ..catalog import set_status
+from ..errors import IntegrityError
 from ..model import BackupRecord, BackupSet
 from ..operations.checks.verify import VerifyResult
 from ..sinks.log import human_bytes
@@ -97,3 +102,20 @@ def sets_table(
             f"[{STATUS_STYLE['ok' if status == 'ok' else 'damaged']}]{status}[/]",
         )
     console.print(table)
+
+
+class ReportedFailure(click.ClickException):
+    """An IntegrityError after ``--json`` already printed the results: the exit code and the
+    error lines on stderr are the same, but no second JSON document goes to stdout."""
+
+    exit_code = IntegrityError.exit_code
+
+    def __init__(self, error: IntegrityError) -> None:
+        super().__init__(error.message)
+        self.hint = error.hint
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        prefix = "" if sys.stderr.isatty() else f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} ERROR   "
+        click.echo(f"{prefix}error: {self.message}", err=True)
+        if self.hint:
+            click.echo(f"{prefix}hint: {self.hint}", err=True)

@@ -18,13 +18,17 @@ from typing import BinaryIO
 
 import click
 
+from ..chunkstore import ChunkStore, VerifyReport
 from ..chunkstore.trees import export_stream, export_tar_gz, list_tree, restore_tree
 from ..errors import IntegrityError, UsageError
 from ..operations.snapshots import info_json, info_line, materialize, prune_snapshots
+from ..operations.snapshots.damage import affected_files
 from ..storage import LocalStorage
 from .cat_cmd import Stdout
-from .chunked import open_for_reading
+from .chunk_places import copy_store, open_for_reading
 from .flags import shared_options
+from .locations import automatic, locations
+from .output import ReportedFailure
 from .prune_cmd import policy_of
 from .runtime import runtime
 
@@ -32,7 +36,7 @@ from .runtime import runtime
 @click.group("snapshots")
 def snapshots_cmd() -> None:
     """The chunk store's snapshots (backup.format = "chunked"): list, ls, export, restore into
-    a folder, verify, prune."""
+    a folder, verify, prune, copy."""
 
 
 @snapshots_cmd.command("list")
@@ -196,10 +200,12 @@ def verify_snapshots(ctx: click.Context, read_data: float, as_json: bool) -> Non
     --read-data, packs decrypted and each chunk's hash checked. Problems name the snapshots
     they affect; the exit status is 6 when any is found."""
     with runtime(ctx, as_json=as_json) as rt:
-        report = open_for_reading(rt).verify(read_data=read_data / 100)
+        store = open_for_reading(rt)
+        report = store.verify(read_data=read_data / 100)
+        files = _affected(store, report) if store.decryption is not None else {}
         data = dataclasses.asdict(report)
         if as_json:
-            rt.emit_json({**data, "ok": report.ok})
+            rt.emit_json({**data, "ok": report.ok, "files": files})
         else:
             click.echo(
                 f"{report.snapshots} snapshots, {report.packs} packs ({report.packs_read} read, "
@@ -207,11 +213,29 @@ def verify_snapshots(ctx: click.Context, read_data: float, as_json: bool) -> Non
             )
             for error in report.errors:
                 click.echo(f"  {error}")
+            for snapshot_id, (count, paths) in files.items():
+                click.echo(
+                    f"  snapshot {snapshot_id}: {count} file(s) affected: {', '.join(paths)}"
+                )
         if not report.ok:
-            raise IntegrityError(
+            failure = IntegrityError(
                 f"the chunk store has {len(report.errors)} problem(s): {report.errors[0]}",
-                hint="restore the affected snapshots from another location's copy",
+                hint="a restore reads a damaged pack from another location's copy ('snapshots "
+                "copy' makes one); 'snapshots list' shows the snapshots",
             )
+            raise ReportedFailure(failure) if as_json else failure
+
+
+def _affected(store: ChunkStore, report: VerifyReport) -> dict[str, tuple[int, list[str]]]:
+    """Snapshot -> (files affected, their paths) for every snapshot a bad pack hurts."""
+    out: dict[str, tuple[int, list[str]]] = {}
+    for pack, snapshots in report.affected.items():
+        blobs = {bytes.fromhex(h) for h in report.bad_blobs.get(pack, [])}
+        for snapshot_id in snapshots:
+            count, paths = affected_files(store, snapshot_id, blobs)
+            before = out.get(snapshot_id, (0, []))
+            out[snapshot_id] = (before[0] + count, before[1] + paths)
+    return out
 
 
 @snapshots_cmd.command("prune")
@@ -243,3 +267,38 @@ def prune_snapshots_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> Non
             )
         if dry_run:
             click.echo("dry run: nothing changed")
+
+
+@snapshots_cmd.command("copy")
+@click.option(
+    "--to",
+    "names",
+    multiple=True,
+    metavar="LOCATION",
+    help="copy to this location (repeatable; default: every location that takes each backup)",
+)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@shared_options
+@click.pass_context
+def copy_snapshots(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
+    """Copy the chunk store to other locations, object for object: what a location lacks is
+    sent (packs, then index, then snapshots, so a snapshot arrives only whole), nothing there
+    is overwritten or removed. Packs stay encrypted; no key is needed. A copy is a mirror: a
+    restore reads a missing or damaged pack from it."""
+    with runtime(ctx, as_json=as_json) as rt:
+        store = open_for_reading(rt)
+        wanted = list(names) or [p.name for p in automatic(locations(rt.settings))]
+        if not wanted:
+            raise UsageError(
+                "no location to copy to",
+                hint="name one with --to, or configure [locations.NAME] (see 'S3 locations')",
+            )
+        done = copy_store(rt, store, wanted)
+        if as_json:
+            rt.emit_json([{"location": n, **dataclasses.asdict(r)} for n, r in done])
+            return
+        for name, report in done:
+            click.echo(
+                f"{name}: {len(report.snapshots)} snapshot(s) copied ({report.already} there "
+                f"already), {report.packs} pack(s), {report.bytes:,} bytes"
+            )

@@ -1,10 +1,8 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import IO, Any, cast
+from typing import Any, cast
 
 import click
 from rich.console import Console
@@ -25,6 +23,7 @@ from ..sinks.log import human_bytes
 from ..storage import LocalStorage
 from .flags import shared_options
 from .locations import mirrored, read_source
+from .output import ReportedFailure
 from .requests import VerifyRequest
 from .runtime import runtime
 
@@ -100,7 +99,7 @@ def verify(
             _table(results, rt.out, storage.description)
         bad = [result for result in results if not result.ok]
         if bad and as_json:
-            raise _ReportedFailure(_failure(bad, len(results)))
+            raise ReportedFailure(_failure(bad, len(results)))
         if bad:
             raise _failure(bad, len(results))
 
@@ -114,23 +113,6 @@ def _failure(bad: list[VerifyResult], total: int) -> IntegrityError:
         hint="the messages above say what is wrong with each; restore from a backup that "
         "verified ('safehold list' shows them)",
     )
-
-
-class _ReportedFailure(click.ClickException):
-    """An IntegrityError after ``--json`` already printed the results: the exit code and the
-    error lines on stderr are the same, but no second JSON document goes to stdout."""
-
-    exit_code = IntegrityError.exit_code
-
-    def __init__(self, error: IntegrityError) -> None:
-        super().__init__(error.message)
-        self.hint = error.hint
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        prefix = "" if sys.stderr.isatty() else f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} ERROR   "
-        click.echo(f"{prefix}error: {self.message}", err=True)
-        if self.hint:
-            click.echo(f"{prefix}hint: {self.hint}", err=True)
 
 
 def _picker(name: str | None, every: bool) -> Callable[[list[BackupRecord]], list[str]]:

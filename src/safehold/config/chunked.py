@@ -13,6 +13,7 @@ from .. import naming
 
 if TYPE_CHECKING:
     from ..operations.snapshots import StoreAccess
+    from ..storage.base import Storage
     from .schema import Settings
 
 
@@ -32,18 +33,21 @@ def uses_chunks(settings: Settings) -> bool:
     return settings.backup.format == "chunked" or bool(settings.backup.chunked_targets)
 
 
-def store_access(settings: Settings, *, backup: bool = False) -> StoreAccess:
-    """The repository's chunk store with this host's keys: the recipients when backing up,
-    the identity (when configured) otherwise."""
+def store_access(
+    settings: Settings, *, backup: bool = False, storage: Storage | None = None
+) -> StoreAccess:
+    """The repository's chunk store (in ``storage``; default BACKUP_DIR) with this host's keys:
+    the recipients when backing up, the identity (when configured) otherwise."""
     from ..operations.snapshots import StoreAccess
     from ..storage import LocalStorage
 
     root = settings.backup_dir
     return StoreAccess(
-        storage=LocalStorage(root),
+        storage=storage or LocalStorage(root),
         key_file=settings.backup.id_key_file or root / naming.CHUNKS_HOST_KEY,
         encryption=settings.encryption_key() if backup else None,
         decryption=None if backup else settings.decryption_key(),
         cache_dir=root / naming.CHUNKS_CACHE,
         lock_timeout=settings.lock_timeout,
+        lock_root=root,
     )

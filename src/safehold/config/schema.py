@@ -88,6 +88,9 @@ class BackupSettings:
     id_key_file: Path | None = field(
         default=None, metadata=_key(doc="chunk store id key (.safehold/keys/chunk-id.key)")
     )
+    chunk_location: str = field(
+        default="", metadata=_key(doc="location holding the chunk store ('': BACKUP_DIR)")
+    )
 
 
 @dataclass(frozen=True)

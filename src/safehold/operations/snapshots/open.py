@@ -14,10 +14,11 @@ from pathlib import Path
 
 from ...chunkstore import ChunkStore, HostKey
 from ...chunkstore.layout import CONFIG
+from ...chunkstore.reader import Mirror
 from ...crypto import DecryptionKey, EncryptionKey
 from ...errors import ConfigError, UsageError
 from ...lock import repository_lock
-from ...storage import LocalStorage
+from ...model import EventSink, null_sink
 from ...storage.base import Storage
 
 
@@ -31,6 +32,9 @@ class StoreAccess:
     decryption: DecryptionKey | None = None  # the identity (restore, export, ls)
     cache_dir: Path | None = None
     lock_timeout: float = 300.0
+    lock_root: Path = Path(".")  # the local repository whose lock guards creating the store
+    mirrors: tuple[Mirror, ...] = ()  # copies in other locations: a bad pack is read there
+    events: EventSink = null_sink
 
 
 def open_store(access: StoreAccess, *, create: bool = False) -> ChunkStore:
@@ -57,6 +61,8 @@ def open_store(access: StoreAccess, *, create: bool = False) -> ChunkStore:
         decryption=access.decryption,
         encryption=access.encryption if create else None,
         cache_dir=access.cache_dir,
+        mirrors=access.mirrors,
+        events=access.events,
     )
     if host_key is None and create:  # a new backup host: keep the recovered key for next time
         store.host_key.save(access.key_file)
@@ -72,9 +78,13 @@ def _create(access: StoreAccess) -> ChunkStore:
             "needs only the public key",
         )
     storage = access.storage
-    lock_root = storage.root if isinstance(storage, LocalStorage) else access.key_file.parent
+    # This host's repository lock: two first backups here cannot make two stores. (Two hosts
+    # initialising one bucket at the same moment are not guarded: set the store up from one.)
     with repository_lock(
-        lock_root, exclusive=True, timeout=access.lock_timeout, purpose="safehold chunk store init"
+        access.lock_root,
+        exclusive=True,
+        timeout=access.lock_timeout,
+        purpose="safehold chunk store init",
     ):
         if storage.exists(CONFIG):  # another first backup made it meanwhile
             return open_store(access, create=True)
