@@ -70,6 +70,18 @@ def test_chunked_database_backups_deduplicate_and_restore_on_a_new_host(
     _ok(run_cli("restore", "--database", "latest", "--drop-previous", env=reader))
     assert fingerprint(db) == taken
 
+    # A drill of the newest backups exports the snapshot and counts that time as recovery.
+    third = json.loads(_ok(run_cli("backup", "--json", env=writer)).stdout)[0]["snapshot"]
+    drilled = json.loads(_ok(run_cli("drill", "--json", env=reader)).stdout)
+    (member,) = drilled["members"]
+    assert drilled["outcome"] == "ok" and member["outcome"] == "ok"
+    assert member["export_s"] > 0 and member["seconds"] >= member["export_s"]
+    exported = json.loads(repo.path(f".safehold/manifests/{member['artifact']}.json").read_text())
+    assert exported["facts"]["snapshot"] == third
+    status = json.loads(run_cli("status", "--json", env=writer).stdout)
+    (mine,) = [t for t in status["targets"] if t["target"] == db.dbname]
+    assert mine["last_drill"]["id"] == drilled["id"] and mine["last_drill"]["outcome"] == "ok"
+
     # A new host: an empty BACKUP_DIR but for the store's objects, no id key, the identity.
     fresh = tmp_path / "new-host" / "backups"
     shutil.copytree(repo.root / "chunks", fresh / "chunks")

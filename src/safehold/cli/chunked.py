@@ -3,6 +3,8 @@ it with this host's keys, and snapshot references (an id, or ``latest``) in rest
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +16,7 @@ from ..config.chunked import is_chunked, uses_chunks
 from ..errors import UsageError
 from ..model import BackupRecord
 from ..naming import CHUNKS_CACHE
+from ..operations.checks.drill import DrillRecord
 from ..operations.snapshots import (
     database_target,
     materialize,
@@ -21,6 +24,7 @@ from ..operations.snapshots import (
     snapshot_folder,
     snapshot_records,
     snapshot_volume,
+    split_target,
     volume_target,
 )
 from ..storage import LocalStorage
@@ -159,3 +163,58 @@ def refuse_chunked_set(rt: Runtime) -> None:
 def chunked_records(rt: Runtime) -> list[BackupRecord]:
     """The store's snapshots as catalog records (none when there is no store)."""
     return snapshot_records(open_for_reading(rt)) if has_store(rt) else []
+
+
+def drill_snapshots(rt: Runtime, storage: LocalStorage, name: str | None) -> dict[str, float]:
+    """Before a drill of ``name`` (a snapshot id) or of every target's newest backup (None):
+    the snapshots it covers exported as the seed's files. Artifact -> seconds the export took,
+    which belong to the measured recovery time."""
+    if name is not None and not is_snapshot_id(name):
+        return {}
+    if name is None and not has_store(rt):
+        return {}
+    store = open_for_reading(rt)
+    if name is not None:
+        wanted = [store.snapshot(name)]
+    else:
+        newest = {info.target: info for info in store.snapshots()}
+        wanted = []
+        for info in newest.values():
+            product = _product(info.target)
+            if product is not None and _newest(rt, storage, *product) == info.id:
+                wanted.append(info)
+    spent: dict[str, float] = {}
+    for info in wanted:
+        started = time.monotonic()
+        kind, target = split_target(info.target)
+        artifact = snapshot_ref(rt, storage, info.id, kind, target)
+        spent[artifact] = time.monotonic() - started
+    return spent
+
+
+def _product(target: str) -> tuple[Literal["database", "volume"], str] | None:
+    try:
+        return split_target(target)
+    except UsageError:
+        return None
+
+
+def with_exports(record: DrillRecord, spent: dict[str, float]) -> DrillRecord:
+    """The drill's record with each export's time added to its member and to the total."""
+    if not spent:
+        return record
+    members = []
+    for member in record.members:
+        extra = spent.get(str(member.get("artifact")), 0.0)
+        members.append(
+            {
+                **member,
+                "seconds": float(member.get("seconds", 0.0)) + extra,
+                "export_s": round(extra, 3),
+            }
+            if extra
+            else member
+        )
+    return dataclasses.replace(
+        record, members=members, recovery_s=record.recovery_s + sum(spent.values())
+    )

@@ -15,6 +15,7 @@ from ..operations.checks.drill import DrillRecord, drill, write_drill
 from ..sources.pg_cluster import ScratchCluster
 from ..sources.postgres import PgTarget
 from ..storage import LocalStorage
+from .chunked import drill_snapshots, with_exports
 from .flags import config_option, shared_options
 from .locations import mirrored, read_source
 from .physical import COMMAND_HELP, run_pitr_drill
@@ -190,6 +191,8 @@ def drill_cmd(
         source = read_source(rt, storage, source)
         if source is not None:
             storage = stack.enter_context(mirrored(rt, source, _picker(name, set_ref)))
+        # Chunked targets: the snapshots are exported first; that time is recovery time too.
+        spent = drill_snapshots(rt, storage, name) if source is None else {}
         live = rt.settings.pg_target()
         with _server(live, sandbox) as (server, where, _root):
             record = drill(
@@ -202,6 +205,9 @@ def drill_cmd(
                 sink=rt.sink,
                 key=rt.settings.decryption_key(),
             )
+        if spent:
+            record = with_exports(record, spent)
+            write_drill(storage, record)  # the same record, with the exports' time in it
         if source is not None:
             # The scratch copy goes away; the drill's record belongs to the local repository.
             record = dataclasses.replace(record, subject=f"{record.subject} (from {source})")
