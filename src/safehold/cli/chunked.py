@@ -96,16 +96,24 @@ class ChunkedBackups:
         return self._rt.settings.backup_dir / CHUNKS_CACHE
 
 
+def pending_snapshot(
+    rt: Runtime, storage: LocalStorage, ref: str, kind: Literal["database", "volume"], name: str
+) -> str | None:
+    """The snapshot ``ref`` means (an id, or ``latest`` when the target's newest backup is a
+    snapshot), without exporting anything; None when it means a file."""
+    if is_snapshot_id(ref):
+        return ref
+    if ref == "latest" and is_chunked(rt.settings, kind, name) and has_store(rt):
+        return _newest(rt, storage, kind, name)
+    return None
+
+
 def snapshot_ref(
     rt: Runtime, storage: LocalStorage, ref: str, kind: Literal["database", "volume"], name: str
 ) -> str:
     """``ref`` as the restore takes it: a snapshot id (or ``latest`` when the newest backup of
     the target is a snapshot) is exported as the seed's files first, and their name returned."""
-    snapshot_id: str | None = None
-    if is_snapshot_id(ref):
-        snapshot_id = ref
-    elif ref == "latest" and is_chunked(rt.settings, kind, name) and has_store(rt):
-        snapshot_id = _newest(rt, storage, kind, name)
+    snapshot_id = pending_snapshot(rt, storage, ref, kind, name)
     if snapshot_id is None:
         return ref
     store = open_for_reading(rt)

@@ -7,7 +7,7 @@ import click
 from ..errors import RestoreError
 from ..operations.database.restore import RestoreResult, restore_database
 from ..storage import LocalStorage
-from .chunked import snapshot_ref
+from .chunked import pending_snapshot, snapshot_ref
 from .flags import config_option, shared_options
 from .list_cmd import show_backups
 from .locations import local_ref, read_source
@@ -15,7 +15,7 @@ from .physical import PitrRequest, pitr_options, run_restore
 from .restore_all import AllRequest, restore_all
 from .restore_request import RestoreRequest, roles_mode
 from .restore_volumes import plan_volumes, restore_volumes
-from .runtime import runtime
+from .runtime import Runtime, runtime
 
 
 @click.command()
@@ -225,6 +225,8 @@ def restore(
             restore_all(rt, storage, dataclasses.replace(whole, source=source))
             return
         db_result: RestoreResult | None = None
+        if dry_run:  # a snapshot is exported by the real run only: say so, write nothing
+            database_ref, volumes = _snapshots_planned(rt, storage, database_ref, volumes)
         if database_ref is not None:
             target = rt.settings.pg_target()
             database_ref = snapshot_ref(rt, storage, database_ref, "database", target.dbname)
@@ -262,6 +264,33 @@ def restore(
             )
         if db_result is not None and db_result.dry_run:
             _refuse_if_refused(db_result)
+
+
+def _snapshots_planned(
+    rt: Runtime, storage: LocalStorage, database_ref: str | None, volumes: list[tuple[str, str]]
+) -> tuple[str | None, list[tuple[str, str]]]:
+    """A dry run's plan lines for the targets whose backup is a snapshot; the other targets."""
+    planned: list[tuple[str, str]] = []
+    if database_ref is not None:
+        name = rt.settings.database.name
+        snap = pending_snapshot(rt, storage, database_ref, "database", name)
+        if snap is not None:
+            planned.append((f"database {name}", snap))
+            database_ref = None
+    rest = []
+    for volume, ref in volumes:
+        snap = pending_snapshot(rt, storage, ref, "volume", volume)
+        if snap is None:
+            rest.append((volume, ref))
+        else:
+            planned.append((f"volume {volume}", snap))
+    for what, snap in planned:
+        line = (
+            f"plan (dry run, nothing changed): {what}: export snapshot {snap} as the seed's "
+            "files (checked against the snapshot's hash), then restore them as any backup"
+        )
+        rt.sink_info(line) if rt.as_json else click.echo(line)
+    return database_ref, rest
 
 
 def _refuse_if_refused(result: RestoreResult) -> None:
