@@ -5,7 +5,8 @@ refreshed, ttl). Objects are never rewritten: a refresh (every ttl/4) writes a n
 then deletes the previous one. Taking a lock writes it first and then lists the others, so of
 two that race at least one sees the other: a backup (shared) refuses while a fresh exclusive
 lock exists; prune (exclusive) refuses while any other fresh lock exists. Both remove their own
-record before refusing.
+record before refusing, and with ``wait`` try again (after a random pause, so two waiters do not
+keep meeting) until it has passed: a nightly backup waits for a prune instead of failing.
 
 A lock is stale once its holder's ttl passed without a refresh, measured by the storage's
 clock where it has one (``objtime``), else by the record's own time; at once when its holder
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import socket
 import threading
 import time
@@ -132,10 +134,13 @@ def _parse(name: str, raw: bytes, age: timedelta | None) -> LockRecord:
 class StoreLock:
     """One lock held by this process; ``with StoreLock(storage, "shared"):``."""
 
-    def __init__(self, storage: Storage, kind: Kind, ttl: timedelta = DEFAULT_TTL) -> None:
+    def __init__(
+        self, storage: Storage, kind: Kind, ttl: timedelta = DEFAULT_TTL, wait: float = 0.0
+    ) -> None:
         self.storage = storage
         self.kind = kind
         self.ttl = ttl
+        self.wait = wait  # seconds to keep trying while a conflicting lock is held
         self.since = datetime.now(UTC)
         self.name: str | None = None
         self.removed_stale: list[str] = []
@@ -146,13 +151,24 @@ class StoreLock:
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> StoreLock:
-        self.name = self._write()
-        self._last_ok = _clock()
-        try:
-            self._check_others()
-        except BaseException:
-            self.release()
-            raise
+        """Take the lock; while a conflicting one is held, retry (own record removed between
+        tries, so two waiters never block each other for good) until ``wait`` has passed."""
+        deadline = _clock() + self.wait
+        while True:
+            self.name = self._write()
+            self._last_ok = _clock()
+            try:
+                self._check_others()
+                break
+            except LockBusy:
+                self._drop()
+                if _clock() >= deadline:
+                    raise
+            except BaseException:
+                self._drop()
+                raise
+            pause = 0.5 + secrets.randbelow(1500) / 1000  # apart, so two waiters do not meet
+            time.sleep(min(pause, max(deadline - _clock(), 0.0)))
         self._thread = threading.Thread(
             target=self._refresh_loop, name="safehold-chunkstore-lock", daemon=True
         )
@@ -208,6 +224,12 @@ class StoreLock:
                 hint="nothing was committed; run the backup again (check the storage's "
                 "reachability)",
             )
+
+    def _drop(self) -> None:
+        name, self.name = self.name, None
+        if name is not None:
+            with contextlib.suppress(SafeholdError, OSError):
+                self.storage.delete(lock_key(name))
 
     def release(self) -> None:
         self._stop.set()

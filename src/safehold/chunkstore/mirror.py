@@ -45,11 +45,15 @@ def mirror(
     dest: Storage,
     *,
     lock_ttl: timedelta = DEFAULT_TTL,
+    lock_wait: float = 0.0,
     progress: Callable[[int], None] | None = None,
 ) -> MirrorReport:
     """Copy to ``dest`` every object of the store in ``source`` that it lacks."""
     report = MirrorReport()
-    with StoreLock(source, "shared", lock_ttl), StoreLock(dest, "shared", lock_ttl):
+    with (
+        StoreLock(source, "shared", lock_ttl, lock_wait),
+        StoreLock(dest, "shared", lock_ttl, lock_wait),
+    ):
         _same_store(source, dest)
         snapshots = list_snapshot_ids(source)
         indexes = list_index_names(source)

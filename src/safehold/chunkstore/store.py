@@ -42,6 +42,7 @@ class ChunkStore:
         lock_ttl: timedelta = DEFAULT_TTL,
         mirrors: Sequence[reader.Mirror] = (),
         events: EventSink = null_sink,
+        lock_wait: float = 0.0,
     ) -> None:
         self.storage = storage
         self.mirrors = tuple(mirrors)  # copies elsewhere that stand in for a bad pack here
@@ -51,6 +52,7 @@ class ChunkStore:
         self.decryption = decryption
         self.cache_dir = Path(cache_dir) / config.id_key_check[:16] if cache_dir else None
         self.lock_ttl = lock_ttl
+        self.lock_wait = lock_wait  # seconds a backup waits for a prune (and prune for backups)
         self.headers = SnapshotReader(storage, host_key.meta_key, self.cache_dir)
 
     # ---- opening ----
@@ -89,6 +91,7 @@ class ChunkStore:
         lock_ttl: timedelta = DEFAULT_TTL,
         mirrors: Sequence[reader.Mirror] = (),
         events: EventSink = null_sink,
+        lock_wait: float = 0.0,
     ) -> ChunkStore:
         """Open with ``host_key`` (backup host) or ``decryption`` (restore host: the id key is
         recovered from the bucket), or both. ``mirrors``: (name, storage) of copies of this
@@ -118,6 +121,7 @@ class ChunkStore:
             lock_ttl=lock_ttl,
             mirrors=mirrors,
             events=events,
+            lock_wait=lock_wait,
         )
 
     # ---- reading ----
@@ -173,7 +177,7 @@ class ChunkStore:
             raise UsageError("a snapshot's start time must be timezone-aware")
         if kind not in ("tree", "stream"):
             raise UsageError(f"snapshot kind {kind!r} is neither 'tree' nor 'stream'")
-        lock = StoreLock(self.storage, "shared", self.lock_ttl).acquire()
+        lock = StoreLock(self.storage, "shared", self.lock_ttl, self.lock_wait).acquire()
         try:
             index = self.index()
             return ChunkStoreWriter(
@@ -208,7 +212,7 @@ class ChunkStore:
     def prune(
         self, *, repack_below: float = 0.5, grace: timedelta = timedelta(hours=1)
     ) -> PruneReport:
-        with StoreLock(self.storage, "exclusive", self.lock_ttl) as lock:
+        with StoreLock(self.storage, "exclusive", self.lock_ttl, self.lock_wait) as lock:
             report = prune(self, repack_below=repack_below, grace=grace, lock=lock)
         report.removed_locks.extend(lock.removed_stale)
         return report

@@ -76,7 +76,9 @@ def copy_store(rt: Runtime, store: ChunkStore, names: list[str]) -> list[tuple[s
     for place in locations(rt.settings, names):
         if place.storage.description == store.storage.description:
             continue
-        report = mirror(store.storage, place.storage, lock_ttl=store.lock_ttl)
+        report = mirror(
+            store.storage, place.storage, lock_ttl=store.lock_ttl, lock_wait=store.lock_wait
+        )
         rt.sink(
             Event(
                 "copy",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -240,10 +240,20 @@ def _affected(store: ChunkStore, report: VerifyReport) -> dict[str, tuple[int, l
 
 @snapshots_cmd.command("prune")
 @click.option("--dry-run", is_flag=True, help="print the decisions and change nothing")
+@click.option(
+    "--grace-minutes",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="packs no snapshot needs are removed only once this old (a writer whose lock was "
+    "lost may still be about to name them)",
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @shared_options
 @click.pass_context
-def prune_snapshots_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+def prune_snapshots_cmd(
+    ctx: click.Context, dry_run: bool, grace_minutes: float, as_json: bool
+) -> None:
     """Apply the retention policy ([retention]) to each target's snapshots, forget the others,
     then remove the packs no snapshot needs (repacking partly used ones) under the store's
     exclusive lock: backups wait, a killed prune is finished by the next one."""
@@ -255,6 +265,7 @@ def prune_snapshots_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> Non
             datetime.now(UTC),
             dry_run=dry_run,
             sink=rt.sink,
+            grace=timedelta(minutes=grace_minutes),
         )
         if as_json:
             rt.emit_json(result.to_json())

@@ -29,6 +29,7 @@ from ..database.backup import write_globals
 from ..volumes.folder import volume_artifact
 from .backup import DUMP_FORMAT
 from .targets import split_target
+from .unfinished import guarded, recover_exports
 
 
 def materialize(
@@ -49,17 +50,29 @@ def materialize(
     with repository_session(
         repo, lock_timeout=lock_timeout, purpose="safehold snapshot export", sink=sink
     ):
+        recover_exports(repo, sink)  # what a killed export of it left would take its names
         found = _already(repo, snapshot_id)  # another run exported it while this one waited
         if found is not None:
             return found
         key = bind_key(repo, encryption)
+        names = [_free_name(repo, name) for name in _names(info, key)]
         sink(Event("restore", f"exporting snapshot {snapshot_id} of {info.target}"))
-        if kind == "database":
-            manifest = _dump(store, info, repo, key, sink)
-        else:
-            manifest = _archive(store, info, repo, key)
-        commit(repo, manifest, sink, f"from snapshot {snapshot_id}, ")
+        with guarded(repo, snapshot_id, names):  # no file of it outlives an unfinished export
+            if kind == "database":
+                manifest = _dump(store, info, repo, key, names[0])
+            else:
+                manifest = _archive(store, info, repo, key, names[0])
+            commit(repo, manifest, sink, f"from snapshot {snapshot_id}, ")
     return manifest
+
+
+def _names(info: SnapshotInfo, key: EncryptionKey | None) -> list[str]:
+    """The files snapshot ``info`` becomes, its artifact first (named after its time)."""
+    kind, target = split_target(info.target)
+    if kind == "database":
+        name = naming.database_artifact(info.time, "none", key is not None)
+        return [name, naming.globals_artifact(name)]
+    return [volume_artifact(target, info.time, "gzip", key is not None)]
 
 
 def _already(repo: LocalStorage, snapshot_id: str) -> Manifest | None:
@@ -80,17 +93,11 @@ def _free_name(repo: LocalStorage, name: str) -> str:
 
 
 def _dump(
-    store: ChunkStore,
-    info: SnapshotInfo,
-    repo: LocalStorage,
-    key: EncryptionKey | None,
-    sink: EventSink,
+    store: ChunkStore, info: SnapshotInfo, repo: LocalStorage, key: EncryptionKey | None, name: str
 ) -> Manifest:
     meta = stream_meta(store, info.id)
     if meta.get("format") != DUMP_FORMAT or not isinstance(meta.get("facts"), dict):
         raise IntegrityError(f"snapshot {info.id} does not hold a database dump safehold wrote")
-    name = _free_name(repo, naming.database_artifact(info.time, "none", key is not None))
-    _free_name(repo, naming.globals_artifact(name))
     facts: dict[str, Any] = dict(meta["facts"])
     finder = pg_custom_toc.BlockFinder()
     with repo.open_writer(name) as writer:
@@ -119,10 +126,9 @@ def _dump(
 
 
 def _archive(
-    store: ChunkStore, info: SnapshotInfo, repo: LocalStorage, key: EncryptionKey | None
+    store: ChunkStore, info: SnapshotInfo, repo: LocalStorage, key: EncryptionKey | None, name: str
 ) -> Manifest:
     _, target = split_target(info.target)
-    name = _free_name(repo, volume_artifact(target, info.time, "gzip", key is not None))
     with repo.open_writer(name) as writer:
         hashed = HashingWriter(writer)
         with encrypted(hashed, key) as out:

@@ -63,6 +63,7 @@ def open_store(access: StoreAccess, *, create: bool = False) -> ChunkStore:
         cache_dir=access.cache_dir,
         mirrors=access.mirrors,
         events=access.events,
+        lock_wait=access.lock_timeout,
     )
     if host_key is None and create:  # a new backup host: keep the recovered key for next time
         store.host_key.save(access.key_file)
