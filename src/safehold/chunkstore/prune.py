@@ -30,6 +30,7 @@ from .locks import StoreLock
 from .objtime import object_age
 from .packs import Entry, PackDone
 from .reader import blobs_by_pack
+from .snapshots import ref_of
 from .uploader import PackUploader
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ def _classify(
     store: ChunkStore, plan: _Plan, report: PruneReport, repack_below: float, grace: timedelta
 ) -> None:
     covered = _cover(plan)
-    missing = plan.live - {e[0] for entries in covered.values() for e in entries}
+    missing = plan.live - {ref_of(e[0]) for entries in covered.values() for e in entries}
     if missing:
         raise IntegrityError(
             f"{len(missing)} blob(s) that snapshots need are in no stored pack; prune stopped "
@@ -160,13 +161,13 @@ def _cover(plan: _Plan) -> dict[str, list[Entry]]:
     def liveliness(name: str) -> float:
         entries = plan.packs[name]
         total = sum(e[3] for e in entries) or 1
-        return sum(e[3] for e in entries if e[0] in plan.live) / total
+        return sum(e[3] for e in entries if ref_of(e[0]) in plan.live) / total
 
     covered: dict[str, list[Entry]] = {}
     seen: set[bytes] = set()
     for name in sorted(plan.packs, key=lambda n: (-liveliness(n), n)):
         for entry in plan.packs[name]:
-            if entry[0] in plan.live and entry[0] not in seen:
+            if ref_of(entry[0]) in plan.live and entry[0] not in seen:
                 seen.add(entry[0])
                 covered.setdefault(name, []).append(entry)
     return covered

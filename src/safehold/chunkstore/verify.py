@@ -19,7 +19,7 @@ from ..errors import IntegrityError, SafeholdError
 from .index import Index, list_index_names, merge, read_index_object
 from .inventory import stored_packs
 from .packs import extract, fetch_pack, no_identity, read_trailer
-from .snapshots import SnapshotReader
+from .snapshots import SnapshotReader, ref_of
 
 if TYPE_CHECKING:
     from .store import ChunkStore
@@ -76,7 +76,7 @@ def _name_affected(headers: SnapshotReader, index: Index, report: VerifyReport) 
     """Which snapshots need each bad pack (read from the headers: no identity needed)."""
     if not report.bad_blobs:
         return
-    wanted = {bytes.fromhex(h): pack for pack, ids in report.bad_blobs.items() for h in ids}
+    wanted = {ref_of(bytes.fromhex(h)): pack for pack, ids in report.bad_blobs.items() for h in ids}
     for snapshot_id in headers.ids():
         try:
             refs = headers.refs(snapshot_id)
@@ -94,6 +94,7 @@ def _check_snapshots(
     headers: SnapshotReader, index: Index, stored: set[str], report: VerifyReport
 ) -> set[str]:
     needed: set[str] = set()
+    by_ref = {ref_of(blob): blob for blob in index.where}  # what each ref names
     ids = headers.ids()
     report.snapshots = len(ids)
     for snapshot_id in ids:
@@ -102,8 +103,8 @@ def _check_snapshots(
         except SafeholdError as exc:
             report.errors.append(f"snapshot {snapshot_id}: {exc.message}")
             continue
-        lost = [r for r in refs if r not in index]
-        packs = {index.where[r][0] for r in refs if r in index}
+        lost = [r for r in refs if r not in by_ref]
+        packs = {index.where[by_ref[r]][0] for r in refs if r in by_ref}
         gone = sorted(packs - stored)
         needed |= packs
         if lost:
@@ -113,8 +114,9 @@ def _check_snapshots(
                 f"snapshot {snapshot_id}: needs {len(gone)} missing pack(s): {', '.join(gone[:5])}"
             )
             for ref in refs:
-                if ref in index and index.where[ref][0] in gone:
-                    report.bad_blobs.setdefault(index.where[ref][0], []).append(ref.hex())
+                blob = by_ref.get(ref)
+                if blob is not None and index.where[blob][0] in gone:
+                    report.bad_blobs.setdefault(index.where[blob][0], []).append(blob.hex())
     return needed
 
 
