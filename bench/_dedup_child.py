@@ -15,8 +15,11 @@ with the identity alone (the id key comes from the repository).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 from safehold.chunkstore import ChunkStore, HostKey
 from safehold.chunkstore.trees import backup_stream, backup_tree, export_stream, restore_tree
@@ -38,7 +41,39 @@ def _backup_host(repo: Path, keys: Path) -> ChunkStore:
     )
 
 
+class _Clear:
+    """Stands in for the age writer of packs when SAFEHOLD_BENCH_PLAIN is set: a measurement of
+    what encryption costs (the bench's "plain" column), never a mode of the product."""
+
+    def __init__(self, out: Any, _key: object) -> None:
+        self._out = out
+
+    def __enter__(self) -> _Clear:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._out.write(data)
+        return len(data)
+
+    def finish(self) -> None:
+        return None
+
+
+def _plain_packs() -> None:
+    from safehold.chunkstore import packs
+
+    # The module's own names, so write_pack and fetch_pack use these instead.
+    packs.__dict__.update(AgeWriter=_Clear, open_age=lambda data, _key: data)
+
+
 def main(argv: list[str]) -> int:
+    if os.environ.get("SAFEHOLD_BENCH_PLAIN"):
+        _plain_packs()
     command, repo, keys, *rest = argv
     repo_path, keys_path = Path(repo), Path(keys)
     if command == "init":

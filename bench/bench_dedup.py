@@ -125,6 +125,28 @@ class Safehold:
         return du(self.repo)
 
 
+class SafeholdPlain(Safehold):
+    """The same chunk store with packs left unencrypted (``_dedup_child``'s measurement switch):
+    the "plain" figures beside the age-encrypted ones, showing what encryption costs."""
+
+    name = "plain"
+
+    def __init__(self, work: Path) -> None:
+        self.repo, self.keys = work / "plain-repo", work / "plain-keys"
+        self.env = {**os.environ, "SAFEHOLD_BENCH_PLAIN": "1"}
+
+    def init(self) -> None:
+        subprocess.run(self.child("init"), check=True, cwd=ROOT, env=self.env)
+
+    def backup(self, source: Path) -> Timed:
+        return _timed.run(self.child("backup", str(source), "tree"), cwd=ROOT, env=self.env)
+
+    def restore(self, dest: Path, include: str | None = None) -> Timed:
+        extra = [include] if include else []
+        argv = self.child("restore", "tree", str(dest), *extra)
+        return _timed.run(argv, cwd=ROOT, env=self.env)
+
+
 # ---- one repetition ---------------------------------------------------------------------------
 
 
@@ -170,9 +192,8 @@ def repetition(tree: Path, number: int, change: float, runs: dict[str, list[Samp
     source = work / "source"
     work.mkdir(parents=True)
     subprocess.run(["cp", "-a", f"{tree}/.", str(source)], check=True)
-    tools: list[Restic | Safehold] = [Restic(work), Safehold(work)]
-    if number % 2:
-        tools.reverse()
+    tools: list[Restic | Safehold] = [Restic(work), Safehold(work), SafeholdPlain(work)]
+    tools = tools[number % 3 :] + tools[: number % 3]  # each tool first once in three
     log(f"repetition {number}: order {', '.join(t.name for t in tools)}")
 
     def timed(key: str, result: Timed, size: int | None = None) -> None:
@@ -195,7 +216,7 @@ def repetition(tree: Path, number: int, change: float, runs: dict[str, list[Samp
     archive = work / "seed.tar.gz"
     subprocess.run(["tar", "czf", str(archive), "-C", str(source), "."], check=True)
     order: list[Restic | Safehold | None] = [*tools]
-    order.insert(number % 3, None)  # None: tar xzf of the seed's archive
+    order.insert(number % 4, None)  # None: tar xzf of the seed's archive
     for restorer in order:
         key = "tar_xzf" if restorer is None else f"{restorer.name}_restore"
         dest = work / key
@@ -284,7 +305,23 @@ def summarize(runs: dict[str, list[Sample]]) -> dict[str, Any]:
             "pass": None if peak is None else peak <= PEAK_RSS_LIMIT_MB,
         }
     )
+    for what, key in (("first backup", "first"), ("second backup", "second")):
+        targets.append(_ratio(medians, f"{what}: age / plain (time)", key, "seconds"))
+    targets.append(_ratio(medians, "full restore: age / plain (time)", "restore", "seconds"))
+    targets.append(_ratio(medians, "second backup: age / plain (bytes added)", "second", "size"))
     return {"medians": medians, "targets": targets}
+
+
+def _ratio(medians: dict[str, dict[str, Any]], name: str, step: str, field: str) -> dict[str, Any]:
+    """What encryption costs: no target, reported beside the ones issue 16 sets."""
+    a = medians.get(f"safehold_{step}", {}).get(field)
+    b = medians.get(f"plain_{step}", {}).get(field)
+    return {
+        "name": name,
+        "value": a / b if a is not None and b else None,
+        "limit": None,
+        "pass": None,
+    }
 
 
 def render(summary: dict[str, Any], runs: dict[str, list[Sample]]) -> str:
@@ -296,7 +333,9 @@ def render(summary: dict[str, Any], runs: dict[str, list[Sample]]) -> str:
     for t in summary["targets"]:
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[t["pass"]]
         value = "n/a" if t["value"] is None else f"{t['value']:.3f}"
-        lines.append(f"  {t['name']:<50} {value:>9} {t['limit']:>7}  {verdict}")
+        limit = "" if t["limit"] is None else t["limit"]
+        verdict = verdict if t["limit"] is not None else "(info)"
+        lines.append(f"  {t['name']:<50} {value:>9} {limit:>7}  {verdict}")
     lines.append("  raw (seconds, peak MB, MB)")
     for key, samples in runs.items():
         for n, s in enumerate(samples, 1):
