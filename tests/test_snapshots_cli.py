@@ -62,6 +62,8 @@ def test_chunked_database_backups_deduplicate_and_restore_on_a_new_host(
     (mine,) = [t for t in status["targets"] if t["target"] == db.dbname]
     assert mine["last_backup"] == second[0]["snapshot"] and mine["good_backups"] == 2
     assert "no good backup" not in mine["reasons"] and mine["age_s"] < 600
+    report = json.loads(_ok(run_cli("report", "--json", env=writer)).stdout)
+    assert {b["name"] for b in report["backups"]} >= {first[0]["snapshot"], second[0]["snapshot"]}
 
     # The backup host cannot read its own backups back.
     refused = run_cli("restore", "--database", "latest", env=writer)

@@ -9,6 +9,7 @@ import click
 from ..operations.report.gather import DEFAULT_DAYS, gather_report
 from ..operations.report.page import render_html, write_html
 from ..storage import LocalStorage
+from .chunked import chunked_records
 from .flags import shared_options
 from .requests import ReportRequest
 from .runtime import runtime
@@ -51,6 +52,7 @@ def report_cmd(ctx: click.Context, html_path: Path | None, days: int, as_json: b
             database=settings.database.name,
             volumes=settings.volumes.names(),
             days=days,
+            snapshots=chunked_records(rt),
         )
         secrets = [settings.password]
         written = None

@@ -7,6 +7,7 @@ latest failures, and the current status reading. A pure function of the reposito
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -180,15 +181,22 @@ def gather_report(
     database: str | None,
     volumes: tuple[str, ...] = (),
     days: int = DEFAULT_DAYS,
+    snapshots: Sequence[BackupRecord] = (),
 ) -> Report:
     """Everything the page shows. ``days``: the window (0 = the whole history); ``database``
-    and ``volumes``: configured targets, reported even without backups (as in status)."""
+    and ``volumes``: configured targets, reported even without backups (as in status);
+    ``snapshots``: the chunk store's, as records (as in status)."""
     if days < 0:
         raise UsageError(f"--days must be 0 (everything) or more, not {days}")
     status = read_status(
-        storage, now=now, objectives=objectives, database=database, volumes=volumes
+        storage,
+        now=now,
+        objectives=objectives,
+        database=database,
+        volumes=volumes,
+        snapshots=snapshots,
     )
-    records = catalog.scan(storage)
+    records = sorted([*catalog.scan(storage), *snapshots], key=lambda r: r.created)
     drills = read_drills(storage)
     verifies = read_all_verifies(storage)
     if days:
