@@ -161,3 +161,39 @@ def test_chunked_folder_ls_partial_restore_export_and_keys(
     # A second export never overwrites the first.
     again = run_cli("snapshots", "export", snap, "-o", str(out), env=reader)
     assert again.returncode != 0 and "exists" in again.stderr
+
+
+def test_pins_keep_snapshots_from_prune_until_unpinned(
+    run_cli: CliRunner, repo: LocalStorage, tmp_path: Path
+) -> None:
+    writer, _ = _keys(run_cli, tmp_path)
+    env = {
+        **writer,
+        "SAFEHOLD_RETENTION_DAILY": "0",
+        "SAFEHOLD_RETENTION_WEEKLY": "0",
+        "SAFEHOLD_RETENTION_MONTHLY": "0",
+        "SAFEHOLD_RETENTION_YEARLY": "0",
+        "SAFEHOLD_RETENTION_KEEP_LAST": "1",
+    }
+    source = tmp_path / "data"
+    source.mkdir()
+    made = []
+    for round_, extra in enumerate(((), ("--keep-until", "2999-01-01"), (), ())):
+        (source / "f.txt").write_text(f"round {round_}\n")
+        out = _ok(run_cli("backup", "--path", str(source), "--json", *extra, env=env)).stdout
+        made.append(json.loads(out)[0]["snapshot"])
+    _ok(run_cli("pin", made[0], "--note", "before the upgrade", env=env))
+
+    def listed() -> list[str]:
+        rows = json.loads(_ok(run_cli("snapshots", "list", "--json", env=env)).stdout)
+        return [row["snapshot"] for row in rows]
+
+    _ok(run_cli("snapshots", "prune", env=env))
+    assert listed() == [made[0], made[1], made[3]]  # pinned, pinned until 2999, newest
+    # The pins are store objects: a host sharing the store sees them; unpin removes them.
+    assert len(list((repo.root / "chunks" / "pins").iterdir())) == 2
+    _ok(run_cli("unpin", made[0], env=env))
+    _ok(run_cli("snapshots", "prune", env=env))
+    assert listed() == [made[1], made[3]]
+    missing = run_cli("pin", "20200101T000000Z-0123456789abcdef", env=env)
+    assert missing.returncode == 2 and "no snapshot" in missing.stderr

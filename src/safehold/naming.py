@@ -47,6 +47,7 @@ CHUNKS_PACKS = f"{CHUNKS_DIR}/packs"  # <2hex>/<32hex>: age-encrypted packs of c
 CHUNKS_INDEX = f"{CHUNKS_DIR}/index"  # <32hex>: which pack holds which chunk
 CHUNKS_SNAPSHOTS = f"{CHUNKS_DIR}/snapshots"  # <stamp>-<16hex>: the commit record of each
 CHUNKS_LOCKS = f"{CHUNKS_DIR}/locks"  # <32hex>: shared (backup) and exclusive (prune) locks
+CHUNKS_PINS = f"{CHUNKS_DIR}/pins"  # <snapshot-id>.<16hex>: a pin (kept from prune, until a date)
 CHUNKS_HOST_KEY = f"{META}/keys/chunk-id.key"  # the backup host's id key (0600, never copied)
 CHUNKS_CACHE = f"{META}/cache/chunks"  # snapshot headers, index and files cache (rebuildable)
 
@@ -54,7 +55,7 @@ LAYOUT = (
     MANIFEST_DIR, SETS_DIR, PINS_DIR, VERIFY_DIR, DRILLS_DIR, RUNS_DIR, JOURNAL_DIR, PRUNING_DIR,
     TMP_DIR, LOCKS_DIR, LOCK_FILE, REPOSITORY_KEY, WAL_DIR, WAL_MARKERS_DIR, BASE_DIR,
     PROBE_PREFIX, CHUNKS_CONFIG, CHUNKS_ID_KEY, CHUNKS_PACKS, CHUNKS_INDEX, CHUNKS_SNAPSHOTS,
-    CHUNKS_LOCKS, CHUNKS_HOST_KEY, CHUNKS_CACHE,
+    CHUNKS_LOCKS, CHUNKS_PINS, CHUNKS_HOST_KEY, CHUNKS_CACHE,
 )  # fmt: skip
 
 # Links the seed's commands rely on; they always point at the newest good backup.

@@ -18,9 +18,10 @@ from ..naming import CHUNKS_ID_KEY as ID_KEY
 from ..naming import CHUNKS_INDEX as INDEX
 from ..naming import CHUNKS_LOCKS as LOCKS
 from ..naming import CHUNKS_PACKS as PACKS
+from ..naming import CHUNKS_PINS as PINS
 from ..naming import CHUNKS_SNAPSHOTS as SNAPSHOTS
 
-__all__ = ["CONFIG", "ID_KEY", "INDEX", "LOCKS", "PACKS", "ROOT", "SNAPSHOTS"]
+__all__ = ["CONFIG", "ID_KEY", "INDEX", "LOCKS", "PACKS", "PINS", "ROOT", "SNAPSHOTS"]
 
 STAMP = "%Y%m%dT%H%M%SZ"
 _NAME = re.compile(r"^[0-9a-f]{32}$")

@@ -26,6 +26,7 @@ from .index import list_index_names
 from .inventory import stored_packs
 from .layout import CONFIG, ID_KEY, index_key, pack_key, snapshot_key
 from .locks import DEFAULT_TTL, StoreLock
+from .pins import pin_keys
 from .snapshots import list_snapshot_ids
 
 COPIERS = 8  # objects copied at once (network bound)
@@ -58,6 +59,7 @@ def mirror(
         snapshots = list_snapshot_ids(source)
         indexes = list_index_names(source)
         packs = stored_packs(source)
+        pins = pin_keys(source)
         have_snapshots = set(list_snapshot_ids(dest))
         have_indexes = set(list_index_names(dest))
         have_packs = stored_packs(dest)
@@ -70,6 +72,8 @@ def mirror(
         report.bytes += _copy_all(source, dest, wanted, progress)
         report.snapshots = [s for s in snapshots if s not in have_snapshots]
         report.bytes += _copy_all(source, dest, [snapshot_key(s) for s in report.snapshots], None)
+        have_pins = set(pin_keys(dest))
+        report.bytes += _copy_all(source, dest, [k for k in pins if k not in have_pins], None)
     return report
 
 

@@ -16,6 +16,7 @@ from ..crypto import DecryptionKey, EncryptionKey, open_age, seal_age
 from ..errors import ConfigError, IntegrityError, UsageError
 from ..model import Event, EventSink, null_sink
 from ..storage.base import Storage
+from . import pins as pinning
 from . import reader
 from .config import StoreConfig, read_config
 from .hostkey import HostKey
@@ -194,6 +195,16 @@ class ChunkStore:
             lock.release()
             raise
 
+    def pins(self) -> dict[str, pinning.Pin]:
+        """Snapshot id -> its strongest pin."""
+        return pinning.read_pins(self.storage, self.host_key.meta_key)
+
+    def pin(self, snapshot_id: str, until: datetime | None = None, note: str = "") -> pinning.Pin:
+        return pinning.pin(self.storage, self.host_key.meta_key, snapshot_id, until, note)
+
+    def unpin(self, snapshot_id: str) -> int:
+        return pinning.unpin(self.storage, snapshot_id)
+
     def forget(self, snapshot_ids: Iterable[str]) -> list[str]:
         """Delete snapshot objects (their data goes at the next prune); returns the ids."""
         ids = list(dict.fromkeys(snapshot_ids))
@@ -207,6 +218,7 @@ class ChunkStore:
                 )
         for snapshot_id in ids:
             self.storage.delete(snapshot_key(snapshot_id))
+            pinning.unpin(self.storage, snapshot_id)  # its ended pins, if any
         return ids
 
     def prune(

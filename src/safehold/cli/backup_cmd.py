@@ -213,6 +213,7 @@ def backup(
                     )
                 )
         _pin(rt, storage, [m.artifact for m in done], pinning)
+        chunked.pin(*pinning)
         copy_after_backup(rt, storage, done)
         chunked.finish()
         if as_json:

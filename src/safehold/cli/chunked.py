@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -85,6 +86,13 @@ class ChunkedBackups:
                 sink=rt.sink,
             )
         )
+
+    def pin(self, wanted: bool, until: datetime | None) -> None:
+        """``backup --pin`` / ``--keep-until``: the snapshots this run made."""
+        if wanted:
+            note = "backup --keep-until" if until else "backup --pin"
+            for info in self.done:
+                self.store.pin(info.id, until, note)
 
     def finish(self) -> None:
         """The automatic copies of what this run stored."""

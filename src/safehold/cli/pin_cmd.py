@@ -6,8 +6,10 @@ import click
 from rich.table import Table
 
 from .. import catalog
+from ..chunkstore.layout import is_snapshot_id
 from ..operations.pins import pin, read_pins, unpin
 from ..storage import LocalStorage
+from .chunk_places import open_for_reading
 from .flags import shared_options
 from .requests import PinRequest
 from .runtime import runtime
@@ -29,6 +31,9 @@ def pin_cmd(
 ) -> None:
     """Pin a backup so that prune never removes it; without NAME, list the pins.
 
+    NAME may be a snapshot id (a chunked target's backup): its pin is an object in the chunk
+    store (chunks/pins/), so every host sharing the store and 'snapshots prune' see it.
+
     NAME is a backup as 'safehold list' shows it, or a latest link name (the backup it points
     at). The pin is .safehold/pins/NAME.json in the repository; 'safehold unpin NAME' removes it.
     --keep-until DATE pins it through DATE only; after that prune's retention rules decide.
@@ -38,6 +43,22 @@ def pin_cmd(
     until = asked.until()
     with runtime(ctx, as_json=as_json) as rt:
         storage = LocalStorage(rt.settings.backup_dir)
+        if name is not None and is_snapshot_id(name):  # a chunked target's backup
+            snap = open_for_reading(rt).pin(name, until, note)
+            rt.sink_info(
+                f"pinned snapshot {name} "
+                + (f"until {until:%Y-%m-%d %H:%M} UTC" if until else "for good")
+            )
+            if as_json:
+                rt.emit_json(
+                    {
+                        "snapshot": name,
+                        "until": until.isoformat() if until else None,
+                        "note": note,
+                        "pinned_at": snap.at.isoformat(),
+                    }
+                )
+            return
         if name is not None:
             timeout = rt.settings.lock_timeout
             made = pin(storage, name, note=note, until=until, lock_timeout=timeout, sink=rt.sink)
@@ -76,5 +97,13 @@ def unpin_cmd(ctx: click.Context, name: str) -> None:
     Unpinning a backup that is not pinned is not an error (it says so).
     """
     with runtime(ctx) as rt:
+        if is_snapshot_id(name):
+            count = open_for_reading(rt).unpin(name)
+            rt.sink_info(
+                f"snapshot {name}: {count} pin(s) removed"
+                if count
+                else f"snapshot {name} was not pinned"
+            )
+            return
         storage = LocalStorage(rt.settings.backup_dir)
         unpin(storage, name, lock_timeout=rt.settings.lock_timeout, sink=rt.sink)

@@ -22,6 +22,7 @@ from typing import Any
 
 from ... import retention
 from ...chunkstore import ChunkStore
+from ...chunkstore.pins import Pin
 from ...chunkstore.prune import PruneReport
 from ...chunkstore.snapshots import SnapshotInfo
 from ...errors import UsageError
@@ -71,7 +72,7 @@ def prune_snapshots(
     nothing. ``grace``: the store prune's grace period for young packs (its default when
     None)."""
     policy.check()
-    candidates = _candidates(store.snapshots(), sink)
+    candidates = _candidates(store.snapshots(), store.pins(), sink)
     decisions = retention.decide(candidates, policy, now)  # may refuse: nothing changed yet
     doomed = [d.candidate.name for d in decisions if not d.keep]
     if dry_run:
@@ -95,7 +96,9 @@ def prune_snapshots(
     return result
 
 
-def _candidates(infos: list[SnapshotInfo], sink: EventSink) -> list[retention.Candidate]:
+def _candidates(
+    infos: list[SnapshotInfo], pins: dict[str, Pin], sink: EventSink
+) -> list[retention.Candidate]:
     candidates: list[retention.Candidate] = []
     for info in infos:
         try:
@@ -111,8 +114,16 @@ def _candidates(infos: list[SnapshotInfo], sink: EventSink) -> list[retention.Ca
                 )
             )
             continue
+        pinned = pins.get(info.id)
         candidates.append(
-            retention.Candidate(name=info.id, kind=kind, target=name, created=info.time)
+            retention.Candidate(
+                name=info.id,
+                kind=kind,
+                target=name,
+                created=info.time,
+                pinned=pinned is not None and pinned.until is None,
+                pinned_until=pinned.until if pinned is not None else None,
+            )
         )
     return candidates
 
