@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from ..errors import StorageError
-from ..storage import LocalStorage, S3Storage
+from ..storage import LocalStorage, s3_class
 from ..storage.base import Storage
 from .layout import INDEX, LOCKS, ROOT, SNAPSHOTS, basename, is_name, pack_folders
 
@@ -34,7 +34,7 @@ def remove_partials(storage: Storage, older_than: timedelta) -> list[str]:
         # A temp file names its writer's pid: only a dead process's are removed.
         for folder in [*pack_folders(), INDEX, SNAPSHOTS, LOCKS]:
             removed += storage.remove_stale_partials(folder)
-    elif isinstance(storage, S3Storage):
+    elif (s3 := s3_class()) is not None and isinstance(storage, s3):
         # Cleaning is a courtesy of prune: one it cannot do now is done by the next.
         with contextlib.suppress(StorageError):
             removed += storage.abort_stale_uploads(older_than, prefix=f"{ROOT}/")

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ..storage import LocalStorage, S3Storage
+from ..storage import LocalStorage, s3_class
 from ..storage.base import Storage
 
 
 def object_age(storage: Storage, key: str) -> timedelta | None:
     """The time since ``key`` was written; ``None`` when unknown. Missing: FileNotFoundError."""
-    if isinstance(storage, LocalStorage | S3Storage):
+    if isinstance(storage, LocalStorage):
+        return storage.age(key)
+    s3 = s3_class()
+    if s3 is not None and isinstance(storage, s3):
         return storage.age(key)
     return None

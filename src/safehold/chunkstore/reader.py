@@ -1,10 +1,11 @@
 """Blobs back out: each pack fetched and decrypted once, every blob checked against its id.
 
 The ids asked for are grouped by the pack that holds them, packs in the order their first blob
-was asked for (a stream's restore gets its first chunks first). A few packs are fetched,
-decrypted (age authenticates the whole pack) and unpacked ahead on worker threads while the
-caller consumes the previous one; each blob is decompressed and its keyed hash compared with
-its id, so a damaged or substituted pack is an ``IntegrityError`` naming it.
+was asked for (a stream's restore gets its first chunks first). Each pack is fetched and
+decrypted whole (age authenticates the whole pack) on a worker thread (``WORKERS``, ``AHEAD``
+say how many and how far ahead: memory against overlap); each blob is decompressed and its
+keyed hash compared with its id, so a damaged or substituted pack is an ``IntegrityError``
+naming it.
 
 **Mirrors.** A copy of the store in another location (``snapshots copy``: the same objects
 under the same names) stands in for a pack that is missing or damaged here: the blobs not yet
@@ -25,8 +26,12 @@ from .hostkey import HostKey
 from .index import Index
 from .packs import Entry, extract, fetch_pack, no_identity
 
-WORKERS = 2  # packs fetched and decrypted at once (the GIL is released)
-AHEAD = 1  # packs fetched and decrypted ahead of the one being consumed (memory: ~32 MB each)
+# One pack at a time, fetched and decrypted on a worker thread (the GIL is released): a pack
+# held ahead of the one being consumed cost ~50 MB of peak memory in a 2 GB tree's restore
+# (a decrypted pack and the allocator's leftovers) and saved no time on local disk, where the
+# writer threads are the restore's pace (bench_dedup; issue 16's 200 MB target).
+WORKERS = 1
+AHEAD = 0  # packs fetched and decrypted ahead of the one being consumed
 
 Mirror = tuple[str, Storage]  # (location name, the store's copy there)
 Fallback = Callable[[str, str, str], None]  # (pack, what failed here, the mirror used)

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ...model import ByteSource
+from ..index import Index
 from ..store import ChunkStore
 from ..writer import ChunkStoreWriter
 
@@ -48,3 +49,10 @@ class Reading:
 
     def read_blobs(self, ids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
         return self.store.read_blobs(ids, index=self._index)
+
+    def read_last(self, ids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        """``read_blobs`` for the last time: the blobs are grouped by pack before this returns,
+        so the index (tens of MB for a large store) is let go while they are read."""
+        blobs = self.read_blobs(ids)
+        self._index = Index()
+        return blobs

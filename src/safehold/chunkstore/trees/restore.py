@@ -130,7 +130,7 @@ def _build(store: Reading, staging: Path, plan: Plan, dest: Path) -> None:
     setgid = os.stat(staging).st_mode & stat.S_ISGID
     creator = None if setgid else (os.geteuid(), os.getegid())
     writer = DataWriter(base, plan.files, owners=owners, creator=creator)
-    writer.run(store.read_blobs(writer.chunks))
+    writer.run(store.read_last(writer.chunks))
     for entry in plan.hardlinks:
         os.link(f"{base}/{entry.link}", f"{base}/{entry.path}", follow_symlinks=False)
     _check_chains(staging, plan, dest)

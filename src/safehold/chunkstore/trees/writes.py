@@ -29,8 +29,8 @@ from .entries import Entry, damaged
 THREADS = 6  # file creation waits on the filesystem more than on the CPU
 RUN = 32  # neighbouring files that go to the same worker
 BATCH = 64  # jobs handed over at once
-BATCH_BYTES = 4 << 20  # or fewer, once they hold this much data
-MAX_QUEUED = 16 << 20  # data handed to workers and not written yet
+BATCH_BYTES = 512 << 10  # or fewer, once they hold this much data
+MAX_QUEUED = 4 << 20  # data handed to workers and not written yet (memory; no slower than 16)
 MAX_OPEN = 256  # files kept open per worker between their chunks
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _REOPEN = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
