@@ -45,6 +45,9 @@ class SnapshotInfo:
     kind: str  # "tree" | "stream"
     stats: dict[str, int] = field(default_factory=dict)
     blobs: int = 0  # how many blob ids it needs
+    # Taken as one member of a group (a full-system set): its id, how many members it has,
+    # and this member's role there; the group is whole once that many members exist.
+    group: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:
@@ -87,6 +90,7 @@ def encode(meta_key: bytes, info: SnapshotInfo, refs: Iterable[bytes], body: byt
         "stats": info.stats,
         "refs": pack_refs(refs),
         "ref_bytes": REF_BYTES,
+        **({"group": info.group} if info.group else {}),
         "body_hash": blake3.blake3(body).hexdigest(),
     }
     sealed = seal(meta_key, info.key, header)
@@ -112,9 +116,26 @@ def _info(header: dict[str, Any], snapshot_id: str) -> SnapshotInfo:
             kind=str(header["kind"]),
             stats={str(k): int(v) for k, v in header["stats"].items()},
             blobs=len(base64.b64decode(header["refs"])) // int(header.get("ref_bytes", ID_BYTES)),
+            group=_group(header.get("group")),
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise IntegrityError(f"snapshot {snapshot_id} has a malformed header ({exc})") from None
+
+
+def _group(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not (
+        isinstance(value, dict)
+        and isinstance(value.get("id"), str)
+        and type(value.get("members")) is int
+        and isinstance(value.get("role"), str)
+    ):
+        raise ValueError("its group is not {id, members, role}")
+    group = {"id": value["id"], "members": value["members"], "role": value["role"]}
+    if isinstance(value.get("source"), str):  # where a folder member was taken from
+        group["source"] = value["source"]
+    return group
 
 
 def list_snapshot_ids(storage: Storage) -> list[str]:

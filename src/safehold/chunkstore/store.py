@@ -170,7 +170,12 @@ class ChunkStore:
     # ---- writing ----
 
     def writer(
-        self, target: str, kind: str, *, started: datetime | None = None
+        self,
+        target: str,
+        kind: str,
+        *,
+        started: datetime | None = None,
+        group: dict[str, Any] | None = None,
     ) -> ChunkStoreWriter:
         """A writer holding a shared lock (``with store.writer(...) as w``). ``started`` is
         the snapshot's time (its id's stamp); now when not given (tests of retention set it)."""
@@ -190,6 +195,7 @@ class ChunkStore:
                 target,
                 kind,
                 started=started,
+                group=group,
             )
         except BaseException:
             lock.release()

@@ -57,8 +57,10 @@ class ChunkStoreWriter:
         kind: str,
         *,
         started: datetime | None = None,
+        group: dict[str, Any] | None = None,
     ) -> None:
         self._storage = storage
+        self.group = group
         self._key = host_key
         self._config = config
         self._index = index
@@ -168,6 +170,7 @@ class ChunkStoreWriter:
                 "stored_bytes": sum(p.stored for p in done),
             },
             blobs=len(self._refs),
+            group=self.group,
         )
         data = snapshots.encode(self._key.meta_key, info, self._refs, sealed_body)
         self._lock.check()

@@ -20,7 +20,7 @@ from ..operations.volumes.docker import backup_volume
 from ..operations.volumes.folder import backup_tree
 from ..sources.docker.engine import connect_docker, select_volumes
 from ..storage import LocalStorage
-from .chunked import ChunkedBackups, refuse_chunked_set
+from .chunked import ChunkedBackups, chunked_set
 from .flags import config_option, shared_options
 from .locations import copy_after_backup
 from .physical import run_base_backup
@@ -237,7 +237,6 @@ def _backup_all(
     pinning: tuple[bool, datetime | None],
 ) -> None:
     settings: Settings = rt.settings
-    refuse_chunked_set(rt)
     chosen = settings.volumes
     include = (*chosen.include, *volumes)
     labels = (*chosen.labels, *labels)
@@ -248,12 +247,15 @@ def _backup_all(
         names = select_volumes(client, include, labels, chosen.exclude)
         if not names:
             rt.sink_warning(f"no Docker volume matches {', '.join((*include, *labels))}")
+    folders = {p.resolve().name: p.resolve() for p in paths}
+    if chunked_set(rt, storage, with_database, client, names, folders, pinning):
+        return
     result = backup_set(
         storage,
         database=settings.pg_target() if with_database else None,
         client=client,
         volumes=names,
-        folders={p.resolve().name: p.resolve() for p in paths},
+        folders=folders,
         options=settings.set_options(),
         sink=rt.sink,
     )

@@ -9,21 +9,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+import click
 import docker
 
+from .. import catalog
 from ..chunkstore import ChunkStore, SnapshotInfo
 from ..chunkstore.layout import is_snapshot_id
-from ..config.chunked import is_chunked, uses_chunks
+from ..config.chunked import is_chunked
 from ..errors import UsageError
 from ..model import BackupRecord
 from ..naming import CHUNKS_CACHE
 from ..operations.checks.drill import DrillRecord
 from ..operations.snapshots import (
     database_target,
+    info_json,
     materialize,
+    materialize_set,
     snapshot_database,
     snapshot_folder,
     snapshot_records,
+    snapshot_set,
+    snapshot_sets,
     snapshot_volume,
     split_target,
     volume_target,
@@ -124,12 +130,7 @@ def snapshot_ref(
     snapshot_id = pending_snapshot(rt, storage, ref, kind, name)
     if snapshot_id is None:
         return ref
-    store = open_for_reading(rt)
-    if store.decryption is None:
-        raise UsageError(
-            f"restoring snapshot {snapshot_id} needs the age identity",
-            hint="set encryption.identity_file: the backup host's key opens no pack",
-        )
+    store = _with_identity(rt, f"restoring snapshot {snapshot_id}")
     info = store.snapshot(snapshot_id)
     wanted = database_target(name) if kind == "database" else volume_target(name)
     if info.target != wanted and not (kind == "database" and info.target.startswith("database:")):
@@ -146,6 +147,17 @@ def snapshot_ref(
         sink=rt.sink,
     )
     return manifest.artifact
+
+
+def _with_identity(rt: Runtime, doing: str) -> ChunkStore:
+    """The store opened for reading data back: refused up front without the identity."""
+    store = open_for_reading(rt)
+    if store.decryption is None:
+        raise UsageError(
+            f"{doing} needs the age identity",
+            hint="set encryption.identity_file: the backup host's key opens no pack",
+        )
+    return store
 
 
 def _newest(
@@ -165,15 +177,96 @@ def _newest(
     return snaps[-1].id
 
 
-def refuse_chunked_set(rt: Runtime) -> None:
-    """A full-system set is made of seed files (its record names them); chunked targets are
-    backed up one by one until sets can name snapshots."""
-    if uses_chunks(rt.settings):
+def chunked_set(
+    rt: Runtime,
+    storage: LocalStorage,
+    with_database: bool,
+    client: docker.DockerClient | None,
+    volumes: list[str],
+    folders: dict[str, Path],
+    pinning: tuple[bool, datetime | None],
+) -> bool:
+    """``backup --all`` of chunked targets: a set of snapshots (True); False when the targets
+    are files (the file set is made instead). A set is one format: a mix is refused."""
+    settings = rt.settings
+    members = [("volume", n) for n in [*volumes, *folders]]
+    if with_database:
+        members.append(("database", settings.database.name))
+    chunked = [is_chunked(settings, kind, name) for kind, name in members]  # type: ignore[arg-type]
+    if not any(chunked):
+        return False
+    if not all(chunked):
+        files = [name for (_, name), c in zip(members, chunked, strict=True) if not c]
         raise UsageError(
-            "backup --all writes a set of seed files; this repository keeps targets chunked",
-            hint="back up chunked targets with 'safehold backup' (--volume/--path), or set "
-            'backup.format = "files" for full-system sets',
+            f"a full-system set is one format, but {', '.join(files)} would be files and the "
+            "rest chunked",
+            hint='set backup.format = "chunked" for all of them, or list every set member in '
+            "backup.chunked_targets (or none)",
         )
+    backups = ChunkedBackups(rt, storage)
+    made = snapshot_set(
+        backups.store,
+        storage,
+        database=settings.pg_target() if with_database else None,
+        client=client,
+        volumes=volumes,
+        folders=folders,
+        cache_dir=settings.backup_dir / CHUNKS_CACHE,
+        access=settings.volume_options().access,
+        lock_timeout=settings.lock_timeout,
+        stop_timeout=settings.volume_options().stop_timeout,
+        sink=rt.sink,
+    )
+    backups.done.extend(made.members)
+    backups.pin(*pinning)
+    backups.finish()
+    if rt.as_json:
+        rt.emit_json({**made.to_json(), "snapshots": [info_json(m) for m in made.members]})
+    else:
+        click.echo(f"set {made.id}")
+        for info in made.members:
+            click.echo(f"snapshot {info.id} {info.target}")
+    return True
+
+
+def pending_set(
+    rt: Runtime, storage: LocalStorage, set_ref: str | None, moment: datetime | None
+) -> str | None:
+    """The snapshot set ``restore --all`` means (by id, or the newest complete one when it is
+    newer than the newest file set), without exporting anything; None: a file set."""
+    if not has_store(rt):
+        return None
+    sets = [s for s in snapshot_sets(open_for_reading(rt)) if s.complete]
+    if set_ref not in (None, "latest"):
+        return set_ref if any(s.id == set_ref for s in sets) else None
+    if moment is not None:
+        sets = [s for s in sets if s.started_at <= moment]
+    if not sets:
+        return None
+    files = [s for s in catalog.read_sets(storage) if moment is None or s.started_at <= moment]
+    if files and files[-1].started_at >= sets[-1].started_at:
+        return None
+    return sets[-1].id
+
+
+def set_ref_of(
+    rt: Runtime, storage: LocalStorage, set_ref: str | None, moment: datetime | None
+) -> tuple[str | None, datetime | None]:
+    """``restore --all`` / ``drill --full-system``: a snapshot set exported with its record
+    first (then its id names it as a file set's would); other references as they were."""
+    chosen = pending_set(rt, storage, set_ref, moment)
+    if chosen is None:
+        return set_ref, moment
+    store = _with_identity(rt, f"restoring snapshot set {chosen}")
+    materialize_set(
+        store,
+        chosen,
+        storage,
+        encryption=rt.settings.encryption_key(),
+        lock_timeout=rt.settings.lock_timeout,
+        sink=rt.sink,
+    )
+    return chosen, None
 
 
 def chunked_records(rt: Runtime) -> list[BackupRecord]:

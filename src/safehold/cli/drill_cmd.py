@@ -15,7 +15,7 @@ from ..operations.checks.drill import DrillRecord, drill, write_drill
 from ..sources.pg_cluster import ScratchCluster
 from ..sources.postgres import PgTarget
 from ..storage import LocalStorage
-from .chunked import drill_snapshots, with_exports
+from .chunked import drill_snapshots, set_ref_of, with_exports
 from .flags import config_option, shared_options
 from .locations import mirrored, read_source
 from .physical import COMMAND_HELP, run_pitr_drill
@@ -224,6 +224,7 @@ def _full_system(rt: Runtime, set_ref: str | None, sandbox: bool) -> DrillRecord
 
     settings = rt.settings
     storage = LocalStorage(settings.backup_dir)
+    set_ref, _ = set_ref_of(rt, storage, set_ref, None)  # a set of snapshots: exported first
     live = settings.pg_target()
     client = connect_docker()
     with _server(live, sandbox) as (server, where, root):

@@ -21,6 +21,7 @@ from ..operations.system.restore import (
 )
 from ..sources.docker.engine import connect_docker
 from ..storage import LocalStorage
+from .chunked import pending_set, set_ref_of
 from .locations import fetch_set
 from .restore_request import roles_mode
 from .runtime import Runtime
@@ -54,6 +55,14 @@ def restore_all(rt: Runtime, storage: LocalStorage, request: AllRequest) -> None
         # Chosen among the location's sets; once fetched, the local repository holds it
         # whole (members verified, record last), and the plan below reads it from there.
         set_ref, moment = fetch_set(rt, storage, request.source, set_ref, moment), None
+    elif request.dry_run and (planned := pending_set(rt, storage, set_ref, moment)):
+        click.echo(
+            f"plan (dry run, nothing changed): export snapshot set {planned} as the seed's "
+            "files with its set record, then run the whole-system restore of that set"
+        )
+        return
+    else:  # a set of snapshots is exported (members and record) and then restored as any set
+        set_ref, moment = set_ref_of(rt, storage, set_ref, moment)
     with contextlib.ExitStack() as held:
         if not request.dry_run:
             held.enter_context(one_at_a_time(storage, settings.lock_timeout, rt.sink))

@@ -14,6 +14,7 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 from ...model import EventSink, null_sink
 from ...sources.tar.tree import data_map
@@ -38,14 +39,16 @@ def backup_tree(
     *,
     cache_dir: Path | None = None,
     events: EventSink = null_sink,
+    group: dict[str, Any] | None = None,
 ) -> SnapshotInfo:
-    """Back up the folder ``root`` as a snapshot of ``target``; returns the SnapshotInfo."""
+    """Back up the folder ``root`` as a snapshot of ``target``; returns the SnapshotInfo.
+    ``group``: the set it is a member of (``SnapshotInfo.group``)."""
     top = os.fspath(root)
     open_root(top)  # a missing root fails before the store is locked
     facts = WalkFacts()
     walker = snapshot_walker(facts, events)
     cache = FilesCache.for_target(cache_dir, store_id(store), target, time.time_ns())
-    with store.writer(target, "tree") as writer:
+    with store.writer(target, "tree", group=group) as writer:
         blobs = TreeBlobs(writer)
         files = _Files(writer, cache, facts, walker)
         for rel, path, st in walk(top, walker):

@@ -40,11 +40,17 @@ class _Hashing:
 
 
 def backup_stream(
-    store: ChunkStore, reader: ByteSource, target: str, meta: dict[str, Any]
+    store: ChunkStore,
+    reader: ByteSource,
+    target: str,
+    meta: dict[str, Any],
+    *,
+    group: dict[str, Any] | None = None,
 ) -> SnapshotInfo:
-    """Store what ``reader`` gives as one stream snapshot of ``target``; its SnapshotInfo."""
+    """Store what ``reader`` gives as one stream snapshot of ``target``; its SnapshotInfo.
+    ``group``: the set it is a member of (``SnapshotInfo.group``)."""
     source = _Hashing(reader)
-    with store.writer(target, "stream") as writer:
+    with store.writer(target, "stream", group=group) as writer:
         chunks, lengths = put_content(writer, source)
         body = {
             "format": FORMAT,

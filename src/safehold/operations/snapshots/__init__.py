@@ -19,20 +19,25 @@ from .materialize import materialize
 from .open import StoreAccess, open_store
 from .records import snapshot_records
 from .retain import SnapshotPrune, prune_snapshots
+from .sets import SnapshotSet, materialize_set, snapshot_set, snapshot_sets
 from .targets import database_target, split_target, volume_target
 
 __all__ = [
     "SnapshotPrune",
+    "SnapshotSet",
     "StoreAccess",
     "database_target",
     "info_json",
     "info_line",
     "materialize",
+    "materialize_set",
     "open_store",
     "prune_snapshots",
     "snapshot_database",
     "snapshot_folder",
     "snapshot_records",
+    "snapshot_set",
+    "snapshot_sets",
     "snapshot_volume",
     "split_target",
     "volume_target",

@@ -69,7 +69,11 @@ class _DumpReader:
 
 
 def snapshot_database(
-    target: PgTarget, store: ChunkStore, sink: EventSink = null_sink
+    target: PgTarget,
+    store: ChunkStore,
+    sink: EventSink = null_sink,
+    *,
+    group: dict[str, Any] | None = None,
 ) -> SnapshotInfo:
     """One snapshot of ``database:NAME``: pg_dump's uncompressed custom format (the store
     compresses each new chunk), its row counts, and the globals a new server needs."""
@@ -85,7 +89,11 @@ def snapshot_database(
         estimate = dump.facts.get("database_size")
         progress = Progress(sink, f"dump {target.dbname}", estimate)
         info = backup_stream(
-            store, _DumpReader(dump, progress, meta), database_target(target.dbname), meta
+            store,
+            _DumpReader(dump, progress, meta),
+            database_target(target.dbname),
+            meta,
+            group=group,
         )
     _done(sink, info)
     return info
@@ -111,7 +119,7 @@ def snapshot_folder(
         timeout=lock_timeout,
         purpose=f"safehold backup of {root}",
     ):
-        return _tree(root, name, store, cache_dir, sink)
+        return snapshot_tree(root, name, store, cache_dir, sink)
 
 
 def snapshot_volume(
@@ -128,13 +136,7 @@ def snapshot_volume(
 ) -> SnapshotInfo:
     """One snapshot of ``volume:NAME``; the volume's hooks and labelled containers are handled
     as for a tar backup. The volume's folder must be readable here (direct access)."""
-    root = volume_folder(client, name, access)
-    if root is None:
-        raise UsageError(
-            f"a chunked backup of volume {name} reads its folder, which is not readable here",
-            hint="run safehold on the Docker host as root (backup.volume_access = 'direct'), "
-            "or keep this volume in the tar format (backup.chunked_targets)",
-        )
+    root = readable_folder(client, name, access)
     repo.ensure()
     with (
         volume_lock(
@@ -146,14 +148,36 @@ def snapshot_volume(
         ),
         quiesced(client, [name], sink, f"backup of volume {name}", repo, stop_timeout=stop_timeout),
     ):
-        return _tree(root, name, store, cache_dir, sink)
+        return snapshot_tree(root, name, store, cache_dir, sink)
 
 
-def _tree(
-    root: Path, name: str, store: ChunkStore, cache_dir: Path | None, sink: EventSink
+def readable_folder(client: docker.DockerClient, name: str, access: Access) -> Path:
+    """The folder of Docker volume ``name``, which a chunked backup walks."""
+    root = volume_folder(client, name, access)
+    if root is None:
+        raise UsageError(
+            f"a chunked backup of volume {name} reads its folder, which is not readable here",
+            hint="run safehold on the Docker host as root (backup.volume_access = 'direct'), "
+            "or keep this volume in the tar format (backup.chunked_targets)",
+        )
+    return root
+
+
+def snapshot_tree(
+    root: Path,
+    name: str,
+    store: ChunkStore,
+    cache_dir: Path | None,
+    sink: EventSink,
+    *,
+    group: dict[str, Any] | None = None,
 ) -> SnapshotInfo:
+    """One snapshot of ``volume:NAME`` from ``root``; the caller holds its lock (and has
+    stopped what must not write meanwhile)."""
     sink(Event("backup", f"backing up {root} into the chunk store as {volume_target(name)}"))
-    info = backup_tree(store, root, volume_target(name), cache_dir=cache_dir, events=sink)
+    info = backup_tree(
+        store, root, volume_target(name), cache_dir=cache_dir, events=sink, group=group
+    )
     _done(sink, info)
     return info
 

@@ -15,6 +15,7 @@ def info_json(info: SnapshotInfo) -> dict[str, Any]:
         "time": info.time.isoformat(),
         "host": info.host,
         "stats": dict(info.stats),
+        "set": info.group["id"] if info.group else None,
     }
 
 

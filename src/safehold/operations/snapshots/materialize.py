@@ -143,9 +143,15 @@ def _archive(
         started_at=info.time,
         finished_at=datetime.now(UTC),
         tool_version=__version__,
-        facts={**info.stats, **exported.to_json(), "snapshot": info.id},
+        facts={**info.stats, **exported.to_json(), "snapshot": info.id, **_source(info)},
         encryption=key.describe() if key else None,
     )
+
+
+def _source(info: SnapshotInfo) -> dict[str, str]:
+    """A folder member of a set: where it was taken from (a set restores it in place)."""
+    source = (info.group or {}).get("source")
+    return {"source": str(source)} if source else {}
 
 
 class _Fed:

@@ -123,6 +123,7 @@ def _candidates(
                 created=info.time,
                 pinned=pinned is not None and pinned.until is None,
                 pinned_until=pinned.until if pinned is not None else None,
+                set_id=info.group["id"] if info.group else None,  # sets are kept whole
             )
         )
     return candidates
