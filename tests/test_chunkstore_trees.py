@@ -269,7 +269,7 @@ def test_a_file_that_vanishes_is_skipped(store: ChunkStore, tmp_path: Path) -> N
     class Store:
         config = store.config
 
-        def writer(self, target: str, kind: str) -> Gone:
+        def writer(self, target: str, kind: str, **options: object) -> Gone:
             return Gone()
 
     found: list[Event] = []
