@@ -228,8 +228,10 @@ def _freeze_mid_dump(proc: Popen, db: PgTarget) -> int:
         time.sleep(0.001)
     os.kill(proc.pid, signal.SIGSTOP)
     (pg_dump,) = dumps
-    assert _until(lambda: any(q.startswith("COPY public.bulk ") for q in _sessions(db)))
-    assert _until(lambda: _running(pg_dump) and "pipe_write" in _wchan(pg_dump))
+    # Mid-stream: copying a table (the sample's own come before public.bulk, and under load
+    # the pipe may fill during one of them) and blocked on the full pipe.
+    assert _until(lambda: any(q.startswith("COPY ") for q in _sessions(db)), 30.0)
+    assert _until(lambda: _running(pg_dump) and "pipe_write" in _wchan(pg_dump), 30.0)
     return pg_dump
 
 
