@@ -26,6 +26,15 @@ def _keys(run_cli: CliRunner, tmp_path: Path) -> tuple[dict[str, str], dict[str,
     return writer, {**writer, "SAFEHOLD_ENCRYPTION_IDENTITY_FILE": str(identity)}
 
 
+def keep_last(count: int) -> dict[str, str]:
+    """Retention that keeps only the newest ``count`` backups of each target."""
+    rules = ("DAILY", "WEEKLY", "MONTHLY", "YEARLY")
+    return {
+        **{f"SAFEHOLD_RETENTION_{r}": "0" for r in rules},
+        "SAFEHOLD_RETENTION_KEEP_LAST": str(count),
+    }
+
+
 def _ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     assert done.returncode == 0, done.stderr
     return done
@@ -168,14 +177,7 @@ def test_pins_keep_snapshots_from_prune_until_unpinned(
     run_cli: CliRunner, repo: LocalStorage, tmp_path: Path
 ) -> None:
     writer, _ = _keys(run_cli, tmp_path)
-    env = {
-        **writer,
-        "SAFEHOLD_RETENTION_DAILY": "0",
-        "SAFEHOLD_RETENTION_WEEKLY": "0",
-        "SAFEHOLD_RETENTION_MONTHLY": "0",
-        "SAFEHOLD_RETENTION_YEARLY": "0",
-        "SAFEHOLD_RETENTION_KEEP_LAST": "1",
-    }
+    env = {**writer, **keep_last(1)}
     source = tmp_path / "data"
     source.mkdir()
     made = []

@@ -31,18 +31,23 @@ def _config(path: Path, s3: SandboxS3, buckets: dict[str, str], primary: str | N
     return path
 
 
+def s3_env(s3: SandboxS3, config: Path) -> dict[str, str]:
+    """The CLI environment for the config file ``config`` and the server's credentials."""
+    return {
+        "SAFEHOLD_CONFIG": str(config),
+        "AWS_ACCESS_KEY_ID": s3.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
 @pytest.fixture
 def places(s3: SandboxS3, tmp_path: Path) -> tuple[dict[str, str], dict[str, S3Storage]]:
     """The CLI environment for a store whose primary is the bucket 'primary', mirrored to
     'offsite'; and the two storages as the test reads them."""
     buckets = {"primary": s3.bucket(), "offsite": s3.bucket()}
     config = _config(tmp_path / "safehold.toml", s3, buckets, "primary")
-    env = {
-        "SAFEHOLD_CONFIG": str(config),
-        "AWS_ACCESS_KEY_ID": s3.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    env = s3_env(s3, config)
     return env, {name: s3.storage(bucket, "app") for name, bucket in buckets.items()}
 
 
@@ -129,12 +134,7 @@ def test_copy_to_a_location_is_incremental_and_refuses_another_store(
     config = _config(tmp_path / "safehold.toml", s3, {"offsite": bucket}, None)
     text = config.read_text().replace("copy_after_backup = true", "copy_after_backup = false")
     config.write_text(text)
-    env = {
-        "SAFEHOLD_CONFIG": str(config),
-        "AWS_ACCESS_KEY_ID": s3.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    env = s3_env(s3, config)
     writer = {**env, **_keys(run_cli, tmp_path)[0]}
     source = tmp_path / "data"
     source.mkdir()

@@ -11,8 +11,8 @@ from safehold.sandbox.s3server import SandboxS3
 from safehold.storage import LocalStorage
 
 from .conftest import CliRunner
-from .test_snapshots_cli import _keys, _ok
-from .test_snapshots_locations import _config
+from .test_snapshots_cli import _keys, _ok, keep_last
+from .test_snapshots_locations import _config, s3_env
 from .tree_support import MiB, snapshot
 
 
@@ -31,15 +31,8 @@ def test_a_compliance_locked_bucket_holds_the_store_and_prune_never_shortens_ret
     )
     config = _config(tmp_path / "safehold.toml", s3, {"locked": bucket}, "locked")
     env = {
-        "SAFEHOLD_CONFIG": str(config),
-        "AWS_ACCESS_KEY_ID": s3.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "SAFEHOLD_RETENTION_DAILY": "0",
-        "SAFEHOLD_RETENTION_WEEKLY": "0",
-        "SAFEHOLD_RETENTION_MONTHLY": "0",
-        "SAFEHOLD_RETENTION_YEARLY": "0",
-        "SAFEHOLD_RETENTION_KEEP_LAST": "1",
+        **s3_env(s3, config),
+        **keep_last(1),
     }
     writer, reader = _keys(run_cli, tmp_path)
     writer, reader = {**env, **writer}, {**env, **reader}

@@ -28,7 +28,7 @@ from safehold.sources.postgres import PgTarget
 from safehold.storage import LocalStorage
 
 from .conftest import CliRunner, run_in, seed_env
-from .test_encryption import keygen
+from .test_snapshots_cli import _keys, _ok
 from .tree_support import Tree, snapshot
 
 # What a volume holds: nested folders, modes, an owner, a hardlink, symlinks (one up the tree,
@@ -63,19 +63,6 @@ READ = (
     ' elif [ -f "$p" ]; then echo "$p $(stat -c "%a %u:%g %h" "$p") $(md5sum < "$p")";'
     ' else echo "$p $(stat -c "%a %u:%g" "$p")/"; fi; done'
 )
-
-
-def _keys(run_cli: CliRunner, tmp_path: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """(the backup host's environment: public key only; a restore host's: both)."""
-    identity = tmp_path / "identity.txt"
-    public = keygen(run_cli, identity)
-    writer = {"SAFEHOLD_FORMAT": "chunked", "SAFEHOLD_ENCRYPTION_RECIPIENTS": public}
-    return writer, {**writer, "SAFEHOLD_ENCRYPTION_IDENTITY_FILE": str(identity)}
-
-
-def _ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert done.returncode == 0, done.stderr
-    return done
 
 
 def _seen(client: docker.DockerClient, image: Image, name: str) -> tuple[Tree, bytes]:
