@@ -10,6 +10,10 @@
 #   chromium             headless, renders the 'safehold report' page in the tests
 #   cron                 the tests run the seed's crontab line under a real cron daemon
 #   e2fsprogs            chattr: the chunk store tests make packs undeletable, as retention does
+#   debootstrap          builds the container image's root file system from Debian's packages
+#   docker-compose       the tests run the compose example beside a sample application
+#   systemd              systemd-analyze verify checks the units 'schedule install --systemd' writes
+#   zsh, fish            the tests load the shell completion scripts in the real shells
 # No system Docker service is needed: the sandbox starts its own dockerd on a private socket.
 set -euo pipefail
 missing=()
@@ -28,6 +32,11 @@ have bsdtar || missing+=(libarchive-tools)
 have chromium || have chromium-browser || missing+=(chromium)
 have cron || missing+=(cron)
 have chattr || missing+=(e2fsprogs)
+have debootstrap || missing+=(debootstrap)
+have docker-compose || missing+=(docker-compose)
+have systemd-analyze || missing+=(systemd)
+have zsh || missing+=(zsh)
+have fish || missing+=(fish)
 # shellcheck source=scripts/_apt-install.sh
 . "$(dirname "$0")/_apt-install.sh"
 apt_install_missing "${missing[@]}"
