@@ -1,4 +1,5 @@
-"""The tool documents itself: every command has help and is in the README; modules stay small."""
+"""The tool documents itself: every command has help, is in the generated reference and is used in
+the hand-written pages (README.md and docs/); every config key too; modules stay small."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from safehold import config, naming
 from safehold.cli.main import cli
 
 from .conftest import ROOT
+from .docs_support import doc_files, invocations, reference_hook, resolve
 
-README = (ROOT / "README.md").read_text()
 CONTEXT = click.Context(cli)
 COMMANDS = cli.list_commands(CONTEXT)
 
@@ -38,19 +39,45 @@ def test_every_command_has_help_and_is_documented(name: str) -> None:
     assert "Usage: safehold" in result.stdout
     command = command_named(name)
     assert command.help and len(command.help) > 20
-    assert f"### `safehold {name}`" in README
+    assert f"`safehold {name}` {{#safehold-{name}}}" in reference_hook().commands_page()
+    assert (name,) in _named_in_the_pages(), f"no page of docs/ shows how to use safehold {name}"
+
+
+def test_every_subcommand_is_in_the_reference_and_used_in_the_pages() -> None:
+    named = _named_in_the_pages()
+    page = reference_hook().commands_page()
+    for path, _, _ in reference_hook().command_tree():
+        if len(path) > 1:
+            assert f"`safehold {' '.join(path)}`" in page
+            assert path in named, f"no page of docs/ shows how to use safehold {' '.join(path)}"
+
+
+def _named_in_the_pages() -> set[tuple[str, ...]]:
+    """Every command path a hand-written page of docs/ runs (README.md is the summary)."""
+    return {
+        resolve(found.words)[0]
+        for path in doc_files()
+        if path.name != "README.md"
+        for found in invocations(path)
+    }
 
 
 def test_every_option_has_help() -> None:
     for command in map(command_named, COMMANDS):
         for param in command.params:
-            if isinstance(param, click.Option) and param.name != "help":
+            # A hidden option (an old spelling kept working) is not in --help to explain.
+            if isinstance(param, click.Option) and param.name != "help" and not param.hidden:
                 assert param.help, f"{command.name} {param.opts} has no help text"
 
 
 def test_every_config_key_is_documented() -> None:
+    """In the generated reference with its environment names, and explained in the guide."""
+    reference = reference_hook().config_page()
+    pages = "\n".join(p.read_text() for p in doc_files() if p.name != "README.md")
     for key in config.all_keys():
-        assert f"`{key}`" in README, f"config key {key} missing from the README"
+        row = next((line for line in reference.splitlines() if line.startswith(f"| `{key}` |")), "")
+        assert all(f"`{env}`" in row for env in config.env_names(key)), key
+        assert f"`{key}`" in pages, f"config key {key} is not explained in docs/ (the guide)"
 
 
 def test_modules_stay_small() -> None:
