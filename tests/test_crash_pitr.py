@@ -447,7 +447,7 @@ def test_two_restores_into_one_folder_at_once(archive: Archive, tmp_path: Path) 
         ports += [p for p in [free_port()] if p not in ports]
     try:
         procs = [
-            restore_cli(db, target_dir, port, "--latest", "--keep-running", path=path)
+            restore_cli(db, target_dir, port, "--to-end", "--keep-running", path=path)
             for port in ports
         ]
         said = ["\n".join(message(ln) for ln in "".join(p.communicate(timeout=300)).splitlines())

@@ -168,7 +168,7 @@ def test_cli_base_backup_and_restore_latest(archiving: Archiving) -> None:
     insert_batch(db, 4)
     db.switch_and_wait()
     target_dir = new_target_dir()
-    argv = ["restore", "--pitr", "--latest", "--target-dir", str(target_dir), "--keep-running"]
+    argv = ["restore", "--pitr", "--to-end", "--target-dir", str(target_dir), "--keep-running"]
     argv += ["--command", server_command(), "--port", str(port := free_port())]
     if RUN_AS is not None:
         argv += ["--server-user", RUN_AS]

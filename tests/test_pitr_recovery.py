@@ -285,7 +285,7 @@ def test_an_encrypted_chain_in_s3_restores_without_the_local_copy(s3: SandboxS3)
         shutil.rmtree(db.repo.root / "wal")
         (db.repo.root / "base" / record["file"]).unlink()
         target_dir = new_target_dir()
-        argv = ["restore", "--pitr", "--latest", "--target-dir", str(target_dir), "--json"]
+        argv = ["restore", "--pitr", "--to-end", "--target-dir", str(target_dir), "--json"]
         argv += ["--command", server_command(), "--keep-running"]
         if RUN_AS is not None:
             argv += ["--server-user", RUN_AS]

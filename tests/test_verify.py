@@ -477,7 +477,7 @@ def test_cli_exit_codes_messages_and_json(run_cli: CliRunner, repo: LocalStorage
     assert "hint: restore an older backup" in bad.stderr
     assert "failed" in bad.stdout
 
-    bad_json = run_cli("verify", "--all", "--level", "full", "--json")
+    bad_json = run_cli("verify", "--all-backups", "--level", "full", "--json")
     assert bad_json.returncode == 6
     # One JSON document, the results: the damaged dump, and its globals still good.
     outcomes = {r["artifact"]: r for r in json.loads(bad_json.stdout)}
@@ -486,4 +486,4 @@ def test_cli_exit_codes_messages_and_json(run_cli: CliRunner, repo: LocalStorage
     assert result["outcome"] == "failed" and result["level"] == "full"
     assert "sha256" in result["error"] and "is damaged: sha256" in bad_json.stderr
 
-    assert run_cli("verify", name, "--all").returncode == 2
+    assert run_cli("verify", name, "--all-backups").returncode == 2

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import click
 
 from .. import config
+from . import json_output
 from .flags import shared_options
 from .runtime import runtime
 
@@ -30,7 +30,7 @@ def config_cmd(ctx: click.Context, keys: bool, as_json: bool) -> None:
                 }
             )
         if as_json:
-            click.echo(json.dumps(rows, indent=2))
+            click.echo(json_output.dumps(rows, sort_keys=False))
         else:
             for row in rows:
                 click.echo(f"{row['key']:24} {', '.join(row['env']):48} default={row['default']}")

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -21,6 +20,7 @@ from ..errors import ConfigError, SafeholdError
 from ..operations.checks.doctor.run import RESULTS, Check, DoctorSetup, run_checks
 from ..operations.checks.doctor.wal import Need
 from ..storage import Storage
+from . import json_output
 from .flags import shared_options
 from .runtime import runtime
 
@@ -154,7 +154,7 @@ def _config_check(settings: config.Settings) -> Check:
 
 def _report(checks: list[Check], out: Console, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps([c.to_json() for c in checks], indent=2))
+        click.echo(json_output.dumps([c.to_json() for c in checks], sort_keys=False))
     elif out.is_terminal:
         _table(checks, out)
     else:

@@ -23,6 +23,7 @@ from ..operations.pitr import restore as pitr_restore
 from ..operations.pitr import setup as pitr_setup
 from ..sources.pg_cluster import free_port, server_bin_dir
 from ..storage import LocalStorage, Storage
+from .aliases import deprecated_flag
 from .runtime import Runtime
 from .wal_places import wal_archive
 
@@ -69,7 +70,7 @@ class PitrRequest:
     to_time: str | None
     to_lsn: str | None
     to_name: str | None
-    latest: bool
+    to_end: bool
     target_dir: Path | None
     force: bool
     port: int | None
@@ -81,10 +82,10 @@ class PitrRequest:
 
     def target(self) -> pitr_restore.Target:
         given = [x for x in (self.to_time, self.to_lsn, self.to_name) if x is not None]
-        if len(given) + self.latest != 1:
+        if len(given) + self.to_end != 1:
             raise UsageError(
                 "give exactly one recovery target",
-                hint="--to-time TS, --to-lsn LSN, --to-name NAME or --latest",
+                hint="--to-time TS, --to-lsn LSN, --to-name NAME or --to-end",
             )
         when = None
         if self.to_time is not None:
@@ -104,7 +105,9 @@ _OPTIONS = [
     click.option("--to-time", help="recover up to this time (ISO 8601; UTC without a zone)"),
     click.option("--to-lsn", metavar="LSN", help="recover up to this WAL position (0/3000060)"),
     click.option("--to-name", metavar="NAME", help="recover up to this named restore point"),
-    click.option("--latest", is_flag=True, help="recover to the end of the archive"),
+    click.option("--to-end", is_flag=True, help="recover to the end of the archive"),
+    # --latest means "the newest backup of each target" in every other command
+    deprecated_flag("--latest", "to_end", "--to-end"),
     click.option(
         "--target-dir",
         type=click.Path(path_type=Path, file_okay=False),
@@ -133,7 +136,7 @@ _KEYS = [
     "to_time",
     "to_lsn",
     "to_name",
-    "latest",
+    "to_end",
     "target_dir",
     "force",
     "port",
@@ -236,7 +239,7 @@ def run_pitr_drill(
         to_time,
         to_lsn,
         to_name,
-        latest=not (to_time or to_lsn or to_name),
+        to_end=not (to_time or to_lsn or to_name),
         target_dir=None,
         force=False,
         port=None,

@@ -21,6 +21,7 @@ from ..operations.checks.verify import (
 )
 from ..sinks.log import human_bytes
 from ..storage import LocalStorage
+from .aliases import deprecated_flag
 from .flags import shared_options
 from .locations import mirrored, read_source
 from .output import ReportedFailure
@@ -33,9 +34,10 @@ OUTCOME_STYLE = {"ok": "green", "unverifiable": "yellow", "failed": "red"}
 @click.command()
 @click.argument("name", required=False, metavar="[NAME|latest]")
 @click.option(
-    "--all", "every", is_flag=True, help="every backup in the repository, files without a "
-    "manifest and manifests without a file included, oldest first",
+    "--all-backups", "every", is_flag=True, help="every backup in the repository, files "
+    "without a manifest and manifests without a file included, oldest first",
 )  # fmt: skip
+@deprecated_flag("--all", "every", "--all-backups")  # --all is the whole system elsewhere
 @click.option(
     "--level",
     type=click.Choice(LEVELS),

@@ -230,7 +230,7 @@ def _find(storage: LocalStorage, entries: list[_Entry], ref: str) -> _Entry:
 def _nothing(storage: LocalStorage, what: str) -> UsageError:
     return UsageError(
         f"nothing to verify: {what} in {storage.root}",
-        hint="run 'safehold backup' first ('safehold verify --all' also checks files "
+        hint="run 'safehold backup' first ('safehold verify --all-backups' also checks files "
         "without a manifest)",
     )
 

@@ -1,5 +1,13 @@
 """A status reading in Prometheus text format, for node_exporter's textfile collector (written
-atomically: the collector never reads half a file) or the daemon's metrics endpoint."""
+atomically: the collector never reads half a file) or the daemon's metrics endpoint.
+
+Names follow Prometheus' conventions (docs/reference/metrics-changes.md has the renames):
+``safehold_`` first, base units last (``_seconds``, ``_bytes``), times as
+``_timestamp_seconds``, what a value is about in labels (``kind``, ``target``), never in the
+name. There is no age: a file is read long after it was written, and an age written into it
+would stay frozen while the real age grows; ``time() - safehold_last_success_timestamp_seconds``
+is the age whenever Prometheus evaluates it.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +16,19 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, write_to_textfile
 
 from ..pitr.status import LEVELS
+from .runs import RunsStatus
 from .status import StatusReport
 
 LABELS = ("kind", "target")
 
 
-def registry_for(report: StatusReport) -> CollectorRegistry:
+def registry_for(report: StatusReport, runs: RunsStatus | None = None) -> CollectorRegistry:
     registry = CollectorRegistry()
 
     def gauge(name: str, text: str, labels: tuple[str, ...] = LABELS) -> Gauge:
         return Gauge(f"safehold_{name}", text, labels, registry=registry)
 
     last = gauge("last_success_timestamp_seconds", "start of the newest good backup")
-    age = gauge("backup_age_seconds", "age of the newest good backup")
     size = gauge("backup_size_bytes", "size of the newest good backup")
     took = gauge("backup_duration_seconds", "how long the newest good backup took")
     count = gauge("backups", "good backups in the repository")
@@ -37,7 +45,6 @@ def registry_for(report: StatusReport) -> CollectorRegistry:
         newest = target.newest
         if newest is not None:
             last.labels(*labels).set(newest.created.timestamp())
-            age.labels(*labels).set(target.age_s or 0.0)
             size.labels(*labels).set(newest.size or 0)
             if newest.manifest is not None:
                 took.labels(*labels).set(newest.manifest.duration_s)
@@ -64,11 +71,15 @@ def registry_for(report: StatusReport) -> CollectorRegistry:
     overall.set(LEVELS.index(report.level))
     checked = gauge("status_timestamp_seconds", "when this reading was taken", ())
     checked.set(report.checked_at.timestamp())
+    if runs is not None:
+        gauge("runs_status", "0 ok, 1 a command's last run failed", ()).set(
+            LEVELS.index(runs.level)
+        )
     return registry
 
 
-def write_metrics(report: StatusReport, path: Path) -> None:
-    write_to_textfile(str(path), registry_for(report))
+def write_metrics(report: StatusReport, path: Path, runs: RunsStatus | None = None) -> None:
+    write_to_textfile(str(path), registry_for(report, runs))
 
 
 def render_metrics(report: StatusReport) -> bytes:
