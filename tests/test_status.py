@@ -122,7 +122,9 @@ def test_status_cli_exit_codes_and_json(
     fresh = run_cli("status", "--metrics-file", str(prom))
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr
     assert "status: OK" in fresh.stdout and "never drilled" in fresh.stdout
-    assert "safehold_backup_age_seconds" in prom.read_text()
+    written = prom.read_text()  # a timestamp, and no age that would freeze in the file
+    assert "safehold_last_success_timestamp_seconds{" in written and "_age_" not in written
+    assert "safehold_runs_status 0.0" in written  # the backup's run record: ok
 
     strict = run_cli("status", "--json", env={"SAFEHOLD_OBJECTIVES_RPO_HOURS": "0.0001"})
     assert strict.returncode == 2

@@ -200,8 +200,9 @@ def resolve(storage: LocalStorage, ref: str, kind: Kind, target: str | None = No
     the newest good backup, read from the manifests: also where the link is missing."""
     fixed = _fixed_name(storage, ref)
     if fixed is not None and fixed[0] == kind:
-        # Like the link: the database names mean the newest dump of any database.
-        ref, target = "latest", fixed[1]
+        # Like the link: the newest good backup of its target; the seed's database names
+        # give none, so they mean the database the caller restores (DB_NAME).
+        ref, target = "latest", fixed[1] if fixed[1] is not None else target
     if ref == "latest":
         record = latest(scan(storage), kind, target)
         if record is None:
@@ -242,17 +243,47 @@ def _fixed_name(storage: LocalStorage, ref: str) -> tuple[Kind, str | None] | No
     return naming.latest_link_of(given.name)
 
 
-def latest_link_plan(records: Iterable[BackupRecord]) -> dict[str, str]:
+def latest_link_plan(records: Iterable[BackupRecord], primary: str | None = None) -> dict[str, str]:
     """Fixed name -> artifact: each target's newest good backup (``records`` oldest first)
-    takes every name ``naming.latest_links`` gives it."""
+    takes every name ``naming.latest_links`` gives it.
+
+    Databases: a dump whose name carries its database takes ``db_backup_NAME_latest.sql``.
+    The seed's ``db_backup_latest.sql`` / ``latest_db_backup.sql`` name the newest seed-named
+    dump of one database, ``primary`` (the one DB_NAME names; ``None``: the database of the
+    newest seed-named dump), never another database's: two databases backed up with the
+    seed's names into one repository used to make them name whichever ran last. When seed-named
+    dumps of several databases share a repository, each of them also gets
+    ``db_backup_NAME_latest.sql``."""
     plan: dict[str, str] = {}
+    databases: dict[str, tuple[str, naming.ArtifactName]] = {}  # newest of each, any style
+    seed: dict[str, tuple[str, naming.ArtifactName]] = {}  # newest seed-named dump of each
+    named: set[str] = set()  # databases with a dump whose name carries it
+    newest_seed: str | None = None
     for record in records:
         parsed = naming.parse(record.name)
-        if record.status == "ok" and parsed is not None and parsed.kind in BACKUP_KINDS:
+        if record.status != "ok" or parsed is None or parsed.kind not in BACKUP_KINDS:
+            continue
+        if parsed.kind == "volume":
             for link in _links_of_target(parsed):
                 plan.pop(link, None)  # a newer backup of the target drops the older's names
-            for link in naming.latest_links(parsed):
-                plan[link] = record.name
+            plan.update(dict.fromkeys(naming.latest_links(parsed), record.name))
+            continue
+        assert record.manifest is not None  # "ok" means a manifest that names this file
+        database = record.manifest.target
+        databases[database] = (record.name, parsed)
+        if parsed.target is None:
+            seed[database] = (record.name, parsed)
+            newest_seed = database
+        else:
+            named.add(database)
+    for database, (name, parsed) in databases.items():
+        if (database in named or len(seed) > 1) and not naming.database_name_problem(database):
+            as_named = dataclasses.replace(parsed, target=database)
+            plan.update(dict.fromkeys(naming.latest_links(as_named), name))
+    chosen = primary if primary in seed else newest_seed
+    if chosen is not None:
+        name, parsed = seed[chosen]
+        plan.update(dict.fromkeys(naming.latest_links(parsed), name))
     return plan
 
 
@@ -271,19 +302,35 @@ def stale_latest_links(storage: Storage, plan: dict[str, str]) -> list[str]:
         )
 
 
-def update_latest_links(storage: Storage, records: list[BackupRecord]) -> list[str]:
+def update_latest_links(
+    storage: Storage, records: list[BackupRecord], primary: str | None = None
+) -> list[str]:
     """Point the fixed ``latest`` names at the newest good backup of each target and remove
     the ones that name none (links first, so a name never points at nothing newer); returns
-    the links removed."""
+    the links removed. ``primary``: the database the seed's names follow (DB_NAME); ``None``
+    keeps the one they name now (``seed_link_database``)."""
     if not isinstance(storage, LocalStorage):
         return []
-    plan = latest_link_plan(records)
+    plan = latest_link_plan(records, primary or seed_link_database(storage, records))
     for link, artifact in plan.items():
         storage.link(link, artifact)
     stale = stale_latest_links(storage, plan)
     for link in stale:
         storage.delete(link)
     return stale
+
+
+def seed_link_database(storage: Storage, records: Iterable[BackupRecord]) -> str | None:
+    """The database the seed's ``db_backup_latest.sql`` names now (local disk), if any."""
+    if not isinstance(storage, LocalStorage):
+        return None
+    try:
+        pointed = os.readlink(storage.path(naming.DB_LATEST_LINKS[0]))
+    except OSError:
+        return None
+    name = Path(pointed).name
+    found = next((r for r in records if r.name == name and r.manifest is not None), None)
+    return found.manifest.target if found is not None and found.manifest is not None else None
 
 
 def _links_of_target(parsed: naming.ArtifactName) -> tuple[str, ...]:

@@ -122,6 +122,12 @@ class BackupSet:
     tool_version: str
     folders: tuple[str, ...] = ()  # the targets among ``volumes`` that are plain folders
     format: int = MANIFEST_FORMAT
+    # Every database of the set (``database`` is the first, for readers of one): several
+    # when ``[database] names`` configures them.
+    databases: tuple[str, ...] = ()
+    # "full": backup --all, what restore --all takes by default; "databases": the databases of
+    # one backup run, taken together (restore --all --set ID restores them).
+    scope: str = "full"
 
     @property
     def duration_s(self) -> float:
@@ -130,6 +136,7 @@ class BackupSet:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["folders"] = list(self.folders)
+        data["databases"] = list(self.databases)
         data["started_at"] = _iso(self.started_at)
         data["finished_at"] = _iso(self.finished_at)
         data["duration_s"] = round(self.duration_s, 3)
@@ -149,6 +156,10 @@ class BackupSet:
             tool_version=str(data.get("tool_version", "")),
             folders=tuple(data.get("folders", ())),
             format=int(data.get("format", MANIFEST_FORMAT)),
+            databases=tuple(
+                data.get("databases", (data["database"],) if data.get("database") else ())
+            ),
+            scope=str(data.get("scope", "full")),
         )
 
 

@@ -1,8 +1,10 @@
 """Artifact names: the seed's conventions, parsed and produced in one place.
 
-``db_backup_YYYYMMDD_HHMMSS.sql[.zst]`` and ``volume_NAME_YYYYMMDD_HHMMSS.tar.gz|.tar.zst``,
-timestamps in UTC. Beside them: ``db_globals_YYYYMMDD_HHMMSS.sql`` (the roles and database
-settings a dump needs, plain SQL for ``psql``, same stamp as its dump) and
+``db_backup_YYYYMMDD_HHMMSS.sql[.zst]`` (``db_backup_NAME_YYYYMMDD_HHMMSS.sql[.zst]`` when
+several databases are configured: ``[database] names``, see ``database_name_problem``) and
+``volume_NAME_YYYYMMDD_HHMMSS.tar.gz|.tar.zst``, timestamps in UTC. Beside them:
+``db_globals_[NAME_]YYYYMMDD_HHMMSS.sql`` (the roles and database settings a dump needs,
+plain SQL for ``psql``, same stamp and name as its dump) and
 ``safety_volume_NAME_YYYYMMDD_HHMMSS.tar.gz|.tar.zst`` (a volume's content taken before a
 restore replaced it). ``.age`` is appended to an encrypted one. Anything else in a repository
 folder is not a backup artifact.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import re
 import typing
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -30,6 +33,7 @@ PINS_DIR = f"{META}/pins"  # <artifact>.json: kept from prune (until a date)
 VERIFY_DIR = f"{META}/verify"  # <artifact>.json: the last verification
 DRILLS_DIR = f"{META}/drills"  # <drill-id>.json: restore drills and DR rehearsals
 RUNS_DIR = f"{META}/runs"  # <run-id>.json: one per run of a command that does work
+OBJECTIVES_KEY = f"{META}/objectives.json"  # in a location: its host's RPO/RTO (fleet)
 JOURNAL_DIR = f"{META}/journal"  # <kind>-<id>.json: what a run may leave, until finished
 PRUNING_DIR = f"{META}/pruning"  # prune's intent records
 TMP_DIR = f"{META}/tmp"  # noqa: S108 (in the repository) scratch files of a run
@@ -55,17 +59,24 @@ LAYOUT = (
     MANIFEST_DIR, SETS_DIR, PINS_DIR, VERIFY_DIR, DRILLS_DIR, RUNS_DIR, JOURNAL_DIR, PRUNING_DIR,
     TMP_DIR, LOCKS_DIR, LOCK_FILE, REPOSITORY_KEY, WAL_DIR, WAL_MARKERS_DIR, BASE_DIR,
     PROBE_PREFIX, CHUNKS_CONFIG, CHUNKS_ID_KEY, CHUNKS_PACKS, CHUNKS_INDEX, CHUNKS_SNAPSHOTS,
-    CHUNKS_LOCKS, CHUNKS_PINS, CHUNKS_HOST_KEY, CHUNKS_CACHE,
+    CHUNKS_LOCKS, CHUNKS_PINS, CHUNKS_HOST_KEY, CHUNKS_CACHE, OBJECTIVES_KEY,
 )  # fmt: skip
 
 # Links the seed's commands rely on; they always point at the newest good backup.
 DB_LATEST_LINKS = ("db_backup_latest.sql", "latest_db_backup.sql")
 
-_DB = re.compile(r"^db_backup_(?P<stamp>\d{8}_\d{6})\.sql(?P<ext>\.zst)?(?P<age>\.age)?$")
+# The stamp is anchored at the end and the database name (optional: the seed's names have none)
+# takes everything before it, so a database called ``2024`` or ``a_20240101_000000`` parses as
+# itself. The manifest's target stays the truth; the name only has to agree with it.
+_DB = re.compile(
+    r"^db_backup_(?:(?P<target>.+)_)?(?P<stamp>\d{8}_\d{6})\.sql(?P<ext>\.zst)?(?P<age>\.age)?$"
+)
 _VOLUME = re.compile(
     r"^volume_(?P<target>.+)_(?P<stamp>\d{8}_\d{6})\.tar\.(?P<ext>gz|zst)(?P<age>\.age)?$"
 )
-_GLOBALS = re.compile(r"^db_globals_(?P<stamp>\d{8}_\d{6})\.sql(?P<age>\.age)?$")
+_GLOBALS = re.compile(
+    r"^db_globals_(?:(?P<target>.+)_)?(?P<stamp>\d{8}_\d{6})\.sql(?P<age>\.age)?$"
+)
 _SAFETY = re.compile(
     r"^safety_volume_(?P<target>.+)_(?P<stamp>\d{8}_\d{6})\.tar\.(?P<ext>gz|zst)(?P<age>\.age)?$"
 )
@@ -96,7 +107,7 @@ class ArtifactName:
     name: str
     kind: Kind
     created: datetime
-    target: str | None  # volume name; database names are not part of the seed's file names
+    target: str | None  # volume name; database name only in the names of several databases
     zstd: bool
     encrypted: bool = False
 
@@ -105,18 +116,56 @@ def stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(STAMP_FORMAT)
 
 
-def database_artifact(moment: datetime, compression: str, encrypted: bool = False) -> str:
-    return f"db_backup_{stamp(moment)}{DB_EXTENSIONS[compression]}" + (
+def database_artifact(
+    moment: datetime, compression: str, encrypted: bool = False, database: str | None = None
+) -> str:
+    """A dump's name: the seed's ``db_backup_STAMP.sql`` for the one database of a repository,
+    ``db_backup_NAME_STAMP.sql`` with ``database`` (several databases are configured)."""
+    return f"db_backup_{_named(database)}{stamp(moment)}{DB_EXTENSIONS[compression]}" + (
         AGE_SUFFIX if encrypted else ""
     )
 
 
 def globals_artifact(dump: str) -> str:
-    """The globals artifact written beside database dump ``dump`` (same stamp)."""
+    """The globals artifact written beside database dump ``dump`` (same stamp and name)."""
     parsed = parse(dump)
     if parsed is None or parsed.kind != "database":
         raise ValueError(f"{dump} is not a database artifact name")
-    return f"db_globals_{stamp(parsed.created)}.sql" + (AGE_SUFFIX if parsed.encrypted else "")
+    return f"db_globals_{_named(parsed.target)}{stamp(parsed.created)}.sql" + (
+        AGE_SUFFIX if parsed.encrypted else ""
+    )
+
+
+def _named(database: str | None) -> str:
+    if database is None:
+        return ""
+    if problem := database_name_problem(database):
+        raise ValueError(f"database {database!r} cannot name a file: {problem}")
+    return f"{database}_"
+
+
+# Characters a database name may not bring into a file name. PostgreSQL takes almost anything
+# in a quoted name; a file name must not climb folders (/, \, ..), hide in a listing or a
+# terminal (control characters, line separators, bidi and other format characters such as
+# U+202E), or be empty. Everything else (spaces, quotes, *, non-ASCII letters) is kept as it is:
+# escaping would make a name that no longer reads as the database's.
+_REFUSED_CATEGORIES = {"Cc": "a control character", "Cf": "a format character (e.g. bidi)"}
+_REFUSED_CATEGORIES |= {"Zl": "a line separator", "Zp": "a paragraph separator"}
+
+
+def database_name_problem(database: str) -> str | None:
+    """Why ``database`` cannot be part of a file name, or ``None``."""
+    if not database:
+        return "it is empty"
+    if "/" in database or "\\" in database:
+        return "it holds a slash"
+    if ".." in database:
+        return "it holds '..'"
+    for char in database:
+        category = unicodedata.category(char)
+        if category in _REFUSED_CATEGORIES:
+            return f"it holds {_REFUSED_CATEGORIES[category]} (U+{ord(char):04X})"
+    return None
 
 
 def safety_artifact(volume_artifact: str) -> str:
@@ -128,7 +177,7 @@ def parse(name: str) -> ArtifactName | None:
     """Recognise an artifact name; ``None`` for anything that is not one (links, temp files...)."""
     if match := _GLOBALS.match(name):
         return ArtifactName(
-            name, "globals", _created(match["stamp"]), None, False, bool(match["age"])
+            name, "globals", _created(match["stamp"]), match["target"], False, bool(match["age"])
         )
     if match := _SAFETY.match(name):
         return ArtifactName(
@@ -144,7 +193,7 @@ def parse(name: str) -> ArtifactName | None:
             name,
             "database",
             _created(match["stamp"]),
-            None,
+            match["target"],
             zstd=bool(match["ext"]),
             encrypted=bool(match["age"]),
         )
@@ -184,9 +233,13 @@ def latest_links(artifact: ArtifactName) -> tuple[str, ...]:
     ``volume_NAME_latest.tar.gz``) always name the newest, whatever its format, so they never
     lag behind a zstd or encrypted backup; the name with the artifact's own suffixes
     (``db_backup_latest.sql.zst.age``...) is added, and exists only while the newest is in
-    that format, so a suffix never lies about the content."""
+    that format, so a suffix never lies about the content. A dump whose name carries its
+    database (several databases) takes that database's ``db_backup_NAME_latest.sql``."""
     seed: tuple[str, ...]
-    if artifact.kind == "database":
+    if artifact.kind == "database" and artifact.target is not None:
+        own = f"db_backup_{artifact.target}_latest.sql{'.zst' if artifact.zstd else ''}"
+        seed = (database_latest_link(artifact.target),)
+    elif artifact.kind == "database":
         own = f"db_backup_latest.sql{'.zst' if artifact.zstd else ''}"
         seed = DB_LATEST_LINKS
     elif artifact.kind == "volume":
@@ -198,18 +251,29 @@ def latest_links(artifact: ArtifactName) -> tuple[str, ...]:
     return seed if own in seed else (*seed, own)
 
 
+def database_latest_link(database: str) -> str:
+    """The fixed name of one database's newest backup, beside others in a repository."""
+    return f"db_backup_{database}_latest.sql"
+
+
 _LATEST_LINK = re.compile(
     r"^(?:(?P<db>db_backup_latest\.sql(?:\.zst)?(?:\.age)?|latest_db_backup\.sql)"
+    r"|db_backup_(?P<database>.+)_latest\.sql(?:\.zst)?(?:\.age)?"
     r"|volume_(?P<target>.+)_latest\.tar\.(?:gz|zst)(?:\.age)?)$"
 )
 
 
 def latest_link_of(name: str) -> tuple[Kind, str | None] | None:
-    """What a fixed ``latest`` name stands for: (kind, volume name), or ``None``."""
+    """What a fixed ``latest`` name stands for: (kind, volume or database name), or ``None``;
+    the seed's database names give no database (the one the configuration names)."""
     match = _LATEST_LINK.match(name)
     if match is None:
         return None
-    return ("database", None) if match["db"] else ("volume", match["target"])
+    if match["db"]:
+        return ("database", None)
+    if match["database"] is not None:
+        return ("database", match["database"])
+    return ("volume", match["target"])
 
 
 def _created(text: str) -> datetime:

@@ -21,6 +21,7 @@ from ..operations.volumes.folder import backup_tree
 from ..sources.docker.engine import connect_docker, select_volumes
 from ..storage import LocalStorage
 from .chunked import ChunkedBackups, chunked_set
+from .databases import backup_many, selected
 from .flags import config_option, shared_options
 from .locations import copy_after_backup
 from .physical import run_base_backup
@@ -174,10 +175,16 @@ def backup(
         done: list[Manifest] = []
         chunked = ChunkedBackups(rt, storage)
         if database if database is not None else not (volumes or paths):
-            if chunked.wants("database", rt.settings.database.name):
-                chunked.database()
-            else:
-                done.append(backup_database(rt.settings.pg_target(), storage, opts, rt.sink))
+            chosen = selected(rt)
+            files = [d for d in chosen.databases if not chunked.wants("database", d)]
+            for name in chosen.databases:
+                if name not in files:
+                    chunked.database(name)
+            if rt.settings.many_databases and (len(files) > 1 or chosen.refused):
+                done += backup_many(rt, storage, files, chosen.refused)
+            elif files:
+                target = rt.settings.pg_target(files[0])
+                done.append(backup_database(target, storage, opts, rt.sink))
         for folder in paths:
             if chunked.wants("volume", folder.resolve().name):
                 chunked.folder(folder.resolve())
@@ -250,9 +257,12 @@ def _backup_all(
     folders = {p.resolve().name: p.resolve() for p in paths}
     if chunked_set(rt, storage, with_database, client, names, folders, pinning):
         return
+    dbs = selected(rt) if with_database else None
     result = backup_set(
         storage,
-        database=settings.pg_target() if with_database else None,
+        database=None,
+        databases=[settings.pg_target(d) for d in dbs.databases] if dbs else [],
+        refused=dbs.refused if dbs else None,
         client=client,
         volumes=names,
         folders=folders,

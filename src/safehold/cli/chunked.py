@@ -58,9 +58,10 @@ class ChunkedBackups:
             self._store = open_for_backup(self._rt)
         return self._store
 
-    def database(self) -> None:
+    def database(self, name: str | None = None) -> None:
+        """A snapshot of database ``name`` (default: the configured one), ``database:NAME``."""
         rt = self._rt
-        self.done.append(snapshot_database(rt.settings.pg_target(), self.store, rt.sink))
+        self.done.append(snapshot_database(rt.settings.pg_target(name), self.store, rt.sink))
 
     def folder(self, root: Path) -> None:
         rt = self._rt
@@ -191,7 +192,7 @@ def chunked_set(
     settings = rt.settings
     members = [("volume", n) for n in [*volumes, *folders]]
     if with_database:
-        members.append(("database", settings.database.name))
+        members.append(("database", settings.database_name()))
     chunked = [is_chunked(settings, kind, name) for kind, name in members]  # type: ignore[arg-type]
     if not any(chunked):
         return False
@@ -202,6 +203,12 @@ def chunked_set(
             "rest chunked",
             hint='set backup.format = "chunked" for all of them, or list every set member in '
             "backup.chunked_targets (or none)",
+        )
+    if with_database and settings.many_databases and not settings.database_chosen:
+        raise UsageError(
+            "a chunked full-system set holds one database; database.names configures several",
+            hint="back the databases up with 'safehold backup' (one snapshot each) and the "
+            "volumes with 'backup --all --no-database', or use the files format for the set",
         )
     backups = ChunkedBackups(rt, storage)
     made = snapshot_set(

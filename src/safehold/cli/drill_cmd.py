@@ -17,6 +17,7 @@ from ..sources.postgres import PgTarget
 from ..storage import LocalStorage
 from .chunked import drill_snapshots, set_ref_of, with_exports
 from .flags import config_option, shared_options
+from .fleet_records import drills_shared
 from .locations import mirrored, read_source
 from .physical import COMMAND_HELP, run_pitr_drill
 from .runtime import Runtime, runtime
@@ -165,7 +166,7 @@ def drill_cmd(
         rehearsal_only=bool(project or post_cmds or health_timeout is not None),
     ).check()
     if full_system:
-        with runtime(ctx, as_json=as_json) as rt:
+        with runtime(ctx, as_json=as_json) as rt, drills_shared(rt):
             record = _full_system(rt, set_ref, sandbox)
             if as_json:
                 rt.emit_json(record.to_json())
@@ -173,7 +174,7 @@ def drill_cmd(
                 _show_full(record)
         return
     if pitr:
-        with runtime(ctx, as_json=as_json) as rt:
+        with runtime(ctx, as_json=as_json) as rt, drills_shared(rt):
             record = run_pitr_drill(rt, to_time, to_lsn, to_name, server_user, command)
             if as_json:
                 rt.emit_json(record.to_json())
@@ -186,7 +187,7 @@ def drill_cmd(
                 )
         return
     subject = name or (f"set:{set_ref}" if set_ref else "latest")
-    with runtime(ctx, as_json=as_json) as rt, contextlib.ExitStack() as stack:
+    with runtime(ctx, as_json=as_json) as rt, drills_shared(rt), contextlib.ExitStack() as stack:
         storage = LocalStorage(rt.settings.backup_dir)
         source = read_source(rt, storage, source)
         if source is not None:

@@ -8,7 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .. import catalog
+from .. import catalog, naming
+from ..model import BackupRecord
 from ..operations.checks.verify import VerifyResult, read_verify
 from ..operations.copy import holders
 from ..operations.pitr.base import BaseBackup
@@ -98,6 +99,7 @@ def show_backups(
             rows = [
                 {
                     **_with_check(r.to_json(), checks[r.name]),
+                    "target": _target(r, rt.settings.database_name()),
                     "locations": _places(r.name, held, source),
                 }
                 for r in reversed(records)
@@ -111,6 +113,17 @@ def show_backups(
                 backups_table(records, rt.out, storage.description, sets, checks, shown)
             if bases:
                 _bases_table(bases, rt.out, storage.description)
+
+
+def _target(record: BackupRecord, database: str) -> str | None:
+    """The manifest's target; a dump without one: the database its name carries, else the
+    configured one (the seed's names carry none)."""
+    if record.manifest is not None:
+        return record.manifest.target
+    parsed = naming.parse(record.name)
+    if parsed is not None and record.kind in ("database", "globals"):
+        return parsed.target or database
+    return parsed.target if parsed is not None else None
 
 
 def _with_check(record: dict[str, object], check: VerifyResult | None) -> dict[str, object]:

@@ -108,6 +108,7 @@ def copy_to(
 ) -> list[CopyResult]:
     """Copy ``names`` to each target under that location's bucket lock (hosts sharing a
     bucket each use their own prefix, and one writer per prefix at a time)."""
+    from ..operations.report.fleet import write_objectives
     from ..storage.s3 import S3Storage
     from ..storage.s3_lock import S3Lock
 
@@ -118,6 +119,8 @@ def copy_to(
         lock = S3Lock(target.storage, purpose="safehold copy")
         with lock.hold(timeout=rt.settings.lock_timeout):
             done.append(copy_backups(storage, target, names, rt.sink))
+            # For fleet readers (status --fleet): this host's RPO/RTO beside its backups.
+            write_objectives(target.storage, rt.settings.objectives_s())
     return done
 
 

@@ -29,18 +29,21 @@ import click
 from .. import _proc
 from .._version import __version__
 from ..errors import SafeholdError
+from .examples import attach as attach_examples
 
 # Command name -> module:attribute, imported only when that command runs: PostgreSQL's
 # archive_command starts `safehold wal-push` once per WAL segment, so start-up time counts.
 COMMANDS = {
     "backup": "backup_cmd:backup",
     "cat": "cat_cmd:cat_cmd",
+    "completion": "completion_cmd:completion_cmd",
     "config": "config_cmd:config_cmd",
     "copy": "copy_cmd:copy_cmd",
     "daemon": "daemon_cmd:daemon_cmd",
     "demo": "demo_cmd:demo",
     "doctor": "doctor_cmd:doctor",
     "drill": "drill_cmd:drill_cmd",
+    "init": "init_cmd:init_cmd",
     "keygen": "keygen_cmd:keygen_cmd",
     "list": "list_cmd:list_cmd",
     "pin": "pin_cmd:pin_cmd",
@@ -69,6 +72,7 @@ class LazyGroup(click.Group):
         module, attr = target.split(":")
         command = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
         assert isinstance(command, click.Command)
+        attach_examples(command, cmd_name)
         return command
 
 

@@ -74,6 +74,7 @@ def prune_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
                 dry_run=dry_run,
                 sink=rt.sink,
                 lock_timeout=rt.settings.lock_timeout,
+                primary=rt.settings.seed_database(),
             )
         ]
         # Every other location by the same policy, under its bucket lock.

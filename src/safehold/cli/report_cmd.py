@@ -18,6 +18,7 @@ from .runtime import runtime
 @click.command("report")
 @click.option(
     "--html",
+    "-o",
     "html_path",
     type=click.Path(path_type=Path, dir_okay=False),
     help="write the report page here (one self-contained HTML file)",
@@ -29,10 +30,23 @@ from .runtime import runtime
     show_default=True,
     help="how far back the charts and tables go (0: the whole history)",
 )
+@click.option(
+    "--fleet",
+    is_flag=True,
+    help="one page for every host prefix in the location's bucket, a section per host",
+)
+@click.option("--location", metavar="NAME", help="--fleet: the location whose bucket to read")
 @click.option("--json", "as_json", is_flag=True, help="print the gathered data as JSON")
 @shared_options
 @click.pass_context
-def report_cmd(ctx: click.Context, html_path: Path | None, days: int, as_json: bool) -> None:
+def report_cmd(
+    ctx: click.Context,
+    html_path: Path | None,
+    days: int,
+    fleet: bool,
+    location: str | None,
+    as_json: bool,
+) -> None:
     """One page about the backups, to look at rather than read.
 
     Backup sizes and durations over time per target, the RPO compliance timeline (periods when
@@ -40,8 +54,17 @@ def report_cmd(ctx: click.Context, html_path: Path | None, days: int, as_json: b
     lines, the latest failures and the newest backups, under the current status. Charts are
     inline SVG: the page needs no network, script or font. With --json the same data is printed
     (also when --html writes the page).
+
+    --fleet: every host of the location's bucket on one page (docs/guide/fleet.md).
     """
     ReportRequest(html_path, days, as_json).check()
+    if fleet or location:
+        from .fleet import FleetRequest, report_fleet
+
+        FleetRequest(fleet, location, False).check()
+        with runtime(ctx, as_json=as_json) as rt:
+            report_fleet(rt, location, html_path, as_json)
+        return
     with runtime(ctx, as_json=as_json) as rt:
         settings = rt.settings
         storage = LocalStorage(settings.backup_dir)
@@ -49,7 +72,7 @@ def report_cmd(ctx: click.Context, html_path: Path | None, days: int, as_json: b
             storage,
             now=datetime.now(UTC),
             objectives=settings.objectives_s(),
-            database=settings.database.name,
+            database=settings.required_databases(),
             volumes=settings.volumes.names(),
             days=days,
             snapshots=chunked_records(rt),

@@ -41,7 +41,7 @@ class VerifyRequest:
 
     def check(self) -> None:
         if self.name and self.every:
-            raise UsageError("give a backup NAME or --all, not both")
+            raise UsageError("give a backup NAME or --all-backups, not both")
 
     @property
     def newest(self) -> bool:

@@ -125,6 +125,7 @@ def _restore_set(
         post_restore_cmds=settings.restore.post_restore_cmds,
         health_url=health_url,
         from_step=request.from_step,
+        per_member=settings.many_databases or len(backup_set.databases) > 1,
     )
     if request.dry_run:
         if rt.as_json:

@@ -8,6 +8,7 @@ from ..errors import RestoreError
 from ..operations.database.restore import RestoreResult, restore_database
 from ..storage import LocalStorage
 from .chunked import pending_snapshot, snapshot_ref
+from .databases import restore_target
 from .flags import config_option, shared_options
 from .list_cmd import show_backups
 from .locations import local_ref, read_source
@@ -131,7 +132,7 @@ from .runtime import Runtime, runtime
     "--pitr",
     is_flag=True,
     help="point-in-time recovery from a base backup and archived WAL (with --to-time, "
-    "--to-lsn, --to-name or --latest, and --target-dir)",
+    "--to-lsn, --to-name or --to-end, and --target-dir)",
 )
 @pitr_options
 @click.option("--dry-run", is_flag=True, help="print the plan and change nothing")
@@ -181,7 +182,7 @@ def restore(
     recovery-time objectives. A failed step stops the run and prints the command to continue.
 
     --pitr restores a physical base backup and replays archived WAL up to --to-time, --to-lsn,
-    --to-name or --latest into --target-dir (a new folder, or with --force the stopped
+    --to-name or --to-end into --target-dir (a new folder, or with --force the stopped
     cluster's own folder, moved aside first), then reports the exact point reached.
     """
     if list_only:
@@ -228,7 +229,7 @@ def restore(
         if dry_run:  # a snapshot is exported by the real run only: say so, write nothing
             database_ref, volumes = _snapshots_planned(rt, storage, database_ref, volumes)
         if database_ref is not None:
-            target = rt.settings.pg_target()
+            target = rt.settings.pg_target(restore_target(rt, storage, database_ref))
             database_ref = snapshot_ref(rt, storage, database_ref, "database", target.dbname)
             database_ref = local_ref(rt, storage, database_ref, "database", target.dbname, source)
             db_result = restore_database(
@@ -272,7 +273,7 @@ def _snapshots_planned(
     """A dry run's plan lines for the targets whose backup is a snapshot; the other targets."""
     planned: list[tuple[str, str]] = []
     if database_ref is not None:
-        name = rt.settings.database.name
+        name = rt.settings.database_name()
         snap = pending_snapshot(rt, storage, database_ref, "database", name)
         if snap is not None:
             planned.append((f"database {name}", snap))

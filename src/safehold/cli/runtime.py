@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -26,6 +25,7 @@ from ..operations import runs
 from ..sinks import LogSink, ProgressSink, fan_out, heartbeat
 from ..sinks.alerts import Alert, RecentLines, send_alert
 from ..storage import LocalStorage
+from . import json_output
 
 # A failure of these commands is sent to the alert targets (an interrupt is not a failure);
 # `status` reports an RPO breach itself through Runtime.alert.
@@ -51,7 +51,7 @@ class Runtime:
         self.sink(Event("warning", message, "warning"))
 
     def emit_json(self, data: Any) -> None:
-        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+        click.echo(json_output.dumps(data))
 
     file_log: LogSink | None = None
     recent: RecentLines | None = None  # the last log lines, for an alert's excerpt

@@ -5,14 +5,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-from prometheus_client import Gauge, write_to_textfile
 from rich.console import Console
 from rich.table import Table
 
 from ..config import Settings
 from ..operations.copy import holders
 from ..operations.pitr.status import LEVELS, Archiver, WalStatus, read_archiver, read_wal_status
-from ..operations.report.metrics import registry_for
+from ..operations.report.metrics import write_metrics
 from ..operations.report.rehearsal import RehearsalStatus
 from ..operations.report.runs import RunsStatus, read_runs_status
 from ..operations.report.status import StatusReport, read_status
@@ -32,10 +31,23 @@ STYLE = {"ok": "green", "warning": "yellow", "critical": "red"}
     type=click.Path(path_type=Path, dir_okay=False),
     help="also write Prometheus text format here (node_exporter textfile collector)",
 )
+@click.option(
+    "--fleet",
+    is_flag=True,
+    help="every host prefix beside this host's in the location's bucket, read-only: one table, "
+    "exit code of the worst host",
+)
+@click.option("--location", metavar="NAME", help="--fleet: the location whose bucket to read")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @shared_options
 @click.pass_context
-def status_cmd(ctx: click.Context, metrics_file: Path | None, as_json: bool) -> None:
+def status_cmd(
+    ctx: click.Context,
+    metrics_file: Path | None,
+    fleet: bool,
+    location: str | None,
+    as_json: bool,
+) -> None:
     """Backups against the recovery objectives, like a monitoring plugin.
 
     For the database and each volume: the newest good backup and its age (against the RPO),
@@ -47,7 +59,17 @@ def status_cmd(ctx: click.Context, metrics_file: Path | None, as_json: bool) -> 
 
     Exit code 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (status itself failed: config error,
     unreadable repository; with --json, an object with level "unknown").
+
+    --fleet: every host of the bucket (docs/guide/fleet.md), each judged like this, read
+    without lock or write; a host that cannot be read is UNKNOWN.
     """
+    if fleet or location:
+        from .fleet import FleetRequest, status_fleet
+
+        FleetRequest(fleet, location, metrics_file is not None).check()
+        with runtime(ctx, as_json=as_json) as rt:
+            code = status_fleet(rt, location, as_json)
+        ctx.exit(code)
     with runtime(ctx, as_json=as_json) as rt:
         settings = rt.settings
         storage = LocalStorage(settings.backup_dir)
@@ -57,7 +79,7 @@ def status_cmd(ctx: click.Context, metrics_file: Path | None, as_json: bool) -> 
             storage,
             now=now,
             objectives=settings.objectives_s(),
-            database=settings.database.name,
+            database=settings.required_databases(),
             volumes=settings.volumes.names(),
             copies=holders(targets) if targets else None,
             expected=tuple(t.name for t in automatic(targets)),
@@ -68,7 +90,7 @@ def status_cmd(ctx: click.Context, metrics_file: Path | None, as_json: bool) -> 
         ran = read_runs_status(storage, now)
         level = LEVELS[max(LEVELS.index(report.level), LEVELS.index(ran.level) if ran else 0)]
         if metrics_file is not None:
-            _write_metrics(report, ran, metrics_file)
+            write_metrics(report, metrics_file, ran)
         breached = [t for t in report.targets if t.breached]  # each against its own RPO
         problems = [f"{t.kind} {t.target}: {', '.join(t.reasons)}" for t in breached]
         pitr = report.wal
@@ -108,15 +130,6 @@ def _with_archiver(
     stall_s = settings.objectives.wal_stall_minutes * 60
     wal = read_wal_status(storage, now, stall_s, archiver, notes)
     return dataclasses.replace(report, wal=wal)
-
-
-def _write_metrics(report: StatusReport, ran: RunsStatus | None, path: Path) -> None:
-    registry = registry_for(report)
-    if ran is not None:
-        runs = Gauge("safehold_runs_status", "0 ok, 1 a command's last run failed", [],
-                     registry=registry)  # fmt: skip
-        runs.set(LEVELS.index(ran.level))
-    write_to_textfile(str(path), registry)
 
 
 def _show(report: StatusReport, level: str, console: Console) -> None:

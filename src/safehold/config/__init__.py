@@ -86,15 +86,33 @@ def load(
     for name, value in _from_env(environ).items():
         values[name] = value
         typed.add(name)
+    configured_name = values.get("database.name")  # DB_NAME / name, not --db-name
     for name, value in (flags or {}).items():
         if value is not None:
             values[name] = value
             typed.add(name)
     locations = values.pop("@locations", ((), ""))[0]
     settings = _build(values, str(path.absolute()) if path and path.exists() else "defaults")
+    settings = _one_or_many(settings, configured_name, (flags or {}).get("database.name"))
     if absolute or app_dir is not None:
         settings, locations = _absolute(settings, locations, app_dir or Path.cwd(), typed)
     return dataclasses.replace(settings, password=_password(settings, environ), locations=locations)
+
+
+def _one_or_many(settings: Settings, configured: Any, flag: Any) -> Settings:
+    """``database.name`` (DB_NAME) is the single database; ``database.names`` several. Both
+    configured is ambiguous; with ``names``, --db-name picks the one a run works on."""
+    if not settings.database.names:
+        return settings
+    if configured is not None:
+        origin = configured[1] if isinstance(configured, tuple) else "database.name"
+        raise ConfigError(
+            f"both database.name ({origin}) and database.names are set",
+            hint="keep one: database.names lists every database (put the name there too), "
+            "or unset database.names for a single database; --db-name picks one of several "
+            "for a run",
+        )
+    return dataclasses.replace(settings, database_chosen=flag or None)
 
 
 def all_keys() -> dict[str, dataclasses.Field[Any]]:

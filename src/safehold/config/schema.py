@@ -13,6 +13,7 @@ from ..crypto import DecryptionKey, EncryptionKey, load_decryption_key, load_enc
 from ..model import Objectives
 from ..naming import Compression, VolumeAccess, volume_compression
 from ..sources.postgres import PgTarget
+from .databases import NAMES_DOC, DatabaseChoice, database_names_check
 
 if TYPE_CHECKING:  # the docker SDK and psycopg are slow to import; wal-push needs neither
     from ..operations.database.backup import BackupOptions
@@ -52,6 +53,10 @@ class DatabaseSettings:
     host: str = field(default="localhost", metadata=_key("DB_HOST", doc="server host"))
     port: int = field(default=5432, metadata=_key("DB_PORT", doc="server port", check=_port))
     name: str = field(default="container_app", metadata=_key("DB_NAME", doc="database"))
+    names: tuple[str, ...] = field(
+        default=(),
+        metadata=_key("SAFEHOLD_DB_NAMES", doc=NAMES_DOC, check=database_names_check),
+    )
     user: str = field(default="postgres", metadata=_key("DB_USER", doc="login role"))
     password_file: Path | None = field(
         default=None, metadata=_key("DB_PASSWORD_FILE", doc="file holding the password")
@@ -245,7 +250,7 @@ class ObjectiveSettings:
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(DatabaseChoice):
     backup_dir: Path = field(default=Path("./backups"), metadata=_key("BACKUP_DIR"))
     log_file: Path | None = field(default=None, metadata=_key("LOG_FILE"))
     lock_timeout: float = field(default=300.0, metadata=_key(doc="seconds to wait for the lock"))
@@ -262,13 +267,14 @@ class Settings:
     locations: tuple[LocationSettings, ...] = ()
     source: str = "defaults"  # where the file part came from, for messages
     password: str | None = field(default=None, repr=False)
+    database_chosen: str | None = None  # --db-name with [database] names: this run's one
 
-    def pg_target(self) -> PgTarget:
+    def pg_target(self, dbname: str | None = None) -> PgTarget:
         db = self.database
         return PgTarget(
             host=db.host,
             port=db.port,
-            dbname=db.name,
+            dbname=dbname or self.database_name(),
             user=db.user,
             password=self.password,
             bin_dir=db.pg_bin_dir,
@@ -286,6 +292,7 @@ class Settings:
             b.zstd_threads,
             self.lock_timeout,
             encryption=self.encryption_key(),
+            named=self.many_databases,
         )
 
     def encryption_key(self) -> EncryptionKey | None:
@@ -387,4 +394,4 @@ SECTIONS: dict[str, type] = {
     "schedule": ScheduleSettings,
     "encryption": EncryptionSettings,
 }
-_INTERNAL = {*SECTIONS, "locations", "source", "password"}
+_INTERNAL = {*SECTIONS, "locations", "source", "password", "database_chosen"}

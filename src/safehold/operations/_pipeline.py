@@ -272,10 +272,17 @@ def fresh_name(
 
 
 def commit(
-    storage: LocalStorage, manifest: Manifest, sink: EventSink, detail: str, *, links: bool = True
+    storage: LocalStorage,
+    manifest: Manifest,
+    sink: EventSink,
+    detail: str,
+    *,
+    links: bool = True,
+    primary: str | None = None,
 ) -> None:
     """After the artifact is durable: its manifest (the commit point), then the latest links
-    (a set updates them once, at its end), then the news (``detail``: what the backup holds)."""
+    (a set updates them once, at its end; ``primary``: the database the seed's names follow),
+    then the news (``detail``: what the backup holds)."""
     try:
         catalog.write_manifest(storage, manifest)
     except StorageError:
@@ -284,7 +291,7 @@ def commit(
             storage.delete(manifest.artifact)
         raise
     if links:
-        catalog.update_latest_links(storage, catalog.scan(storage))
+        catalog.update_latest_links(storage, catalog.scan(storage), primary)
     name, size, took = manifest.artifact, manifest.size, manifest.duration_s
     sink(
         Event(

@@ -113,23 +113,31 @@ def prune(
     dry_run: bool = False,
     sink: EventSink = null_sink,
     lock_timeout: float = 300.0,
+    primary: str | None = None,
 ) -> PruneResult:
-    """Apply ``policy`` to the location ``storage``; ``dry_run`` decides and changes nothing."""
+    """Apply ``policy`` to the location ``storage``; ``dry_run`` decides and changes nothing;
+    ``primary``: the database the seed's ``latest`` names follow (``catalog.latest_link_plan``)."""
     policy.check()  # before the lock: a bad policy is a usage error, not a wait
     _require_repository(storage)
     moment = now or datetime.now(UTC)
     if dry_run:
         purpose = "safehold prune --dry-run"
         with repository_lock(storage.root, exclusive=False, timeout=lock_timeout, purpose=purpose):
-            return prune_location(storage, policy, moment, dry_run=True, sink=sink)
+            return prune_location(storage, policy, moment, dry_run=True, sink=sink, primary=primary)
     with repository_session(
         storage, lock_timeout=lock_timeout, purpose="safehold prune", sink=sink
     ):
-        return prune_location(storage, policy, moment, dry_run=False, sink=sink)
+        return prune_location(storage, policy, moment, dry_run=False, sink=sink, primary=primary)
 
 
 def prune_location(
-    storage: Storage, policy: Policy, now: datetime, *, dry_run: bool, sink: EventSink
+    storage: Storage,
+    policy: Policy,
+    now: datetime,
+    *,
+    dry_run: bool,
+    sink: EventSink,
+    primary: str | None = None,
 ) -> PruneResult:
     """The work of ``prune`` on any ``Storage``; the caller holds the location's lock."""
     records = catalog.scan(storage)
@@ -149,11 +157,12 @@ def prune_location(
     kept = [r for r in records if r.name not in gone]
     freed = sum(by_name[name].size or 0 for name in gone) + sum(orphaned.values())
     sets_gone = _sets_gone(storage, {r.name for r in kept}, sink)
-    links = catalog.stale_latest_links(storage, catalog.latest_link_plan(kept))
+    primary = primary or catalog.seed_link_database(storage, records)
+    links = catalog.stale_latest_links(storage, catalog.latest_link_plan(kept, primary))
     pitr = prune_pitr.plan(storage, policy, now, dry_run=dry_run, sink=sink)
     if not dry_run:
         # Links first: they never point at a removed backup, not even for a moment.
-        catalog.update_latest_links(storage, kept)
+        catalog.update_latest_links(storage, kept, primary)
         for decision in doomed:
             ended = decision.candidate.pinned_until is not None
             _remove(storage, by_name[decision.candidate.name], decision.reasons[0], sink, ended)

@@ -59,7 +59,7 @@ class StatusCollector:
                 LocalStorage(s.backup_dir),
                 now=datetime.now(UTC),
                 objectives=s.objectives_s(),
-                database=s.database.name,
+                database=s.required_databases(),
                 volumes=s.volumes.names(),
                 wal_stall_s=s.objectives.wal_stall_minutes * 60,
             )

@@ -29,7 +29,7 @@ from ...errors import IntegrityError, SafeholdError, UsageError
 from ...model import Event, EventSink, Manifest, null_sink, parse_time
 from ...sources import pg_admin
 from ...sources.postgres import PgTarget
-from ...storage import LocalStorage
+from ...storage import LocalStorage, Storage
 from ..database.restore import RestoreOptions, restore_database
 from ..volumes.folder import restore_tree
 
@@ -108,7 +108,7 @@ def write_drill(storage: LocalStorage, record: DrillRecord) -> None:
     storage.put_bytes(f"{DRILLS_DIR}/{record.id}.json", body)
 
 
-def read_drills(storage: LocalStorage) -> list[DrillRecord]:
+def read_drills(storage: Storage) -> list[DrillRecord]:
     """Every recorded drill, oldest first (unreadable records are skipped: they prove nothing)."""
     found = []
     for key in storage.list(DRILLS_DIR):

@@ -44,6 +44,14 @@ class BackupOptions:
     zstd_threads: int = 0  # 0: one per core
     lock_timeout: float = 300.0
     encryption: EncryptionKey | None = None  # age; None: stored in the clear
+    # Several databases share the repository: file names carry the database's name
+    # (db_backup_NAME_STAMP.sql) and each has its own latest link; else the seed's names.
+    named: bool = False
+
+    def artifact(self, moment: datetime, database: str, encrypted: bool) -> str:
+        """The dump's name for ``database`` at ``moment``."""
+        named = database if self.named else None
+        return naming.database_artifact(moment, self.compression, encrypted, named)
 
 
 def backup_database(
@@ -65,14 +73,13 @@ def backup_database(
         opts = replace(opts, encryption=bind_key(storage, opts.encryption))
         encrypted = opts.encryption is not None
         started, name = fresh_name(
-            storage,
-            lambda moment: _with_globals(
-                naming.database_artifact(moment, opts.compression, encrypted)
-            ),
+            storage, lambda moment: _with_globals(opts.artifact(moment, target.dbname, encrypted))
         )
         sink(Event("backup", f"backing up database {target.where()} to {storage.path(name)}"))
         manifest = dump_database(target, storage, name, started, opts, sink)
-        commit(storage, manifest, sink, f"{len(manifest.tables)} tables, ")
+        # The seed's latest names follow the database this run backs up under them.
+        primary = None if opts.named else target.dbname
+        commit(storage, manifest, sink, f"{len(manifest.tables)} tables, ", primary=primary)
     return manifest
 
 

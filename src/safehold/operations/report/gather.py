@@ -178,7 +178,7 @@ def gather_report(
     *,
     now: datetime,
     objectives: Objectives,
-    database: str | None,
+    database: str | tuple[str, ...] | None,
     volumes: tuple[str, ...] = (),
     days: int = DEFAULT_DAYS,
     snapshots: Sequence[BackupRecord] = (),

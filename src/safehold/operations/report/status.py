@@ -25,7 +25,7 @@ from typing import Any
 
 from ... import catalog
 from ...model import BACKUP_KINDS, BackupRecord, Kind, Objectives
-from ...storage import LocalStorage
+from ...storage import LocalStorage, Storage
 from ..checks.drill import DrillRecord, read_drills
 from ..checks.verify import VerifyResult, read_verify
 from ..pitr.status import DEFAULT_WAL_STALL_S, LEVELS, Level, WalStatus, read_wal_status
@@ -121,11 +121,11 @@ class StatusReport:
 
 
 def read_status(
-    storage: LocalStorage,
+    storage: Storage,
     *,
     now: datetime,
     objectives: Objectives,
-    database: str | None,
+    database: str | tuple[str, ...] | None,
     volumes: tuple[str, ...] = (),
     copies: dict[str, list[str]] | None = None,
     expected: tuple[str, ...] = (),
@@ -135,12 +135,14 @@ def read_status(
     """``database`` and ``volumes`` are the targets that must have backups (configured); every
     target with backups in the repository is reported too; ``wal_stall_s``: the PITR line's
     ``objectives.wal_stall_minutes``; ``snapshots``: the chunk store's snapshots as records
-    (``format = "chunked"``), judged with the files."""
+    (``format = "chunked"``), judged with the files. A repository read elsewhere (a location,
+    ``status --fleet``) gets no PITR line: its own host judges its archive."""
     records = sorted([*catalog.scan(storage), *snapshots], key=lambda r: r.created)
     drills = read_drills(storage)
     wanted: dict[tuple[Kind, str], None] = {}
-    if database:
-        wanted[("database", database)] = None
+    # Several databases ([database] names): each its own target, with its own RPO.
+    for name in (database,) if isinstance(database, str) else database or ():
+        wanted[("database", name)] = None
     for volume in volumes:
         wanted[("volume", volume)] = None
     for record in records:
@@ -151,7 +153,9 @@ def read_status(
         _judge(storage, kind, target, records, drills, now, objectives, copies or {}, expected)
         for kind, target in wanted
     ]
-    pitr = read_wal_status(storage, now, wal_stall_s)
+    pitr = None
+    if isinstance(storage, LocalStorage):
+        pitr = read_wal_status(storage, now, wal_stall_s)
     notes = []
     if not targets and pitr is None:
         notes.append("nothing configured and no backups: run 'safehold backup'")
@@ -160,7 +164,7 @@ def read_status(
 
 
 def _judge(
-    storage: LocalStorage,
+    storage: Storage,
     kind: Kind,
     target: str,
     records: list[BackupRecord],

@@ -1,4 +1,7 @@
-"""Full-system backup: the database and a selection of volumes as one set with one id.
+"""Full-system backup: the database(s) and a selection of volumes as one set with one id.
+
+Several databases (``[database] names``) are members like volumes: one dump each, in one run
+under one lock, even without volumes (``scope="databases"``: the set of a plain ``backup``).
 
 One repository session covers the whole set (the lock is taken once, not per member), all
 members share the set's timestamp, and a bounded pool writes them at once: per-user volumes are
@@ -11,7 +14,7 @@ member leaves the others as ordinary good backups, listed with their set id as i
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -61,16 +64,22 @@ def backup_set(
     options: SetOptions,
     folders: dict[str, Path] | None = None,
     sink: EventSink = null_sink,
+    databases: Sequence[PgTarget] = (),
+    refused: Mapping[str, str] | None = None,
+    scope: str = "full",
 ) -> BackupSet:
-    """Back up ``database`` (if given), Docker ``volumes`` and plain ``folders`` (target name
-    -> folder, e.g. bind mounts) as one set; return its record."""
+    """Back up ``database`` and ``databases`` (if given), Docker ``volumes`` and plain
+    ``folders`` (target name -> folder, e.g. bind mounts) as one set; return its record.
+    ``refused``: databases that were to be members but cannot be (name -> why), failing the
+    set after the others are written; ``scope``: see ``BackupSet.scope``."""
     folders = dict(folders or {})
-    if database is None and not volumes and not folders:
+    dbs = sorted([*([database] if database else []), *databases], key=lambda t: t.dbname)
+    if not dbs and not volumes and not folders and not refused:
         raise UsageError(
             "the full-system backup has nothing to back up",
             hint="configure [volumes] include / labels, or pass --volume NAME|PATTERN",
         )
-    if not volumes and not folders:
+    if not volumes and not folders and scope == "full":
         # Allowed (the database alone is a valid set), but a weekly full-system job that
         # silently takes no volumes leaves them without any backup.
         sink(Event("backup", NO_VOLUMES, "warning"))
@@ -78,6 +87,12 @@ def backup_set(
         raise UsageError(f"unknown compression {options.volumes.compression!r} for a volume")
     if options.concurrency < 1:
         raise UsageError("backup.concurrency must be at least 1")
+    if len({t.dbname for t in dbs}) != len(dbs) or (len(dbs) > 1 and not options.database.named):
+        # The seed's names carry no database: two dumps would share one file name.
+        raise UsageError(
+            "several databases in one set need distinct names and named files",
+            hint="pass each database once, with BackupOptions(named=True)",
+        )
     for target in folders:
         check_target_name(target)
     clash = sorted(set(folders) & set(volumes))
@@ -89,7 +104,6 @@ def backup_set(
         for name in volumes:
             roots[name] = volume_source(client, name, options.volumes.access)
     targets = sorted(roots)
-    db_format = options.database.compression
     with repository_session(
         storage,
         lock_timeout=options.database.lock_timeout,
@@ -100,9 +114,13 @@ def backup_set(
         db_options = replace(options.database, encryption=key)
         encrypted = key is not None
 
+        def dump_name(moment: datetime, target: PgTarget) -> str:
+            return db_options.artifact(moment, target.dbname, encrypted)
+
         def names_at(moment: datetime) -> list[str]:
-            dump = naming.database_artifact(moment, db_format, encrypted)
-            names = [dump, naming.globals_artifact(dump)] if database else []
+            dumps = [dump_name(moment, db) for db in dbs]
+            names = [n for dump in dumps for n in (dump, naming.globals_artifact(dump))]
+            names.append(naming.set_key(naming.stamp(moment)))
             return names + [
                 volume_artifact(v, moment, c, encrypted)
                 for v in targets
@@ -111,9 +129,12 @@ def backup_set(
 
         started, _ = fresh_name(storage, names_at)
         set_id = naming.stamp(started)
-        what = (["the database"] if database else []) + [f"{len(targets)} volume(s)/folder(s)"]
-        sink(Event("backup", f"full-system backup {set_id}: {' and '.join(what)}"))
-        members = _Members(storage, sink, len(targets) + bool(database))
+        what = [f"{len(dbs)} databases" if len(dbs) > 1 else "the database"] if dbs else []
+        what += [f"{len(targets)} volume(s)/folder(s)"] if targets or scope == "full" else []
+        sink(Event("backup", f"{_title(scope)} {set_id}: {' and '.join(what)}"))
+        members = _Members(storage, sink, len(targets) + len(dbs) + len(refused or {}))
+        for name, problem in sorted((refused or {}).items()):
+            members.fail(f"database {name!r}", f"not backed up: {problem}")
 
         def copy(volume: str) -> Callable[[], Manifest]:
             name = volume_artifact(volume, started, options.volumes.compression, encrypted)
@@ -140,14 +161,18 @@ def backup_set(
         try:
             with ThreadPoolExecutor(options.concurrency, thread_name_prefix="safehold") as pool:
                 jobs: list[Future[None]] = []
-                if database is not None:
-                    db_name = naming.database_artifact(started, db_format, encrypted)
+                for db in dbs:
                     jobs.append(
                         pool.submit(
                             members.run,
-                            "database",
-                            lambda: dump_database(
-                                database, storage, db_name, _now(), db_options, sink, set_id
+                            f"database {db.dbname}" if len(dbs) > 1 else "database",
+                            _dump_job(
+                                db,
+                                storage,
+                                dump_name(started, db),
+                                db_options,
+                                sink,
+                                set_id,
                             ),
                         )
                     )
@@ -171,11 +196,12 @@ def backup_set(
                 wait(jobs)
         finally:
             # Members committed so far are good backups: the links must know them.
-            catalog.update_latest_links(storage, catalog.scan(storage))
+            primary = dbs[0].dbname if len(dbs) == 1 and not db_options.named else None
+            catalog.update_latest_links(storage, catalog.scan(storage), primary)
         if members.failed:
             done = len(members.manifests)
             raise SafeholdError(
-                f"full-system backup {set_id} is incomplete: {len(members.failed)} of "
+                f"{_title(scope)} {set_id} is incomplete: {len(members.failed)} of "
                 f"{members.total} members failed: {'; '.join(members.failed)}",
                 hint=f"the {done} members that succeeded are kept as single backups (listed "
                 "with the set id as incomplete); fix the cause and run the backup again",
@@ -190,17 +216,19 @@ def backup_set(
                 for m in sorted(members.manifests, key=_member_order)
                 for name in (m.artifact, *catalog.companions(m))
             ),
-            database=database.dbname if database else None,
+            database=dbs[0].dbname if dbs else None,
             volumes=tuple(targets),
             tool_version=__version__,
             folders=tuple(sorted(folders)),
+            databases=tuple(t.dbname for t in dbs),
+            scope=scope,
         )
         catalog.write_set(storage, record)
     size = sum(m.size for m in members.manifests)
     sink(
         Event(
             "backup",
-            f"full-system backup {set_id} done: {members.total} members, {size} bytes in "
+            f"{_title(scope)} {set_id} done: {members.total} members, {size} bytes in "
             f"{record.duration_s:.1f}s",
             data={"set_id": set_id, "members": members.total, "size": size},
         )
@@ -210,6 +238,24 @@ def backup_set(
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _title(scope: str) -> str:
+    return "full-system backup" if scope == "full" else "backup of the databases"
+
+
+def _dump_job(
+    target: PgTarget,
+    storage: LocalStorage,
+    name: str,
+    options: BackupOptions,
+    sink: EventSink,
+    set_id: str,
+) -> Callable[[], Manifest]:
+    def job() -> Manifest:  # started now: time spent queued is not its duration
+        return dump_database(target, storage, name, _now(), options, sink, set_id)
+
+    return job
 
 
 def _member_order(manifest: Manifest) -> tuple[int, str]:
@@ -239,14 +285,14 @@ class _Members:
             manifest = job()
             commit(self._storage, manifest, self._sink, _detail(manifest), links=False)
         except SafeholdError as exc:
-            self._fail(what, exc.message)
+            self.fail(what, exc.message)
         except Exception as exc:  # one member's bug must not hide the others' results
-            self._fail(what, f"{type(exc).__name__}: {exc}")
+            self.fail(what, f"{type(exc).__name__}: {exc}")
         else:
             with self._guard:
                 self.manifests.append(manifest)
 
-    def _fail(self, what: str, message: str) -> None:
+    def fail(self, what: str, message: str) -> None:
         self._sink(Event("backup", f"{what} failed: {message}", "error"))
         with self._guard:
             self.failed.append(f"{what}: {message}")

@@ -50,6 +50,17 @@ class SystemPlan:
     steps: list[Step]
     containers: list[Container] = field(default_factory=list)
     from_step: int = 1
+    # Each database member goes into the database its manifest names (several databases);
+    # else the set's one dump goes into the configured database.
+    per_member: bool = False
+
+    def database_of(self, step: Step, configured: str) -> str:
+        """The live database a roles/database/connect step works on."""
+        if not self.per_member:
+            return configured
+        if step.kind == "connect":
+            return step.target
+        return step.member.target if step.member is not None else configured
 
     def skipped(self, step: Step) -> bool:
         return step.kind in RESUMABLE and step.number < self.from_step
@@ -85,7 +96,8 @@ def choose_set(
                 hint="pick another set ('safehold list --sets'); nothing was changed",
             )
         return chosen, f"set {ref} as asked"
-    good = [s for s in sets if catalog.set_status(s, by_name) == "ok"]
+    # The sets of plain backups of several databases hold no volumes: not a whole system.
+    good = [s for s in sets if s.scope == "full" and catalog.set_status(s, by_name) == "ok"]
     if point_in_time is not None:
         good = [s for s in good if s.started_at <= point_in_time]
     if not good:
@@ -145,8 +157,11 @@ def plan_system_restore(
     post_restore_cmds: tuple[str, ...],
     health_url: str | None,
     from_step: int = 1,
+    per_member: bool = False,
 ) -> SystemPlan:
-    """``database``: the live database the set's dump replaces (None when it has none)."""
+    """``database``: the live database the set's dump replaces (None when it has none);
+    ``per_member``: each dump replaces the database its manifest names (``[database] names``,
+    or a set of several databases)."""
     members = [catalog.read_manifest(storage, name) for name in backup_set.members]
     manifests = [m for m in members if m is not None]
     docker_volumes = [
@@ -165,9 +180,11 @@ def plan_system_restore(
         if m.kind == "globals" and database:
             title = f"create the roles missing here from {m.artifact} (existing ones unchanged)"
             steps.append(("roles", title, m.artifact, m))
-    for m in manifests:
-        if m.kind == "database" and database:
-            title = f"restore database {database!r} from {m.artifact} (previous kept)"
+    dumps = [m for m in manifests if m.kind == "database"]
+    for m in dumps:
+        if database:
+            live = m.target if per_member else database
+            title = f"restore database {live!r} from {m.artifact} (previous kept)"
             steps.append(("database", title, m.artifact, m))
     for m in manifests:
         if m.kind != "volume":
@@ -180,8 +197,9 @@ def plan_system_restore(
     steps += [("post", f"post-restore command: {cmd}", cmd, None) for cmd in post_restore_cmds]
     if containers:
         steps.append(("start", "start the stopped containers again", "", None))
-    if database:
-        steps.append(("connect", f"check the database {database!r} answers", database, None))
+    checked = sorted({m.target for m in dumps}) if per_member else [database]
+    for name in checked if database else []:
+        steps.append(("connect", f"check the database {name!r} answers", str(name), None))
     if health_url:
         steps.append(("health", f"wait for {health_url} to answer 200", health_url, None))
     numbered = [
@@ -192,7 +210,7 @@ def plan_system_restore(
             f"--from-step {from_step} is not a step of this plan (1-{len(numbered)})",
             hint="--dry-run prints the numbered plan",
         )
-    return SystemPlan(backup_set, why, numbered, containers, from_step)
+    return SystemPlan(backup_set, why, numbered, containers, from_step, per_member)
 
 
 def folder_of(step: Step) -> Path:

@@ -16,6 +16,7 @@ up to date) lets the next command say where it stopped and how to continue.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -132,7 +133,8 @@ def run_system_restore(
             runner.step(start_step, downtime.start)
         for step in plan.steps:
             if step.kind == "connect" and database is not None:
-                runner.step(step, lambda: _check_database(database, result))
+                live = database.with_db(plan.database_of(step, database.dbname))
+                runner.step(step, functools.partial(_check_database, live, result))
             elif step.kind == "health" and health_url:
                 runner.step(step, lambda: wait_healthy(health_url, options.health_timeout))
     except KeyboardInterrupt:  # SIGTERM or SIGINT: unwinding (containers started above)
@@ -256,10 +258,12 @@ def _action(
 ) -> Callable[[], object]:
     if step.kind == "database":
         assert database is not None
-        return lambda: _restore_db(step, storage, database, options, result, sink)
+        live = database.with_db(result.plan.database_of(step, database.dbname))
+        return lambda: _restore_db(step, storage, live, options, result, sink)
     if step.kind == "roles":
         assert database is not None
-        return lambda: _create_roles(step, storage, database, options, result, sink)
+        live = database.with_db(result.plan.database_of(step, database.dbname))
+        return lambda: _create_roles(step, storage, live, options, result, sink)
     if step.kind == "volume":
         assert client is not None
         return lambda: _restore_one_volume(step, storage, client, options, result, sink)
