@@ -25,27 +25,11 @@ from safehold.scheduler import next_runs
 from safehold.scheduler.systemd import on_calendar
 from safehold.scheduler.systemd.calendar import skipped_days
 
-from .conftest import ROOT
 from .mounts import tmpfs
+from .test_schedule import cli
 
 BASE = datetime(2024, 12, 1, 1, 59, tzinfo=UTC)  # a Sunday, a minute before the daily backup
 SAFEHOLD = Path(sys.executable).parent / "safehold"  # what the units' ExecStart= names
-
-
-def cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "PG", "SAFEHOLD_"))}
-    base.update(PYTHONPATH=str(ROOT / "src"), **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "safehold", *args],
-        cwd=cwd,
-        env=base,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def analyze(

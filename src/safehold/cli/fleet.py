@@ -15,6 +15,7 @@ from ..operations.report.fleet import FleetReport, HostStatus, read_fleet
 from ..operations.report.fleet_page import render_fleet_html
 from ..operations.report.page import write_html
 from .locations import automatic, locations
+from .output import age_text
 from .runtime import Runtime
 
 STYLE = {"ok": "green", "warning": "yellow", "critical": "red", "unknown": "magenta"}
@@ -164,11 +165,3 @@ def _rows(host: HostStatus) -> list[tuple[str, ...]]:
 
 def _level(level: str) -> str:
     return f"[{STYLE[level]}]{level.upper()}[/]"
-
-
-def age_text(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h" if seconds < 172800 else f"{seconds / 86400:.0f} days"

@@ -119,3 +119,11 @@ class ReportedFailure(click.ClickException):
         click.echo(f"{prefix}error: {self.message}", err=True)
         if self.hint:
             click.echo(f"{prefix}hint: {self.hint}", err=True)
+
+
+def age_text(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 172800 else f"{seconds / 86400:.0f} days"

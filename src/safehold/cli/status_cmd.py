@@ -20,6 +20,7 @@ from ..storage import LocalStorage
 from .chunked import chunked_records
 from .flags import shared_options
 from .locations import automatic, locations
+from .output import age_text
 from .runtime import runtime
 
 STYLE = {"ok": "green", "warning": "yellow", "critical": "red"}
@@ -179,9 +180,9 @@ def _show(report: StatusReport, level: str, console: Console) -> None:
 
 def _show_wal(pitr: WalStatus, console: Console) -> None:
     segment = pitr.newest_segment or "none"
-    age = "-" if pitr.age_s is None else _age(pitr.age_s)
+    age = "-" if pitr.age_s is None else age_text(pitr.age_s)
     base = pitr.newest_base
-    based = f"{base.name} ({_age(pitr.base_age_s or 0.0)} old)" if base else "none"
+    based = f"{base.name} ({age_text(pitr.base_age_s or 0.0)} old)" if base else "none"
     console.print(
         f"wal: newest segment {segment}, last archived {age} ago (RPO for PITR; stalled after "
         f"{pitr.stall_s / 60:g} min); newest base backup {based}; "
@@ -202,7 +203,7 @@ def _show_wal(pitr: WalStatus, console: Console) -> None:
 
 def _show_runs(ran: RunsStatus, now: datetime, console: Console) -> None:
     newest = [
-        f"{command} {run.outcome} {_age((now - run.started_at).total_seconds())} ago"
+        f"{command} {run.outcome} {age_text((now - run.started_at).total_seconds())} ago"
         for command, run in sorted(ran.last.items())
     ]
     console.print(f"runs: last {'; '.join(newest)} ('safehold list --runs')")
@@ -226,11 +227,3 @@ def _show_rehearsal(rehearsal: RehearsalStatus, console: Console) -> None:
         console.print(f"[{STYLE[rehearsal.level]}]full system: {reason}[/]")
     for note in rehearsal.notes:
         console.print(f"full system: {note} ({objective})")
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h" if seconds < 172800 else f"{seconds / 86400:.0f} days"
