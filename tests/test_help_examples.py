@@ -32,7 +32,7 @@ def _root() -> click.Context:
     return click.Context(cli, info_name="safehold")
 
 
-PATHS = sorted(_walk(cli, _root()))
+PATHS = sorted(["", *_walk(cli, _root())])  # "": safehold --help itself
 
 
 def test_the_walk_finds_the_commands_and_subcommands() -> None:
@@ -94,13 +94,13 @@ def test_every_example_parses(
     (tmp_path / "pg_wal").mkdir()
     (tmp_path / "pg_wal" / "000000010000000000000003").write_bytes(b"")
     words = _words(line)
-    assert words[1] == path.split()[0], f"an example of '{path}' runs '{words[1]}'"
+    assert not path or words[1] == path.split()[0], f"an example of '{path}' runs '{words[1]}'"
     _parse(words)
     # Parsed, and without an old spelling (its deprecation warning) or anything else said.
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("path", ["backup", "schedule install", "snapshots export", "verify"])
+@pytest.mark.parametrize("path", ["", "backup", "schedule install", "snapshots export", "verify"])
 def test_help_ends_with_the_examples(path: str) -> None:
     result = CliRunner().invoke(cli, [*path.split(), "--help"])
     assert result.exit_code == 0, result.output

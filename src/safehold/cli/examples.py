@@ -13,6 +13,11 @@ import click
 Example = tuple[str, str]  # (command line, what it does)
 
 EXAMPLES: dict[str, tuple[Example, ...]] = {
+    "": (  # safehold --help: where a newcomer starts
+        ("safehold init --dry-run", "the config this host's compose application needs"),
+        ("safehold backup --all", "the database and every configured volume, as one set"),
+        ("safehold restore --database latest --target-db app_copy", "restore beside the live one"),
+    ),
     "backup": (
         ("safehold backup", "back up the database now"),
         ("safehold backup --all", "full system: the database and every configured volume"),

@@ -89,6 +89,8 @@ def cli() -> None:
     """
 
 
+attach_examples(cli, "")
+
 UNKNOWN = 3  # status's exit code for its own errors
 
 
