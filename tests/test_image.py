@@ -4,6 +4,7 @@ and a whole-system restore of a sample app run from the image, and the compose e
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from typing import Any
 
 import docker
 import pytest
+from docker.errors import APIError, ImageNotFound
 from docker.models.containers import Container
 from docker.models.images import Image
 
@@ -60,7 +62,26 @@ def note(request: pytest.FixtureRequest, line: str) -> None:
             reporter.write_line(f"test_image: {line}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module", autouse=True)
+def leave_the_engine_as_found(client: docker.DockerClient, image: Image) -> Iterator[None]:
+    """The shared engine's other tests expect only the sandbox's own image (``image`` makes
+    it first): drop every tag and image this module adds (the built image, the helper images
+    safehold makes from inside it, compose's stand-ins)."""
+    before = client.images.list(all=True)
+    tags, ids = {t for i in before for t in i.tags}, {i.id for i in before}
+    yield
+    for found in client.images.list(all=True):
+        for tag in set(found.tags) - tags:
+            with contextlib.suppress(ImageNotFound, APIError):
+                client.images.remove(tag)
+    for found in client.images.list(all=True):
+        if found.id is not None and found.id not in ids:
+            with contextlib.suppress(ImageNotFound, APIError):
+                client.images.remove(found.id, force=True)
+    assert {t for i in client.images.list(all=True) for t in i.tags} == tags
+
+
+@pytest.fixture(scope="module")
 def safehold_image(engine: SandboxDockerd, request: pytest.FixtureRequest) -> str:
     """The image, built once per session into the sandbox engine (the .debs and wheels are
     cached under .cache/image/, the root file system is built afresh)."""

@@ -175,7 +175,8 @@ def test_pipx_installs_the_checkout_with_the_lock(source: Path, tmp_path: Path) 
         [bin_dir / "safehold", "--help"], capture_output=True, text=True, check=False
     ).stdout
     assert usage.startswith("Usage: safehold [OPTIONS] COMMAND [ARGS]...")
-    listed = {line.split()[0] for line in usage.split("Commands:", 1)[1].splitlines() if line}
+    section = usage.split("Commands:", 1)[1].split("\n\n", 1)[0]  # the examples follow it
+    listed = {line.split()[0] for line in section.splitlines() if line}
     assert listed == set(COMMANDS)
 
     # Every distribution in the app's venv is at the lock's version: the constraints applied.
