@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from ..errors import StorageError
 
@@ -80,18 +80,9 @@ def s3_tree(storage: S3Storage, marker: str | None = None) -> dict[str, int] | N
     without listing the rest once the sorted listing has passed where it would be: a foreign
     folder of a million photos costs one page."""
     root = f"{storage.prefix}/" if storage.prefix else ""
-    args: dict[str, Any] = {
-        "Bucket": storage.bucket,
-        "Prefix": root,
-        "MaxKeys": storage.list_page_size,
-    }
     sizes: dict[str, int] = {}
     found = marker is None
-    while True:
-        try:
-            page = storage.client.list_objects_v2(**args)
-        except Exception as exc:
-            raise storage.fail(exc, "list") from exc
+    for page in storage.pages(root, recursive=True):
         for item in page.get("Contents", []):
             key = item["Key"][len(root) :]
             if key and not key.endswith("/"):
@@ -100,33 +91,17 @@ def s3_tree(storage: S3Storage, marker: str | None = None) -> dict[str, int] | N
         # S3 lists in UTF-8 byte order, which is code point order: past the marker, none left.
         if not found and marker is not None and sizes and max(sizes) > marker:
             return None
-        token = page.get("NextContinuationToken")
-        if not page.get("IsTruncated") or not token:
-            return sizes if found else None
-        args["ContinuationToken"] = token
+    return sizes if found else None
 
 
 def s3_folders(storage: S3Storage, parent: str) -> builtins.list[str]:
     """The folder names directly under ``parent`` (a prefix in ``storage``'s bucket, "" for
     the bucket's top level), sorted: one delimited listing, paged."""
     base = f"{parent.strip('/')}/" if parent.strip("/") else ""
-    args: dict[str, Any] = {
-        "Bucket": storage.bucket,
-        "Prefix": base,
-        "Delimiter": "/",
-        "MaxKeys": storage.list_page_size,
-    }
     names: builtins.list[str] = []
-    while True:
-        try:
-            page = storage.client.list_objects_v2(**args)
-        except Exception as exc:
-            raise storage.fail(exc, "list") from exc
+    for page in storage.pages(base):
         for common in page.get("CommonPrefixes", []):
             name = common["Prefix"][len(base) :].strip("/")
             if name:
                 names.append(name)
-        token = page.get("NextContinuationToken")
-        if not page.get("IsTruncated") or not token:
-            return sorted(names)
-        args["ContinuationToken"] = token
+    return sorted(names)

@@ -194,7 +194,7 @@ class S3Storage:
         base = f"{folder}/" if folder else ""
         object_base = self.object_key(folder) + "/" if folder else self._root()
         keys: builtins.list[str] = []
-        for page in self._pages(object_base):
+        for page in self.pages(object_base):
             for item in page.get("Contents", []):
                 name = item["Key"][len(object_base) :]
                 if name and not name.endswith("/"):
@@ -204,13 +204,17 @@ class S3Storage:
     def _root(self) -> str:
         return f"{self.prefix}/" if self.prefix else ""
 
-    def _pages(self, object_prefix: str) -> Iterator[Any]:
+    def pages(self, object_prefix: str, *, recursive: bool = False) -> Iterator[Any]:
+        """The pages of one listing of the bucket under ``object_prefix`` (an object name
+        prefix, not a repository key): one level with its ``CommonPrefixes``, or every object
+        below it with ``recursive``."""
         args: dict[str, Any] = {
             "Bucket": self.bucket,
             "Prefix": object_prefix,
-            "Delimiter": "/",
             "MaxKeys": self.list_page_size,
         }
+        if not recursive:
+            args["Delimiter"] = "/"
         while True:
             try:
                 page = self.client.list_objects_v2(**args)

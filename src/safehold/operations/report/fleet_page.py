@@ -10,7 +10,7 @@ from datetime import datetime
 from ..._version import __version__
 from ...sinks.log import human_bytes
 from .fleet import FleetReport, HostStatus
-from .svg import CSS, Esc, seconds_text, time_text
+from .svg import CSS, Esc, html_table, html_td, seconds_text, time_text
 
 LEVEL_CLASS = {"ok": "ok", "warning": "warn", "critical": "crit", "unknown": "unk"}
 FLEET_CSS = ".badge.unk{background:var(--muted)}.unk-text{color:var(--muted)}"
@@ -59,14 +59,14 @@ def _summary(report: FleetReport, esc: Esc) -> str:
             [
                 f'<td><a href="#host-{esc(host.host)}">{esc(host.host)}</a></td>',
                 _badge(host.level, esc),
-                _td(len(targets), esc, "num"),
-                _td(seconds_text(max(ages)) if ages else "-", esc, "num"),
-                _td(drilled, esc, "nowrap"),
-                _td(host.error or "", esc),
+                html_td(len(targets), esc, "num"),
+                html_td(seconds_text(max(ages)) if ages else "-", esc, "num"),
+                html_td(drilled, esc, "nowrap"),
+                html_td(host.error or "", esc),
             ]
         )
     head = ("host", "state", "targets", "oldest newest backup", "last drill", "why unknown")
-    return f'<section id="summary"><h2>Hosts</h2>{_table(head, rows, esc)}</section>'
+    return f'<section id="summary"><h2>Hosts</h2>{html_table(head, rows, esc)}</section>'
 
 
 def _host(report: FleetReport, host: HostStatus, esc: Esc) -> str:
@@ -90,34 +90,24 @@ def _host(report: FleetReport, host: HostStatus, esc: Esc) -> str:
         why = "".join(f'<div class="{LEVEL_CLASS[t.level]}-text">{esc(r)}</div>' for r in t.reasons)
         rows.append(
             [
-                _td(f"{t.kind} {t.target}", esc),
+                html_td(f"{t.kind} {t.target}", esc),
                 _badge(t.level, esc),
-                _newest(newest.created, newest.name, esc) if newest else _td("none", esc),
-                _td("-" if t.age_s is None else seconds_text(t.age_s), esc, "num"),
-                _td("-" if t.rpo_s is None else seconds_text(t.rpo_s), esc, "num"),
-                _td(human_bytes(newest.size) if newest and newest.size else "-", esc, "num"),
-                _td(drill, esc, "nowrap"),
+                _newest(newest.created, newest.name, esc) if newest else html_td("none", esc),
+                html_td("-" if t.age_s is None else seconds_text(t.age_s), esc, "num"),
+                html_td("-" if t.rpo_s is None else seconds_text(t.rpo_s), esc, "num"),
+                html_td(human_bytes(newest.size) if newest and newest.size else "-", esc, "num"),
+                html_td(drill, esc, "nowrap"),
                 f"<td>{why}</td>",
             ]
         )
     head = ("target", "state", "newest good backup", "age", "RPO", "size", "last drill", "why")
     notes = "".join(f'<p class="note">{esc(n)}</p>' for n in host.status.notes)
-    table = _table(head, rows, esc) if rows else ""
+    table = html_table(head, rows, esc) if rows else ""
     return f'<section id="host-{esc(host.host)}"><h2>{title}</h2>{meta}{table}{notes}</section>'
-
-
-def _table(head: Iterable[str], rows: Iterable[list[str]], esc: Esc) -> str:
-    cells = "".join(f"<th>{esc(h)}</th>" for h in head)
-    lines = "".join("<tr>" + "".join(row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{cells}</tr></thead><tbody>{lines}</tbody></table>"
 
 
 def _newest(at: datetime, name: str, esc: Esc) -> str:
     return f'<td class="nowrap">{esc(time_text(at))}<div class="muted">{esc(name)}</div></td>'
-
-
-def _td(text: object, esc: Esc, cls: str = "") -> str:
-    return f'<td class="{cls}">{esc(text)}</td>' if cls else f"<td>{esc(text)}</td>"
 
 
 def _badge(level: str, esc: Esc) -> str:

@@ -21,6 +21,8 @@ from .svg import (
     Esc,
     Point,
     drill_chart,
+    html_table,
+    html_td,
     rpo_chart,
     seconds_text,
     series_chart,
@@ -116,17 +118,6 @@ def _header(report: Report, esc: Esc) -> str:
     )
 
 
-def _table(head: Sequence[str], rows: Iterable[Sequence[str]], esc: Esc) -> str:
-    """``rows`` hold ready HTML (escaped by the caller)."""
-    cells = "".join(f"<th>{esc(h)}</th>" for h in head)
-    lines = "".join("<tr>" + "".join(row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{cells}</tr></thead><tbody>{lines}</tbody></table>"
-
-
-def _td(text: object, esc: Esc, cls: str = "") -> str:
-    return f'<td class="{cls}">{esc(text)}</td>' if cls else f"<td>{esc(text)}</td>"
-
-
 def _badge(level: str, esc: Esc) -> str:
     return f'<td><span class="badge {LEVEL_CLASS.get(level, "crit")}">{esc(level)}</span></td>'
 
@@ -143,19 +134,19 @@ def _status(report: Report, esc: Esc) -> str:
         why += "".join(f'<div class="muted">{esc(n)}</div>' for n in t.notes)
         rows.append(
             [
-                _td(f"{t.kind} {t.target}", esc),
+                html_td(f"{t.kind} {t.target}", esc),
                 _badge(t.level, esc),
-                _td(time_text(newest.created) if newest else "none", esc, "nowrap"),
-                _td("-" if t.age_s is None else seconds_text(t.age_s), esc, "num"),
-                _td(human_bytes(newest.size) if newest and newest.size else "-", esc, "num"),
-                _td(verify, esc),
-                _td(drill, esc, "num"),
+                html_td(time_text(newest.created) if newest else "none", esc, "nowrap"),
+                html_td("-" if t.age_s is None else seconds_text(t.age_s), esc, "num"),
+                html_td(human_bytes(newest.size) if newest and newest.size else "-", esc, "num"),
+                html_td(verify, esc),
+                html_td(drill, esc, "num"),
                 f"<td>{why}</td>",
             ]
         )
     notes = "".join(f'<p class="note">{esc(n)}</p>' for n in report.status.notes)
     head = ("target", "state", "newest good backup", "age", "size", "verify", "drill", "why")
-    return f'<section id="status"><h2>Status now</h2>{_table(head, rows, esc)}{notes}</section>'
+    return f'<section id="status"><h2>Status now</h2>{html_table(head, rows, esc)}{notes}</section>'
 
 
 def _failures(report: Report, esc: Esc) -> str:
@@ -164,17 +155,17 @@ def _failures(report: Report, esc: Esc) -> str:
         return _section("failures", "Latest failures", f'<p class="muted">{esc(text)}</p>')
     rows = [
         [
-            _td(time_text(f.at), esc, "nowrap"),
+            html_td(time_text(f.at), esc, "nowrap"),
             _badge(f.severity, esc),
-            _td(f.what, esc),
-            _td(f.subject, esc),
-            _td(f.detail, esc),
+            html_td(f.what, esc),
+            html_td(f.subject, esc),
+            html_td(f.detail, esc),
         ]
         for f in report.failures[:MAX_ROWS]
     ]
     more = len(report.failures) - MAX_ROWS
     tail = f'<p class="note">and {more} older (see --json)</p>' if more > 0 else ""
-    table = _table(("when (UTC)", "severity", "what", "subject", "detail"), rows, esc)
+    table = html_table(("when (UTC)", "severity", "what", "subject", "detail"), rows, esc)
     return f'<section id="failures"><h2>Latest failures</h2>{table}{tail}</section>'
 
 
@@ -281,11 +272,11 @@ def _drills(report: Report, esc: Esc) -> str:
             )
         rows.append(
             [
-                _td(time_text(d.started_at), esc, "nowrap"),
-                _td(d.subject, esc),
+                html_td(time_text(d.started_at), esc, "nowrap"),
+                html_td(d.subject, esc),
                 _badge("ok" if d.outcome == "ok" else "critical", esc),
-                _td(seconds_text(d.recovery_s) if d.outcome == "ok" else "-", esc, "num"),
-                _td("; ".join(parts) + (f" - {d.error}" if d.error else ""), esc),
+                html_td(seconds_text(d.recovery_s) if d.outcome == "ok" else "-", esc, "num"),
+                html_td("; ".join(parts) + (f" - {d.error}" if d.error else ""), esc),
             ]
         )
     legend = (
@@ -295,7 +286,7 @@ def _drills(report: Report, esc: Esc) -> str:
         'class="crit-text">&#x2715; failed</span><span>log scale; dashed lines: RTO</span></p>'
     )
     chart = drill_chart(points, report.objectives, esc)
-    table = _table(
+    table = html_table(
         ("when (UTC)", "drill of", "outcome", "recovery", "per backup"),
         reversed(rows[-MAX_ROWS:]),
         esc,
@@ -311,17 +302,17 @@ def _sets(report: Report, esc: Esc) -> str:
         return ""
     rows = [
         [
-            _td(s.id, esc),
-            _td(time_text(s.started_at), esc, "nowrap"),
-            _td("-" if s.duration_s is None else seconds_text(s.duration_s), esc, "num"),
-            _td(s.members, esc, "num"),
+            html_td(s.id, esc),
+            html_td(time_text(s.started_at), esc, "nowrap"),
+            html_td("-" if s.duration_s is None else seconds_text(s.duration_s), esc, "num"),
+            html_td(s.members, esc, "num"),
             _badge("ok" if s.status == "ok" else "critical", esc),
-            _td("" if s.status == "ok" else s.status, esc),
+            html_td("" if s.status == "ok" else s.status, esc),
         ]
         for s in reversed(report.sets[-MAX_ROWS:])
     ]
     head = ("set", "started (UTC)", "took", "members", "state", "")
-    return _section("sets", "Full-system sets", _table(head, rows, esc))
+    return _section("sets", "Full-system sets", html_table(head, rows, esc))
 
 
 def _newest(report: Report, esc: Esc) -> str:
@@ -339,18 +330,18 @@ def _newest(report: Report, esc: Esc) -> str:
         )
         rows.append(
             [
-                _td(time_text(b.created), esc, "nowrap"),
-                _td(f"{b.kind} {b.target or '?'}", esc),
-                _td(b.name, esc),
-                _td(human_bytes(b.size) if b.size is not None else "-", esc, "num"),
-                _td("-" if b.duration_s is None else seconds_text(b.duration_s), esc, "num"),
+                html_td(time_text(b.created), esc, "nowrap"),
+                html_td(f"{b.kind} {b.target or '?'}", esc),
+                html_td(b.name, esc),
+                html_td(human_bytes(b.size) if b.size is not None else "-", esc, "num"),
+                html_td("-" if b.duration_s is None else seconds_text(b.duration_s), esc, "num"),
                 f'<td><span class="badge {LEVEL_CLASS[level]}">{esc(b.status)}</span></td>',
-                _td(check, esc),
-                _td(b.set_id or "", esc),
+                html_td(check, esc),
+                html_td(b.set_id or "", esc),
             ]
         )
     head = ("created (UTC)", "target", "file", "size", "took", "status", "verify", "set")
-    return f'<section id="backups"><h2>Newest backups</h2>{_table(head, rows, esc)}</section>'
+    return f'<section id="backups"><h2>Newest backups</h2>{html_table(head, rows, esc)}</section>'
 
 
 def _section(anchor: str, title: str, inner: str) -> str:

@@ -353,3 +353,14 @@ def drill_chart(points: Sequence[DrillPoint], goals: Objectives, esc: Esc) -> st
             shape, dx = SHAPES.get(p.series, ("circle", 0))  # side by side within one drill
             plot.marker(_ts(p.at), max(p.seconds, low), shape, f"dot d-{p.series}", p.title, dx)
     return plot.svg("drill recovery times against the RTO lines")
+
+
+def html_table(head: Sequence[str], rows: Iterable[Sequence[str]], esc: Esc) -> str:
+    """``rows`` hold ready HTML (escaped by the caller)."""
+    cells = "".join(f"<th>{esc(h)}</th>" for h in head)
+    lines = "".join("<tr>" + "".join(row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{cells}</tr></thead><tbody>{lines}</tbody></table>"
+
+
+def html_td(text: object, esc: Esc, cls: str = "") -> str:
+    return f'<td class="{cls}">{esc(text)}</td>' if cls else f"<td>{esc(text)}</td>"
